@@ -1,0 +1,132 @@
+"""`explain_neuron`: one neuron's record in, one Explanation (or a Failure with the raw answer) out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from neuron_explainer.activations.records import NeuronRecord
+from neuron_explainer.errors import UserError
+from neuron_explainer.explain.parsing import clean_explanation
+from neuron_explainer.explain.prompt_files import load_prompt_files
+from neuron_explainer.explain.splits import SplitConfig, oriented_record, split_neuron
+from neuron_explainer.explain.token_pairs import PROMPT_FILES, build_prompt, render_as_text, scale_windows
+from neuron_explainer.explain.types import ExplainerKind, Explanation, Failure, Polarity
+from neuron_explainer.llm.base import LLMBackend
+
+logger = logging.getLogger(__name__)
+
+CandidateRanker = Callable[[Sequence[str]], Awaitable[Sequence[float]]]
+"""Scores candidate explanation texts of one neuron (higher is better; NaN = unusable), e.g. by simulation on the
+calibrate split; built by `neuron_explainer.scoring.calibrate_ranker`."""
+
+CONTEXT_SAFETY_TOKENS = 64
+"""Context tokens left unused on top of the answer budget, for chat-template overhead we cannot see."""
+
+
+@dataclass(frozen=True)
+class ExplainConfig:
+    """Settings of the token-pair explainer; everything that changes the text is recorded with it."""
+
+    split: SplitConfig = field(default_factory=SplitConfig)
+    """Which windows are explained (and, by exclusion, scored)."""
+    polarity: Polarity = Polarity.POSITIVE
+    """Explain the positive activations, or the negated ones of the bottom windows."""
+    candidates: int = 1
+    """Explanations drawn; with more than one the best on the calibrate split is kept (needs a ranker)."""
+    temperature: float | None = None
+    """Sampling temperature; None = 0 for one candidate, 1 for several."""
+    max_answer_tokens: int = 60
+    """Tokens allowed for each answer."""
+    nonzero_threshold: float = 0.2
+    """Repeat the non-zero pairs when fewer than this fraction of the shown activations are non-zero."""
+
+    @property
+    def effective_temperature(self) -> float:
+        """The temperature actually used."""
+        if self.temperature is not None:
+            return self.temperature
+        return 0.0 if self.candidates == 1 else 1.0
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+async def explain_neuron(record: NeuronRecord, backend: LLMBackend, *, config: ExplainConfig = ExplainConfig(),
+                         ranker: CandidateRanker | None = None) -> Explanation | Failure:
+    """Explain one neuron with the token-activation-pair method.
+
+    Returns a Failure (with the raw answers) when the neuron never fires in its explain windows, the prompt cannot
+    fit the backend's context, the backend errors, or no answer parses into a usable phrase.
+    """
+    if config.candidates < 1:
+        raise UserError("--candidates must be at least 1")
+    if config.candidates > 1 and ranker is None:
+        raise ValueError("best-of-n explanation needs a ranker (neuron_explainer.scoring.calibrate_ranker)")
+    oriented = oriented_record(record, config.polarity)
+    split = split_neuron(oriented, config.split)
+    if not split.explain:
+        return Failure(record.neuron, "explain", "the record has no top windows left to explain")
+    scaled = scale_windows(split.explain)
+    if not any(value > 0 for window in scaled for value in window.values):
+        return Failure(record.neuron, "explain", f"no {config.polarity.value} activation in the explain windows")
+
+    files = load_prompt_files(PROMPT_FILES)
+    budget = backend.capabilities.context_window - config.max_answer_tokens - CONTEXT_SAFETY_TOKENS
+    prompt = build_prompt(scaled, token_budget=budget, nonzero_threshold=config.nonzero_threshold, files=files)
+    if prompt is None:
+        return Failure(record.neuron, "explain",
+                       f"the prompt does not fit the {backend.capabilities.context_window}-token context of {backend.name}")
+    request = prompt.messages if backend.capabilities.chat else render_as_text(prompt.messages)
+    try:
+        result = await backend.generate(request, n=config.candidates, temperature=config.effective_temperature,
+                                        max_tokens=config.max_answer_tokens, seed=config.split.seed,
+                                        stop=None if backend.capabilities.chat else ["\n\n"])
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one neuron's backend failure must not end a night's run
+        logger.warning("explaining %s failed: %s", record.neuron, exc)
+        return Failure(record.neuron, "explain", f"backend error: {type(exc).__name__}: {exc}")
+
+    raw_answers = [generation.text for generation in result.generations]
+    parsed = [(raw, clean_explanation(raw)) for raw in raw_answers]
+    usable: list[str] = []
+    rejected: list[dict[str, str]] = []
+    for raw, outcome in parsed:
+        if outcome.text is None:
+            rejected.append({"raw": raw, "reason": outcome.reason or "unusable"})
+        elif outcome.text.casefold() not in {text.casefold() for text in usable}:
+            usable.append(outcome.text)
+    if not usable:
+        reason = rejected[0]["reason"] if rejected else "the backend returned no answer"
+        return Failure(record.neuron, "explain", f"no usable explanation: {reason}",
+                       raw_output="\n---\n".join(raw_answers))
+
+    extra: dict[str, object] = {}
+    chosen = usable[0]
+    if config.candidates > 1 and ranker is not None:
+        ranks = [float(value) for value in await ranker(usable)]
+        best = max(range(len(usable)), key=lambda index: -math.inf if math.isnan(ranks[index]) else ranks[index])
+        chosen = usable[best]
+        extra["candidates"] = [{"text": text, "calibrate_pearson": None if math.isnan(rank) else rank}
+                               for text, rank in zip(usable, ranks)]
+    if rejected:
+        extra["rejected"] = rejected
+
+    parameters: dict[str, object] = {
+        **config.split.as_dict(), "candidates": config.candidates, "temperature": config.effective_temperature,
+        "max_answer_tokens": config.max_answer_tokens, "nonzero_threshold": config.nonzero_threshold,
+        "windows_shown": len(prompt.shown_windows), "few_shot_examples": prompt.few_shot_count,
+        "nonzero_repeated": prompt.nonzero_repeated, "truncated": prompt.truncated,
+        "prompt_style": "chat" if backend.capabilities.chat else "completion"}
+    return Explanation(
+        neuron=record.neuron, text=chosen, method=ExplainerKind.TOKEN_PAIRS, polarity=config.polarity,
+        explainer_backend=backend.name, explainer_model=backend.model, prompt_hash=files.hash,
+        parameters=parameters,
+        source_window_ids=tuple(window.window_id for window in prompt.shown_windows if window.window_id is not None),
+        split_seed=config.split.seed, created_at=_now(), prompt_tokens=result.usage.prompt_tokens,
+        completion_tokens=result.usage.completion_tokens, extra=extra)
