@@ -3,12 +3,19 @@
 Public surface: `explain_neuron(record, backend, config=, ranker=)`, `ExplainConfig`, the split (`SplitConfig`,
 `split_neuron`, `NeuronSplit`, `oriented_record`), prompt files (`load_prompt_files`, `PromptFiles`), and the
 record types from `types`.
+
+SASC and the LLM-free n-gram explainer: `isolated_ngram_responses` (a layer's cached n-gram sweep) or
+`in_context_ngram_responses` -> `NeuronNgrams`; `explain_sasc(ngrams, subject, backend, config=)`, `SascConfig`;
+`explain_ngram(ngrams)`; `NgramConfig`, `NgramMode`, `LayerNgramResponses`.
 """
 
 from neuron_explainer.explain.api import CandidateRanker, ExplainConfig, explain_neuron
 from neuron_explainer.explain.formatting import printable_token, scale_activation, scale_activations
+from neuron_explainer.explain.ngrams import (LayerNgramResponses, NeuronNgrams, NgramConfig, NgramMode, explain_ngram,
+                                             in_context_ngram_responses, isolated_ngram_responses)
 from neuron_explainer.explain.parsing import ParsedExplanation, clean_explanation
 from neuron_explainer.explain.prompt_files import PromptFiles, content_hash, load_prompt_files
+from neuron_explainer.explain.sasc import SascConfig, explain_sasc
 from neuron_explainer.explain.splits import NeuronSplit, SplitConfig, check_no_leakage, oriented_record, split_neuron
 from neuron_explainer.explain.types import ExplainerKind, Explanation, Failure, Polarity
 
@@ -16,3 +23,5 @@ __all__ = ["CandidateRanker", "ExplainConfig", "ExplainerKind", "Explanation", "
            "ParsedExplanation", "Polarity", "PromptFiles", "SplitConfig", "check_no_leakage", "clean_explanation",
            "content_hash", "explain_neuron", "load_prompt_files", "oriented_record", "printable_token",
            "scale_activation", "scale_activations", "split_neuron"]
+__all__ += ["LayerNgramResponses", "NeuronNgrams", "NgramConfig", "NgramMode", "SascConfig", "explain_ngram",
+            "explain_sasc", "in_context_ngram_responses", "isolated_ngram_responses"]
