@@ -10,7 +10,7 @@ import datetime as dt
 import logging
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -18,6 +18,7 @@ import numpy as np
 from neuron_explainer.activations.records import NeuronRecord, Window
 from neuron_explainer.errors import UserError
 from neuron_explainer.explain.api import CandidateRanker
+from neuron_explainer.explain.batch import BatchSummary, run_units
 from neuron_explainer.explain.formatting import MAX_SCALED
 from neuron_explainer.explain.splits import SplitConfig, check_no_leakage, oriented_record, split_neuron
 from neuron_explainer.explain.types import Explanation, Failure, Polarity
@@ -401,3 +402,50 @@ def matched_minus_shuffled(scores: Sequence[Score]) -> BaselineGap:
     matched = float(np.mean([value for value, _ in pairs]))
     shuffled = float(np.mean([value for _, value in pairs]))
     return BaselineGap(matched, shuffled, matched - shuffled, len(pairs))
+
+
+# --- many neurons -------------------------------------------------------------------------------------------
+
+
+async def score_explanations(load_record: Callable[[NeuronId], NeuronRecord], explanations: Sequence[Explanation],
+                             simulator: Simulator, *, config: ScoreConfig = ScoreConfig(), baselines: bool = False,
+                             concurrency: int = 8, on_result: Callable[[Score | Failure], None],
+                             progress: bool = True) -> BatchSummary:
+    """Score every explanation (each with its own polarity); with `baselines`, also the shuffled explanation
+    (another neuron's, same method and polarity) and the empty one, stored in `Score.baselines`."""
+    shuffled: dict[tuple[str, str, NeuronId], str] = {}
+    if baselines:
+        groups: dict[tuple[str, str], dict[NeuronId, str]] = {}
+        for explanation in explanations:
+            groups.setdefault((explanation.method.value, explanation.polarity.value), {}).setdefault(
+                explanation.neuron, explanation.text)
+        for (method, polarity), texts in groups.items():
+            for neuron, text in shuffled_explanations(texts, seed=config.split.seed).items():
+                shuffled[(method, polarity, neuron)] = text
+    counts = {"succeeded": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+    def unit(explanation: Explanation) -> Callable[[], Awaitable[Score | Failure]]:
+        async def run() -> Score | Failure:
+            record = load_record(explanation.neuron)
+            outcome = await score_explanation(record, explanation, simulator, config=config)
+            if baselines and isinstance(outcome, Score):
+                values = await compute_baselines(
+                    record, simulator, config=replace(config, polarity=explanation.polarity),
+                    shuffled_explanation=shuffled.get((explanation.method.value, explanation.polarity.value,
+                                                       explanation.neuron)))
+                outcome = replace(outcome, baselines=values)
+            return outcome
+        return run
+
+    def collect(result: Score | Failure) -> None:
+        if isinstance(result, Score):
+            counts["succeeded"] += 1
+            counts["prompt_tokens"] += result.prompt_tokens
+            counts["completion_tokens"] += result.completion_tokens
+        else:
+            counts["failed"] += 1
+        on_result(result)
+
+    await run_units([unit(explanation) for explanation in explanations], concurrency=concurrency,
+                    on_result=collect, description="score", progress=progress)
+    return BatchSummary(**counts)

@@ -212,3 +212,25 @@ def test_neuron_that_never_fires_is_a_failure_without_a_call():
     backend = ScriptedBackend(["digits"])
     outcome = asyncio.run(explain_neuron(silent, backend))
     assert isinstance(outcome, Failure) and backend.calls == []
+
+
+def test_explanation_json_round_trip_and_batch(digits_record):
+    import json
+
+    from neuron_explainer.explain.batch import explain_neurons
+    from neuron_explainer.explain.serialize import explanation_from_dict, explanation_to_dict, failure_to_dict
+
+    records = {NeuronId(0, index): planted_record(digit_activation, neuron=NeuronId(0, index)) for index in range(3)}
+    records[NeuronId(0, 3)] = NeuronRecord(NeuronId(0, 3), (Window(0, ("a",), (0.0,)),), (),
+                                           NeuronStats(1, 0.0, 0.0, 0.0, 0.0, 0.0, ()))
+    results: list = []
+    summary = asyncio.run(explain_neurons(records.__getitem__, sorted(records), ScriptedBackend(["digits"]),
+                                          concurrency=2, on_result=results.append, progress=False))
+    assert (summary.succeeded, summary.failed) == (3, 1) and summary.prompt_tokens == 300
+    for result in results:
+        data = json.loads(json.dumps(explanation_to_dict(result) if isinstance(result, Explanation)
+                                     else failure_to_dict(result)))
+        if data["type"] == "explanation":
+            assert explanation_from_dict(data) == result
+        else:
+            assert data["neuron"] == "0:3" and data["stage"] == "explain"

@@ -255,3 +255,37 @@ def test_matched_minus_shuffled_gap():
     assert gap.neurons == 2
     assert (gap.matched_mean, gap.shuffled_mean, gap.gap) == pytest.approx((0.7, 0.0, 0.7))
     assert math.isnan(matched_minus_shuffled([]).gap)
+
+
+def test_score_json_round_trip_keeps_nan_as_null():
+    import json
+
+    from neuron_explainer.simulate.serialize import score_from_dict, score_to_dict
+
+    record = make_record()
+    score = asyncio.run(score_explanation(record, "nothing", KeywordSimulator()))
+    score = type(score)(**{**score.__dict__, "baselines": {"shuffled": float("nan"), "empty": 0.1}})
+    text = json.dumps(score_to_dict(score), allow_nan=False)
+    data = json.loads(text)
+    assert data["type"] == "score" and data["metrics"]["pearson"] is None and data["neuron"] == "1:2"
+    back = score_from_dict(data)
+    assert math.isnan(back.metrics.pearson) and back.metrics.undefined_reason == score.metrics.undefined_reason
+    assert back.windows == score.windows and back.neuron == score.neuron and back.parameters == data["parameters"]
+    assert math.isnan(back.baselines["shuffled"]) and back.baselines["empty"] == 0.1
+
+
+def test_score_explanations_batch_attaches_baselines():
+    from neuron_explainer.scoring import score_explanations
+
+    records = {NeuronId(1, index): make_record(NeuronId(1, index)) for index in range(3)}
+    texts = {NeuronId(1, 0): "x", NeuronId(1, 1): "a", NeuronId(1, 2): "b"}
+    explanations = [explanation_for(records[neuron], text) for neuron, text in texts.items()]
+    results: list = []
+    summary = asyncio.run(score_explanations(records.__getitem__, explanations, KeywordSimulator(), baselines=True,
+                                             concurrency=2, on_result=results.append, progress=False))
+    assert (summary.succeeded, summary.failed) == (3, 0) and len(results) == 3
+    by_neuron = {result.neuron: result for result in results}
+    assert by_neuron[NeuronId(1, 0)].metrics.pearson > 0.9
+    assert set(by_neuron[NeuronId(1, 0)].baselines) == {"shuffled", "empty"}
+    # Neuron 1:0's shuffled explanation is "a" or "b": neither names the firing token.
+    assert not by_neuron[NeuronId(1, 0)].baselines["shuffled"] > 0.2
