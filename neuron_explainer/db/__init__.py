@@ -1,1 +1,19 @@
-"""db stage."""
+"""The results database: SQLAlchemy 2.0 models, one batching writer, idempotent writes, run lock, queries.
+
+Public surface: `open_database(url) -> Database`, the config-key helpers, the query types and the run status.
+See docs/database.md for the schema and the upgrade policy.
+"""
+
+from neuron_explainer.db.database import (Database, LLMCall, NeuronDetail, RecordingRef, RunInfo, RunStatus,
+                                          StoredExplanation, StoredScore, UsageTotals, open_database)
+from neuron_explainer.db.keys import config_key, explanation_config_key, score_config_key
+from neuron_explainer.db.lock import LockHolder
+from neuron_explainer.db.query import ExplanationQuery, ResultRow, SortOrder, parse_int_list
+from neuron_explainer.db.schema import SCHEMA_VERSION
+from neuron_explainer.db.writer import DatabaseWriteError
+
+__all__ = [
+    "SCHEMA_VERSION", "Database", "DatabaseWriteError", "ExplanationQuery", "LLMCall", "LockHolder", "NeuronDetail",
+    "RecordingRef", "ResultRow", "RunInfo", "RunStatus", "SortOrder", "StoredExplanation", "StoredScore",
+    "UsageTotals", "config_key", "explanation_config_key", "open_database", "parse_int_list", "score_config_key",
+]

@@ -1,0 +1,338 @@
+"""Read side: filter, sort and page scored explanations; every user value reaches SQL as a bound parameter.
+
+A result row is one (explanation, score) pair. By default only the best row per neuron is returned: among the rows
+that pass the explanation/score filters (method, explainer model, simulator, run, text), the one with the highest
+Pearson score (undefined scores rank last, ties go to the older row). The score range then applies to that best
+row, so `--max-score 0.2` lists neurons whose best explanation is poor.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, Select, and_, column, exists, or_, select, table
+
+from neuron_explainer.db.codec import load_json, none_to_nan
+from neuron_explainer.db.models import (ExplanationRow, NeuronRow, RecordingRow, ScoreRow, SubjectModelRow)
+from neuron_explainer.db.schema import SEARCH_TABLE
+from neuron_explainer.errors import UserError
+from neuron_explainer.explain.types import ExplainerKind
+from neuron_explainer.simulate.types import SimulatorKind
+from neuron_explainer.subject.neurons import NeuronId
+
+MIN_SEARCH_INDEX_CHARS = 3
+"""The trigram index finds substrings of at least this many characters; shorter ones fall back to LIKE."""
+
+
+class SortOrder(str, Enum):
+    """How query results are ordered."""
+
+    SCORE = "score"
+    LAYER = "layer"
+    CREATED = "created"
+
+
+@dataclass(frozen=True)
+class ExplanationQuery:
+    """Filters, order and size of a query over scored explanations; empty/None fields do not filter."""
+
+    layers: tuple[int, ...] = ()
+    """Only these layers."""
+    neurons: tuple[int, ...] = ()
+    """Only these neuron indices (within their layer)."""
+    min_score: float | None = None
+    """Lowest Pearson score (inclusive); rows with an undefined score are excluded when a bound is set."""
+    max_score: float | None = None
+    """Highest Pearson score (inclusive)."""
+    search: str | None = None
+    """Case-insensitive substring of the explanation text (taken literally: no wildcards, no query syntax)."""
+    method: str | None = None
+    """Explainer method (`token-pairs`, `sasc`, `ngram`)."""
+    model: str | None = None
+    """Subject model id, exactly as recorded."""
+    explainer_model: str | None = None
+    """Explainer LLM model name, exactly as recorded."""
+    simulator: str | None = None
+    """Simulator kind (`all-at-once`, `generated`, `lexical`, `embedding`)."""
+    run_id: int | None = None
+    """Only rows whose explanation or score was written by this run."""
+    sort: SortOrder = SortOrder.SCORE
+    """Best score first, layer/neuron ascending, or newest explanation first."""
+    limit: int | None = 50
+    """Most rows returned (None: all)."""
+    best_per_neuron: bool = True
+    """One row per neuron (its best), or every (explanation, score) pair."""
+
+    def __post_init__(self) -> None:
+        if self.limit is not None and self.limit < 1:
+            raise UserError(f"limit must be at least 1, got {self.limit}")
+        for name in ("min_score", "max_score"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise UserError(f"{name.replace('_', '-')} must be a finite number")
+        if self.min_score is not None and self.max_score is not None and self.min_score > self.max_score:
+            raise UserError(f"min-score {self.min_score} is above max-score {self.max_score}")
+        methods = [kind.value for kind in ExplainerKind]
+        if self.method is not None and self.method not in methods:
+            raise UserError(f"unknown method {self.method!r}: choose from {', '.join(methods)}")
+        simulators = [kind.value for kind in SimulatorKind]
+        if self.simulator is not None and self.simulator not in simulators:
+            raise UserError(f"unknown simulator {self.simulator!r}: choose from {', '.join(simulators)}")
+        if not isinstance(self.sort, SortOrder):
+            object.__setattr__(self, "sort", SortOrder(self.sort))
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One scored explanation with the provenance of both the explanation and its score."""
+
+    neuron: NeuronId
+    """The neuron."""
+    model_id: str
+    """Subject model id."""
+    model_fingerprint: str
+    """Fingerprint of the subject model's weights."""
+    manifest_hash: str
+    """Hash of the record store's manifest the explanation was made from."""
+    explanation_id: int
+    """Row id of the explanation."""
+    text: str
+    """The explanation."""
+    method: str
+    """Explainer method."""
+    polarity: str
+    """`positive` or `negative`."""
+    explainer_backend: str
+    """Explainer backend spec."""
+    explainer_model: str
+    """Explainer model name."""
+    explanation_prompt_hash: str
+    """Content hash of the explainer prompt files."""
+    explanation_parameters: dict[str, Any]
+    """Explainer settings."""
+    explanation_key: str
+    """Explanation config key."""
+    explanation_run_id: int | None
+    """Run that wrote the explanation."""
+    explained_at: str
+    """When the explanation was made (ISO-8601 UTC)."""
+    split_seed: int
+    """Seed of the window split."""
+    score_id: int
+    """Row id of the score."""
+    score: float
+    """Pearson correlation of simulated and true activations (NaN when undefined)."""
+    pearson_top: float
+    """Pearson over held-out top windows."""
+    pearson_random: float
+    """Pearson over random windows."""
+    rsquared: float
+    """Calibrated R^2."""
+    absolute_dev_explained: float
+    """Calibrated absolute deviation explained."""
+    ci_low: float
+    """Bootstrap 95% interval of the score, low end."""
+    ci_high: float
+    """High end."""
+    scored_tokens: int
+    """Tokens scored."""
+    undefined_reason: str | None
+    """Why the score is NaN, if it is."""
+    simulator: str
+    """Simulator kind."""
+    simulator_backend: str
+    """Simulator backend spec."""
+    simulator_model: str
+    """Simulator model name."""
+    simulator_prompt_hash: str
+    """Content hash of the simulator prompt files."""
+    score_parameters: dict[str, Any]
+    """Simulator/scoring settings."""
+    score_key: str
+    """Score config key."""
+    score_run_id: int | None
+    """Run that wrote the score."""
+    scored_at: str
+    """When the score was made (ISO-8601 UTC)."""
+    baselines: dict[str, float] = field(default_factory=dict)
+    """Baseline scores, if computed."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Flat JSON-ready mapping (NaN becomes None; `neuron` split into `layer` and `neuron`)."""
+        out: dict[str, Any] = {"layer": self.neuron.layer, "neuron": self.neuron.neuron}
+        for name in self.__dataclass_fields__:
+            if name == "neuron":
+                continue
+            value = getattr(self, name)
+            if isinstance(value, float) and not math.isfinite(value):
+                value = None
+            out[name] = value
+        return out
+
+
+_scores = ScoreRow.__table__
+_explanations = ExplanationRow.__table__
+_neurons = NeuronRow.__table__
+_models = SubjectModelRow.__table__
+_recordings = RecordingRow.__table__
+_search = table(SEARCH_TABLE, column("rowid"), column("text"))
+
+
+def _fts_phrase(text: str) -> str:
+    """An FTS5 string literal: the whole input as one phrase, so no query syntax gets through."""
+    return '"' + text.replace('"', '""') + '"'
+
+
+def _pair_filters(query: ExplanationQuery, scores: Any, explanations: Any, *,
+                  search_index: bool) -> list[ColumnElement[bool]]:
+    """Conditions on one (score, explanation) pair that decide whether it competes for best-of-neuron."""
+    conditions: list[ColumnElement[bool]] = []
+    if query.method is not None:
+        conditions.append(explanations.c.method == query.method)
+    if query.explainer_model is not None:
+        conditions.append(explanations.c.explainer_model == query.explainer_model)
+    if query.simulator is not None:
+        conditions.append(scores.c.simulator == query.simulator)
+    if query.run_id is not None:
+        conditions.append(or_(scores.c.run_id == query.run_id, explanations.c.run_id == query.run_id))
+    needle = (query.search or "").strip()
+    if needle:
+        if search_index and len(needle) >= MIN_SEARCH_INDEX_CHARS:
+            matches = select(_search.c.rowid).where(_search.c.text.match(_fts_phrase(needle)))
+            conditions.append(explanations.c.id.in_(matches))
+        else:
+            conditions.append(explanations.c.text.icontains(needle, autoescape=True))
+    return conditions
+
+
+def _needs_explanation(query: ExplanationQuery) -> bool:
+    return any(value is not None for value in (query.method, query.explainer_model, query.run_id)) or bool(
+        (query.search or "").strip())
+
+
+def _in_ranges(column_: Any, values: tuple[int, ...]) -> ColumnElement[bool]:
+    """`column IN values` written as a few BETWEENs over contiguous runs, so 0-14335 is one condition."""
+    runs: list[tuple[int, int]] = []
+    for value in sorted(set(values)):
+        if runs and value == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], value)
+        else:
+            runs.append((value, value))
+    parts = [column_ == start if start == end else column_.between(start, end) for start, end in runs]
+    return parts[0] if len(parts) == 1 else or_(*parts)
+
+
+def build_select(query: ExplanationQuery, *, search_index: bool) -> Select[Any]:
+    """The SELECT for `query` (exposed for tests and EXPLAIN QUERY PLAN)."""
+    s = _scores.alias("s")
+    e = _explanations.alias("e")
+    n = _neurons.alias("n")
+    m = _models.alias("m")
+    r = _recordings.alias("r")
+    columns = [
+        n.c.layer, n.c.neuron, m.c.model_id, m.c.fingerprint, r.c.manifest_hash,
+        e.c.id.label("explanation_id"), e.c.text, e.c.method, e.c.polarity, e.c.explainer_backend,
+        e.c.explainer_model, e.c.prompt_hash.label("explanation_prompt_hash"),
+        e.c.parameters_json.label("explanation_parameters_json"), e.c.config_key.label("explanation_key"),
+        e.c.run_id.label("explanation_run_id"), e.c.created_at.label("explained_at"), e.c.split_seed,
+        s.c.id.label("score_id"), s.c.pearson, s.c.pearson_top, s.c.pearson_random, s.c.rsquared,
+        s.c.absolute_dev_explained, s.c.ci_low, s.c.ci_high, s.c.scored_tokens, s.c.undefined_reason,
+        s.c.simulator, s.c.simulator_backend, s.c.simulator_model, s.c.prompt_hash.label("simulator_prompt_hash"),
+        s.c.parameters_json.label("score_parameters_json"), s.c.config_key.label("score_key"),
+        s.c.run_id.label("score_run_id"), s.c.created_at.label("scored_at"), s.c.baselines_json,
+    ]
+    statement = (select(*columns)
+                 .select_from(s.join(e, e.c.id == s.c.explanation_id)
+                              .join(n, n.c.id == s.c.neuron_id)
+                              .join(m, m.c.id == n.c.subject_model_id)
+                              .join(r, r.c.id == e.c.recording_id)))
+    conditions = _pair_filters(query, s, e, search_index=search_index)
+    if query.layers:
+        conditions.append(_in_ranges(n.c.layer, query.layers))
+    if query.neurons:
+        conditions.append(_in_ranges(n.c.neuron, query.neurons))
+    if query.model is not None:
+        conditions.append(m.c.model_id == query.model)
+    if query.min_score is not None or query.max_score is not None:
+        conditions.append(s.c.pearson.is_not(None))
+    if query.min_score is not None:
+        conditions.append(s.c.sort_score >= query.min_score)
+    if query.max_score is not None:
+        conditions.append(s.c.sort_score <= query.max_score)
+    if query.best_per_neuron:
+        rival_scores = _scores.alias("s2")
+        rival_explanations = _explanations.alias("e2")
+        rivals_from = rival_scores
+        if _needs_explanation(query):
+            rivals_from = rival_scores.join(rival_explanations, rival_explanations.c.id == rival_scores.c.explanation_id)
+        better = or_(rival_scores.c.sort_score > s.c.sort_score,
+                     and_(rival_scores.c.sort_score == s.c.sort_score, rival_scores.c.id < s.c.id))
+        rivals = (select(rival_scores.c.id).select_from(rivals_from)
+                  .where(rival_scores.c.neuron_id == s.c.neuron_id, better,
+                         *_pair_filters(query, rival_scores, rival_explanations, search_index=search_index)))
+        conditions.append(~exists(rivals))
+    statement = statement.where(*conditions)
+    if query.sort is SortOrder.SCORE:
+        statement = statement.order_by(s.c.sort_score.desc(), n.c.layer, n.c.neuron, s.c.id)
+    elif query.sort is SortOrder.LAYER:
+        statement = statement.order_by(n.c.layer, n.c.neuron, s.c.sort_score.desc(), s.c.id)
+    else:
+        statement = statement.order_by(e.c.created_at.desc(), s.c.id.desc())
+    if query.limit is not None:
+        statement = statement.limit(query.limit)
+    return statement
+
+
+def _row(values: Any) -> ResultRow:
+    return ResultRow(
+        neuron=NeuronId(values.layer, values.neuron), model_id=values.model_id,
+        model_fingerprint=values.fingerprint, manifest_hash=values.manifest_hash,
+        explanation_id=values.explanation_id, text=values.text, method=values.method, polarity=values.polarity,
+        explainer_backend=values.explainer_backend, explainer_model=values.explainer_model,
+        explanation_prompt_hash=values.explanation_prompt_hash,
+        explanation_parameters=load_json(values.explanation_parameters_json, {}),
+        explanation_key=values.explanation_key, explanation_run_id=values.explanation_run_id,
+        explained_at=values.explained_at, split_seed=values.split_seed, score_id=values.score_id,
+        score=none_to_nan(values.pearson), pearson_top=none_to_nan(values.pearson_top),
+        pearson_random=none_to_nan(values.pearson_random), rsquared=none_to_nan(values.rsquared),
+        absolute_dev_explained=none_to_nan(values.absolute_dev_explained), ci_low=none_to_nan(values.ci_low),
+        ci_high=none_to_nan(values.ci_high), scored_tokens=values.scored_tokens,
+        undefined_reason=values.undefined_reason, simulator=values.simulator,
+        simulator_backend=values.simulator_backend, simulator_model=values.simulator_model,
+        simulator_prompt_hash=values.simulator_prompt_hash,
+        score_parameters=load_json(values.score_parameters_json, {}), score_key=values.score_key,
+        score_run_id=values.score_run_id, scored_at=values.scored_at,
+        baselines={key: none_to_nan(value) for key, value in load_json(values.baselines_json, {}).items()},
+    )
+
+
+def run_query(connection: Connection, query: ExplanationQuery, *, search_index: bool) -> Iterator[ResultRow]:
+    """Stream the rows of `query` (inside the caller's connection)."""
+    result = connection.execution_options(yield_per=1000).execute(build_select(query, search_index=search_index))
+    for values in result:
+        yield _row(values)
+
+
+def parse_int_list(text: str, *, what: str) -> tuple[int, ...]:
+    """Parse `3`, `0-5` or `1,4,7-9` into sorted unique non-negative ints (for layer/neuron filters)."""
+    values: set[int] = set()
+    for piece in text.split(","):
+        piece = piece.strip()
+        try:
+            if "-" in piece:
+                start_text, end_text = piece.split("-", 1)
+                start, end = int(start_text), int(end_text)
+            else:
+                start = end = int(piece)
+        except ValueError:
+            raise UserError(f"malformed {what} filter {piece!r}: use N, A-B or a comma list") from None
+        if start < 0 or start > end:
+            raise UserError(f"malformed {what} filter {piece!r}: need 0 <= start <= end")
+        if end - start > 1_000_000:
+            raise UserError(f"{what} filter {piece!r} is too wide")
+        values.update(range(start, end + 1))
+    return tuple(sorted(values))

@@ -1,0 +1,149 @@
+"""Schema version, creation of a new database, and in-place upgrades of older ones.
+
+Policy: every change to the tables bumps SCHEMA_VERSION and adds an upgrade step `UPGRADES[old]` that turns a
+version-`old` database into version `old + 1`. Opening runs the missing steps in order, each in its own
+transaction together with the version bump, so an interrupted upgrade leaves the previous version intact.
+A database newer than this code, or one without our meta table, is refused and never modified.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from sqlalchemy import Connection, inspect, select
+
+from neuron_explainer.db.codec import utc_iso
+from neuron_explainer.db.models import Base, MetaEntry
+from neuron_explainer.errors import UserError
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+"""Version of the tables defined in models.py."""
+
+APPLICATION = "neuron-explainer"
+"""Value of the `application` meta entry that marks a database as ours."""
+
+SEARCH_TABLE = "explanations_fts"
+"""SQLite FTS5 (trigram) index over explanation text; absent on PostgreSQL and on SQLite builds without FTS5."""
+
+_SEARCH_DDL = (
+    f"CREATE VIRTUAL TABLE {SEARCH_TABLE} USING fts5("
+    "text, content='explanations', content_rowid='id', tokenize='trigram')",
+    f"CREATE TRIGGER {SEARCH_TABLE}_insert AFTER INSERT ON explanations BEGIN "
+    f"INSERT INTO {SEARCH_TABLE}(rowid, text) VALUES (new.id, new.text); END",
+    f"CREATE TRIGGER {SEARCH_TABLE}_delete AFTER DELETE ON explanations BEGIN "
+    f"INSERT INTO {SEARCH_TABLE}({SEARCH_TABLE}, rowid, text) VALUES ('delete', old.id, old.text); END",
+    f"CREATE TRIGGER {SEARCH_TABLE}_update AFTER UPDATE OF text ON explanations BEGIN "
+    f"INSERT INTO {SEARCH_TABLE}({SEARCH_TABLE}, rowid, text) VALUES ('delete', old.id, old.text); "
+    f"INSERT INTO {SEARCH_TABLE}(rowid, text) VALUES (new.id, new.text); END",
+)
+
+
+def sqlite_has_fts5_trigram(connection: Connection) -> bool:
+    """Whether this SQLite build can make an FTS5 trigram table (FTS5 compiled in, SQLite >= 3.34)."""
+    try:
+        connection.exec_driver_sql("CREATE VIRTUAL TABLE temp.ne_fts_probe USING fts5(x, tokenize='trigram')")
+        connection.exec_driver_sql("DROP TABLE temp.ne_fts_probe")
+        return True
+    except Exception:  # noqa: BLE001 - any failure means "not available"
+        return False
+
+
+def create_search_index(connection: Connection) -> bool:
+    """Create the FTS5 index and its sync triggers on SQLite, filled from existing rows; False when unavailable."""
+    if connection.dialect.name != "sqlite" or not sqlite_has_fts5_trigram(connection):
+        return False
+    for statement in _SEARCH_DDL:
+        connection.exec_driver_sql(statement)
+    connection.exec_driver_sql(f"INSERT INTO {SEARCH_TABLE}({SEARCH_TABLE}) VALUES ('rebuild')")
+    return True
+
+
+def has_search_index(connection: Connection) -> bool:
+    """Whether the FTS5 index exists in this database."""
+    if connection.dialect.name != "sqlite":
+        return False
+    found = connection.exec_driver_sql(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (SEARCH_TABLE,)).first()
+    return found is not None
+
+
+def _add_column(connection: Connection, table: str, column_ddl: str) -> None:
+    connection.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column_ddl}")
+
+
+def _upgrade_1_to_2(connection: Connection) -> None:
+    """Version 2 added provider-cached prompt tokens to the ledger, score baselines, and the text search index."""
+    _add_column(connection, "llm_calls", "cached_tokens INTEGER NOT NULL DEFAULT 0")
+    _add_column(connection, "scores", "baselines_json TEXT NOT NULL DEFAULT '{}'")
+    create_search_index(connection)
+
+
+UPGRADES: dict[int, Callable[[Connection], None]] = {
+    1: _upgrade_1_to_2,
+}
+"""UPGRADES[v] upgrades a version-v database to version v + 1."""
+
+
+def _set_meta(connection: Connection, key: str, value: str) -> None:
+    table = MetaEntry.__table__
+    updated = connection.execute(table.update().where(table.c.key == key).values(value=value)).rowcount
+    if not updated:
+        connection.execute(table.insert().values(key=key, value=value))
+
+
+def read_schema_version(connection: Connection) -> int | None:
+    """The stored schema version, or None when the database has no meta table."""
+    if not inspect(connection).has_table(MetaEntry.__tablename__):
+        return None
+    value = connection.execute(select(MetaEntry.value).where(MetaEntry.key == "schema_version")).scalar()
+    if value is None:
+        return None
+    return int(value)
+
+
+def prepare_schema(connection: Connection, *, where: str, create: bool) -> int:
+    """Create, check or upgrade the schema inside the caller's transaction; returns the version found on disk.
+
+    `where` names the database in messages (no password).
+    """
+    tables = set(inspect(connection).get_table_names())
+    if not tables:
+        if not create:
+            raise UserError(f"{where} holds no neuron-explainer database; run `neuron-explainer run` first")
+        Base.metadata.create_all(connection)
+        search = create_search_index(connection)
+        _set_meta(connection, "application", APPLICATION)
+        _set_meta(connection, "schema_version", str(SCHEMA_VERSION))
+        _set_meta(connection, "created_at", utc_iso())
+        logger.info("created schema version %d in %s (text search index: %s)", SCHEMA_VERSION, where, search)
+        return SCHEMA_VERSION
+    if MetaEntry.__tablename__ not in tables:
+        raise UserError(f"{where} is not a neuron-explainer database (it has other tables: "
+                        f"{', '.join(sorted(tables)[:5])}); refusing to touch it")
+    application = connection.execute(select(MetaEntry.value).where(MetaEntry.key == "application")).scalar()
+    version = read_schema_version(connection)
+    if application != APPLICATION or version is None:
+        raise UserError(f"{where} is not a neuron-explainer database (its meta table names no schema version)")
+    if version > SCHEMA_VERSION:
+        raise UserError(f"{where} has schema version {version}, newer than this neuron-explainer understands "
+                        f"({SCHEMA_VERSION}); upgrade neuron-explainer")
+    return version
+
+
+def upgrade_step(connection: Connection, from_version: int) -> None:
+    """Apply UPGRADES[from_version] and record the new version (caller holds the transaction)."""
+    if from_version not in UPGRADES:
+        raise UserError(f"no upgrade path from schema version {from_version}; this database is too old for "
+                        f"neuron-explainer (current schema {SCHEMA_VERSION})")
+    UPGRADES[from_version](connection)
+    _set_meta(connection, "schema_version", str(from_version + 1))
+    _set_meta(connection, f"upgraded_to_{from_version + 1}_at", utc_iso())
+
+
+def meta_value(connection: Connection, key: str) -> str | None:
+    """One meta entry."""
+    return connection.execute(select(MetaEntry.value).where(MetaEntry.key == key)).scalar()
+
