@@ -59,8 +59,126 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_query_filters(parser: argparse.ArgumentParser, *, limit: int | None) -> None:
+    parser.add_argument("--db", default=DEFAULT_DB, help=f"database URL or SQLite file (default {DEFAULT_DB})")
+    parser.add_argument("--layer", default=None, help="layers: N, A-B or a comma list")
+    parser.add_argument("--neuron", default=None, help="neuron indices within the layer: N, A-B or a comma list")
+    parser.add_argument("--min-score", type=float, default=None, help="lowest best score (inclusive)")
+    parser.add_argument("--max-score", type=float, default=None, help="highest best score (inclusive)")
+    parser.add_argument("--search", default=None, help="case-insensitive text in the explanation (literal)")
+    parser.add_argument("--method", default=None, help="explainer method: token-pairs, sasc, ngram")
+    parser.add_argument("--model", default=None, help="subject model id")
+    parser.add_argument("--explainer-model", default=None, help="explainer LLM model name")
+    parser.add_argument("--simulator", default=None, help="simulator: all-at-once, generated, lexical, embedding")
+    parser.add_argument("--run", type=int, default=None, help="only results written by this run id")
+    parser.add_argument("--sort", choices=["score", "layer", "created"], default="score")
+    parser.add_argument("--limit", type=int, default=limit, help=f"most rows (default {limit or 'all'})")
+    parser.add_argument("--all", action="store_true", help="every explanation, not only the best per neuron")
+
+
+def _query_from_args(args: argparse.Namespace) -> Any:
+    from neuron_explainer.db import ExplanationQuery, SortOrder, parse_int_list
+
+    return ExplanationQuery(
+        layers=parse_int_list(args.layer, what="layer") if args.layer else (),
+        neurons=parse_int_list(args.neuron, what="neuron") if args.neuron else (),
+        min_score=args.min_score, max_score=args.max_score, search=args.search, method=args.method,
+        model=args.model, explainer_model=args.explainer_model, simulator=args.simulator, run_id=args.run,
+        sort=SortOrder(args.sort), limit=args.limit, best_per_neuron=not args.all)
+
+
+def _add_query(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("query", help="list explanations (best per neuron) filtered and sorted")
+    _add_query_filters(parser, limit=50)
+    parser.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    parser.set_defaults(handler=_cmd_query)
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    import shutil
+
+    from neuron_explainer.db import open_database
+    from neuron_explainer.export.tabular import write_csv_rows
+    from neuron_explainer.export.terminal import format_rows_table
+
+    query = _query_from_args(args)
+    with open_database(args.db, create=False) as database:
+        rows = database.query(query)
+    if args.format == "json":
+        print(json.dumps([row.as_dict() for row in rows], indent=2, ensure_ascii=False, allow_nan=False))
+    elif args.format == "csv":
+        write_csv_rows(rows, sys.stdout)
+    else:
+        print(format_rows_table(rows, width=shutil.get_terminal_size((120, 24)).columns))
+    return 0
+
+
+def _add_show(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("show", help="one neuron's explanations, scores and scored windows")
+    parser.add_argument("neuron", help="LAYER:NEURON")
+    parser.add_argument("--db", default=DEFAULT_DB, help=f"database URL or SQLite file (default {DEFAULT_DB})")
+    parser.add_argument("--model", default=None, help="subject model id (when the database holds several)")
+    parser.add_argument("--records", default=None, help="record store: also show the windows the explainer saw")
+    parser.add_argument("--windows", type=int, default=3, help="scored windows to print (default 3)")
+    parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.set_defaults(handler=_cmd_show)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    import shutil
+
+    from neuron_explainer.db import open_database
+    from neuron_explainer.export.terminal import format_neuron_detail, format_source_windows, neuron_detail_as_dict
+    from neuron_explainer.subject.neurons import NeuronId
+
+    neuron = NeuronId.parse(args.neuron)
+    with open_database(args.db, create=False) as database:
+        details = database.neuron_details(neuron, model=args.model)
+    if not details:
+        raise UserError(f"neuron {neuron} is not in {args.db}")
+    if args.format == "json":
+        print(json.dumps([neuron_detail_as_dict(detail) for detail in details], indent=2, ensure_ascii=False))
+        return 0
+    width = shutil.get_terminal_size((120, 24)).columns
+    print(format_neuron_detail(details, windows=args.windows, width=width), end="")
+    if args.records:
+        print(format_source_windows(details, args.records, width=width), end="")
+    return 0
+
+
+def _add_export(commands: argparse._SubParsersAction) -> None:
+    from neuron_explainer.export import FORMATS
+
+    parser = commands.add_parser("export", help="write results as csv, jsonl, latex, markdown or plots")
+    parser.add_argument("--format", required=True, choices=sorted(FORMATS))
+    parser.add_argument("--out", required=True, help="output file (a directory for plots)")
+    _add_query_filters(parser, limit=None)
+    parser.add_argument("--json", action="store_true", help="print a JSON summary of what was written")
+    parser.set_defaults(handler=_cmd_export)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from neuron_explainer.db import open_database
+    from neuron_explainer.export import export
+
+    query = _query_from_args(args)
+    with open_database(args.db, create=False) as database:
+        result = export(database, args.format, args.out, query=query)
+    if args.json:
+        print_json({"format": result.format, "paths": [str(path) for path in result.paths], "rows": result.rows,
+                    "notes": list(result.notes)})
+    else:
+        for note in result.notes:
+            print(f"note: {note}")
+        print(f"wrote {result.rows} rows to {', '.join(str(path) for path in result.paths)}")
+    return 0
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
+    _add_query,
+    _add_show,
+    _add_export,
 ]
 
 

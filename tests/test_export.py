@@ -1,0 +1,158 @@
+"""Exports from a real SQLite file: escaping in every format, summaries, plots, the CLI."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fixtures.db_factory import populate
+from neuron_explainer.cli import main
+from neuron_explainer.db import Database, ExplanationQuery, open_database
+from neuron_explainer.errors import UserError
+from neuron_explainer.export import FORMATS, export
+from neuron_explainer.export.escaping import csv_cell, latex_escape, markdown_escape
+from neuron_explainer.export.summary import layer_summaries
+
+NASTY = "tokens like & % $ # _ { } ~ ^ \\ and | pipes <b>"
+FORMULAS = ["=HYPERLINK(\"http://x\")", "+1 tokens", "-minus sign", "@SUM(A1)", "\tTAB start", "\rCR start"]
+
+ITEMS = [
+    (0, 0, "token-pairs", NASTY, 0.9),
+    (0, 1, "token-pairs", "closing parentheses", 0.7),
+    (0, 1, "sasc", "calls", 0.5),
+    (1, 0, "token-pairs", "numbers", 0.2),
+    (1, 1, "sasc", "nothing", float("nan")),
+] + [(2, index, "token-pairs", text, 0.1 * index - 0.3) for index, text in enumerate(FORMULAS)]
+
+
+@pytest.fixture()
+def database(tmp_path: Path):
+    with open_database(str(tmp_path / "e.db")) as opened:
+        populate(opened, ITEMS)
+        yield opened
+
+
+def test_csv_cells_cannot_become_formulas(database: Database, tmp_path: Path) -> None:
+    out = tmp_path / "out.csv"
+    result = export(database, "csv", out)
+    assert result.rows == 10 and result.paths == (out,)
+    rows = list(csv.DictReader(out.open(newline="", encoding="utf-8")))
+    texts = {row["text"] for row in rows}
+    for formula in FORMULAS:
+        assert "'" + formula in texts
+    assert NASTY in texts
+    assert all(not row["text"].startswith(("=", "+", "-", "@", "\t", "\r")) for row in rows)
+    numeric = {row["neuron"]: row for row in rows if row["layer"] == "2"}
+    assert numeric["0"]["score"] == "-0.3" and numeric["0"]["ci_low"].startswith("-0.4")  # numbers stay numbers
+    assert json.loads(rows[0]["explanation_parameters"]) == {"examples": 5, "temperature": 0.0}
+    assert [row["score"] for row in rows if row["layer"] == "1" and row["neuron"] == "1"] == [""]  # NaN
+    assert csv_cell("=1+1") == "'=1+1" and csv_cell("a=1") == "a=1" and csv_cell(-1.5) == -1.5
+
+
+def test_latex_escapes_every_special_and_summarises_layers(database: Database, tmp_path: Path) -> None:
+    out = tmp_path / "tables.tex"
+    export(database, "latex", out)
+    text = out.read_text(encoding="utf-8")
+    assert "\\toprule" in text and "\\midrule" in text and "\\bottomrule" in text
+    line = next(line for line in text.splitlines() if line.startswith("0 & 0 & "))
+    escaped = latex_escape(NASTY)
+    assert line.endswith(f"& {escaped} \\\\")
+    assert escaped == ("tokens like \\& \\% \\$ \\# \\_ \\{ \\} \\textasciitilde{} \\textasciicircum{} "
+                       "\\textbackslash{} and \\textbar{} pipes \\textless{}b\\textgreater{}")
+    # Outside the escape sequences themselves, no special character is left.
+    stripped = re.sub(r"\\(textasciitilde|textasciicircum|textbackslash|textbar|textless|textgreater)\{\}", "",
+                      escaped)
+    stripped = re.sub(r"\\[&%$#_{}]", "", stripped)
+    assert not set(stripped) & set("&%$#_{}~^\\|<>")
+    summary_rows = {line.split(" & ")[0]: line for line in text.splitlines() if re.match(r"^(\d+|All) & \d+ & ", line)}
+    assert summary_rows["0"].startswith("0 & 2 & 0.80 & 0.80 & 0.50 [")
+    assert summary_rows["1"].startswith("1 & 2 & 0.20 & 0.20 & 0.00 [0.00, 0.00]")
+    assert summary_rows["All"].startswith("All & 10 & ")
+    assert "\\begin{tabular}" in text and text.count("\\begin{table}") == 2
+
+
+def test_layer_summary_bootstrap_interval_brackets_the_fraction(database: Database) -> None:
+    summaries = layer_summaries(database.iter_query(ExplanationQuery(limit=None)))
+    layer0 = summaries[0]
+    assert (layer0.layer, layer0.neurons, layer0.scored, layer0.fraction_good) == (0, 2, 2, 0.5)
+    assert layer0.fraction_good_ci[0] <= 0.5 <= layer0.fraction_good_ci[1]
+    assert 0.0 <= layer0.fraction_good_ci[0] < layer0.fraction_good_ci[1] <= 1.0
+    total = summaries[-1]
+    assert total.layer is None and total.neurons == 10 and total.scored == 9
+
+
+def test_markdown_escapes_cells(database: Database, tmp_path: Path) -> None:
+    out = tmp_path / "table.md"
+    assert export(database, "markdown", out).rows == 10
+    lines = out.read_text(encoding="utf-8").splitlines()
+    row = next(line for line in lines if line.startswith("| 0 | 0 |"))
+    assert row.count(" | ") == 7  # escaped pipes do not add columns
+    assert markdown_escape(NASTY) in row and "<b>" not in row
+    assert markdown_escape("a|b*c_[d](e)`f`") == "a\\|b\\*c\\_\\[d\\](e)\\`f\\`"
+    assert "| all | 10 |" in "\n".join(lines)
+
+
+def test_jsonl_is_one_neuron_per_line_with_provenance(database: Database, tmp_path: Path) -> None:
+    out = tmp_path / "neurons.jsonl"
+    assert export(database, "jsonl", out).rows == 10
+    lines = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [(line["layer"], line["neuron"]) for line in lines][:3] == [(0, 0), (0, 1), (1, 0)]
+    assert all(len(line["explanations"]) == 1 for line in lines)
+    best = lines[1]["explanations"][0]
+    assert best["method"] == "token-pairs" and best["score"] == 0.7
+    for field in ("explanation_key", "score_key", "manifest_hash", "model_fingerprint", "explanation_prompt_hash",
+                  "simulator_prompt_hash", "explainer_backend", "split_seed", "explanation_parameters"):
+        assert field in best
+    every = tmp_path / "every.jsonl"
+    export(database, "jsonl", every, query=ExplanationQuery(limit=None, best_per_neuron=False))
+    grouped = [json.loads(line) for line in every.read_text(encoding="utf-8").splitlines()]
+    assert len(grouped) == 10
+    assert [entry["method"] for entry in grouped[1]["explanations"]] == ["token-pairs", "sasc"]
+
+
+def test_plots_are_written_as_png_and_pdf(database: Database, tmp_path: Path) -> None:
+    out = tmp_path / "figures"
+    result = export(database, "plots", out)
+    names = sorted(path.name for path in result.paths)
+    assert names == sorted(f"{stem}.{suffix}" for stem in ("score_histogram", "score_by_layer", "method_scatter")
+                           for suffix in ("png", "pdf"))
+    for path in result.paths:
+        header = path.read_bytes()[:8]
+        assert header.startswith(b"\x89PNG") if path.suffix == ".png" else header.startswith(b"%PDF")
+        assert path.stat().st_size > 1000
+    assert result.notes == ()
+
+
+def test_plots_without_matplotlib_name_the_install(database: Database, tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None  # as if it were not installed\n"
+        "from neuron_explainer.cli import main\n"
+        f"sys.exit(main(['export', '--db', {database.where!r}, '--format', 'plots', '--out', {str(tmp_path / 'p')!r}]))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert "pip install matplotlib" in done.stderr and "neuron-explainer[plots]" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+def test_export_cli_and_dispatch(database: Database, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "best.csv"
+    assert main(["export", "--db", database.where, "--format", "csv", "--out", str(out), "--layer", "0",
+                 "--min-score", "0.8", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary == {"format": "csv", "paths": [str(out)], "rows": 1, "notes": []}
+    assert len(list(csv.reader(io.StringIO(out.read_text(encoding="utf-8"))))) == 2
+    assert set(FORMATS) >= {"csv", "jsonl", "latex", "markdown", "plots"}
+    with pytest.raises(UserError, match="unknown export format 'docx'"):
+        export(database, "docx", tmp_path / "x.docx")
+    with pytest.raises(UserError, match="does not exist"):
+        export(database, "csv", tmp_path / "missing-dir" / "x.csv")
+    assert main(["export", "--db", database.where, "--format", "latex", "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err

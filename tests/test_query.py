@@ -1,0 +1,208 @@
+"""Queries over real SQLite files: filters, best-per-neuron semantics, sorting, hostile input, the CLI."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from fixtures.db_factory import explain_key, explanation, populate, register, score, score_key
+from neuron_explainer.cli import main
+from neuron_explainer.db import Database, ExplanationQuery, open_database
+from neuron_explainer.errors import UserError
+from neuron_explainer.subject.neurons import NeuronId
+
+NAN = float("nan")
+
+ITEMS = [
+    (0, 0, "token-pairs", "the keyword def", 0.9),
+    (0, 1, "token-pairs", "closing parentheses", 0.3),
+    (0, 1, "sasc", "function call syntax", 0.7),
+    (1, 5, "token-pairs", "numbers in version strings", 0.5),
+    (1, 6, "token-pairs", "constant", NAN),
+    (2, 0, "ngram", "Python keywords", 0.8),
+    (2, 1, "token-pairs", "tie breaker first", 0.4),
+    (2, 1, "sasc", "tie breaker second", 0.4),
+]
+
+HOSTILE = [
+    "it's a \"quoted\" 'word'",
+    "x'; DROP TABLE explanations; --",
+    "100% of the time",
+    "snake_case names",
+    "percent 100 of",
+    "snakeXcase",
+    "back\\slash and \"double\"\" quotes",
+    "OR 1=1 -- ",
+    "NEAR(a b) AND * ^col:",
+]
+
+
+@pytest.fixture()
+def database(tmp_path: Path):
+    with open_database(str(tmp_path / "q.db")) as opened:
+        populate(opened, ITEMS)
+        yield opened
+
+
+def _neurons(rows) -> list[str]:
+    return [str(row.neuron) for row in rows]
+
+
+def test_best_per_neuron_by_default_sorted_by_score(database: Database) -> None:
+    rows = database.query(ExplanationQuery())
+    assert _neurons(rows) == ["0:0", "2:0", "0:1", "1:5", "2:1", "1:6"]
+    assert [row.method for row in rows][2] == "sasc"  # 0.7 beats 0.3 for neuron 0:1
+    assert rows[4].text == "tie breaker first"  # equal scores: the older row wins
+    assert rows[-1].undefined_reason == "constant simulation" and rows[-1].score != rows[-1].score  # NaN last
+
+
+def test_every_pair_and_other_sort_orders(database: Database) -> None:
+    assert len(database.query(ExplanationQuery(best_per_neuron=False, limit=None))) == len(ITEMS)
+    by_layer = database.query(ExplanationQuery(sort="layer"))
+    assert _neurons(by_layer) == ["0:0", "0:1", "1:5", "1:6", "2:0", "2:1"]
+    newest = database.query(ExplanationQuery(sort="created", best_per_neuron=False, limit=2))
+    assert [row.text for row in newest] == ["tie breaker second", "tie breaker first"]
+    assert len(database.query(ExplanationQuery(limit=2))) == 2
+
+
+def test_filters(database: Database) -> None:
+    assert _neurons(database.query(ExplanationQuery(layers=(1, 2)))) == ["2:0", "1:5", "2:1", "1:6"]
+    assert _neurons(database.query(ExplanationQuery(layers=(0,), neurons=(1,)))) == ["0:1"]
+    assert _neurons(database.query(ExplanationQuery(min_score=0.5))) == ["0:0", "2:0", "0:1", "1:5"]
+    # The range applies to each neuron's best: 0:1 (best 0.7) is not "poorly explained".
+    assert _neurons(database.query(ExplanationQuery(max_score=0.5))) == ["1:5", "2:1"]
+    assert _neurons(database.query(ExplanationQuery(min_score=0.4, max_score=0.5))) == ["1:5", "2:1"]
+    method_rows = database.query(ExplanationQuery(method="token-pairs"))
+    assert [(str(row.neuron), row.score) for row in method_rows][:3] == [("0:0", 0.9), ("1:5", 0.5), ("2:1", 0.4)]
+    assert ("0:1", 0.3) in [(str(row.neuron), row.score) for row in method_rows]
+    assert _neurons(database.query(ExplanationQuery(method="ngram"))) == ["2:0"]
+    assert database.query(ExplanationQuery(model="another-model")) == []
+    assert len(database.query(ExplanationQuery(model="tiny-llama"))) == 6
+    assert database.query(ExplanationQuery(explainer_model="gpt-4o")) == []
+    assert database.query(ExplanationQuery(simulator="embedding")) == []
+    assert database.query(ExplanationQuery(run_id=1)) == []
+
+
+def test_search_uses_substrings_case_insensitively(database: Database) -> None:
+    assert database.search_index
+    assert [row.text for row in database.query(ExplanationQuery(search="KEYWORD", best_per_neuron=False))] == [
+        "the keyword def", "Python keywords"]
+    assert _neurons(database.query(ExplanationQuery(search="tie breaker"))) == ["2:1"]
+    assert [row.text for row in database.query(ExplanationQuery(search="second"))] == ["tie breaker second"]
+    assert _neurons(database.query(ExplanationQuery(search="de"))) == ["0:0"]  # short: LIKE path
+    assert database.query(ExplanationQuery(search="zebra")) == []
+
+
+def test_simulator_and_run_filters_pick_the_matching_score(tmp_path: Path) -> None:
+    with open_database(str(tmp_path / "s.db")) as database:
+        run_id = database.start_run(config={})
+        recording = register(database)
+        neuron = NeuronId(4, 4)
+        database.record_explanation(recording, explanation(neuron, "x"), config_key=explain_key())
+        database.record_score(recording, score(neuron, 0.2), explanation_key=explain_key(), config_key=score_key())
+        database.record_score(recording, score(neuron, 0.6, simulator="embedding"), explanation_key=explain_key(),
+                              config_key=score_key("embedding"), run_id=run_id)
+        database.flush()
+        assert [row.score for row in database.query(ExplanationQuery())] == [0.6]
+        assert [row.score for row in database.query(ExplanationQuery(simulator="lexical"))] == [0.2]
+        assert [row.simulator for row in database.query(ExplanationQuery(run_id=run_id))] == ["embedding"]
+
+
+def test_invalid_queries_are_user_errors() -> None:
+    with pytest.raises(UserError, match="unknown method"):
+        ExplanationQuery(method="x'; DROP TABLE explanations; --")
+    with pytest.raises(UserError, match="unknown simulator"):
+        ExplanationQuery(simulator="nope")
+    with pytest.raises(UserError, match="above max-score"):
+        ExplanationQuery(min_score=0.9, max_score=0.1)
+    with pytest.raises(UserError, match="limit"):
+        ExplanationQuery(limit=0)
+    with pytest.raises(ValueError):
+        ExplanationQuery(sort="random()")
+
+
+@pytest.mark.parametrize("search_index", [True, False], ids=["fts5", "like"])
+def test_hostile_strings_match_literally_and_leave_tables_intact(tmp_path: Path, search_index: bool) -> None:
+    path = tmp_path / "hostile.db"
+    with open_database(str(path)) as database:
+        populate(database, [(5, index, "token-pairs", text, 0.5) for index, text in enumerate(HOSTILE)])
+        database.search_index = search_index and database.search_index
+        needles = ["'", "\"", "'; DROP TABLE explanations; --", "%", "_", "100%", "e_c", "\\", "\"\"",
+                   "1=1 --", "NEAR(", "* ^col:", "DROP TABLE explanations", "0%_o"]
+        for needle in needles:
+            expected = sorted(text for text in HOSTILE if needle.lower() in text.lower())
+            found = sorted(row.text for row in database.query(
+                ExplanationQuery(search=needle, best_per_neuron=False, limit=None)))
+            assert found == expected, needle
+        assert database.query(ExplanationQuery(model="'; DROP TABLE scores; --")) == []
+        assert database.query(ExplanationQuery(explainer_model="' OR '1'='1")) == []
+        assert database.counts()["explanations"] == len(HOSTILE)
+    connection = sqlite3.connect(path)
+    tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert {"explanations", "scores", "neurons", "runs"} <= tables
+    assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+    connection.close()
+
+
+def test_user_values_reach_sql_only_as_bound_parameters() -> None:
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    from neuron_explainer.db.query import build_select
+
+    hostile = "x'); DROP TABLE scores; --"
+    query = ExplanationQuery(layers=(1,), min_score=0.2, search=hostile, model=hostile, explainer_model=hostile)
+    for dialect, search_index in ((sqlite.dialect(), True), (sqlite.dialect(), False), (postgresql.dialect(), False)):
+        compiled = build_select(query, search_index=search_index).compile(dialect=dialect)
+        assert "DROP" not in str(compiled)
+        assert any(hostile in str(value) for value in compiled.params.values())
+
+
+def test_cli_query_formats(database: Database, capsys: pytest.CaptureFixture[str]) -> None:
+    url = database.where
+    assert main(["query", "--db", url, "--layer", "0-1", "--min-score", "0.4"]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["neuron", "score", "method"]
+    assert [line.split()[0] for line in table[1:]] == ["0:0", "0:1", "1:5"]
+    assert main(["query", "--db", url, "--format", "json", "--search", "keyword", "--all", "--sort", "layer"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(row["layer"], row["neuron"], row["text"]) for row in rows] == [
+        (0, 0, "the keyword def"), (2, 0, "Python keywords")]
+    assert rows[0]["explanation_parameters"] == {"examples": 5, "temperature": 0.0}
+    assert main(["query", "--db", url, "--format", "csv", "--limit", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("layer,neuron,model_id") and lines[1].startswith("0,0,tiny-llama")
+    assert main(["query", "--db", url, "--search", "nothing like this"]) == 0
+    assert capsys.readouterr().out.strip() == "no matching explanations"
+
+
+def test_cli_show(database: Database, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["show", "0:1", "--db", database.where]) == 0
+    page = capsys.readouterr().out
+    assert page.index("function call syntax") < page.index("closing parentheses")  # best first
+    assert "score 0.700 [0.60, 0.80]" in page
+    assert "window 11 (score-top), max true activation 2.50" in page
+    true_line = next(line.split() for line in page.splitlines() if line.split()[:1] == ["true"])
+    simulated_line = next(line.split() for line in page.splitlines() if line.split()[:1] == ["sim"])
+    assert true_line[1:] == [f"{value:.1f}" for value in (2.5, 0.25, 0.0, -0.125)]
+    assert simulated_line[1:] == ["9.0", "1.0", "0.0", "0.0"]
+    assert main(["show", "0:1", "--db", database.where, "--format", "json"]) == 0
+    [detail] = json.loads(capsys.readouterr().out)
+    assert [entry["method"] for entry in detail["explanations"]] == ["sasc", "token-pairs"]
+    windows = detail["explanations"][0]["scores"][0]["windows"]
+    assert windows[0]["tokens"] == ["def", " main", "(", ")"] and windows[0]["split"] == "score-top"
+    assert windows[0]["true_activations"][0] == 2.5 and windows[0]["simulated_activations"][0] == 9.0
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, database: Database, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["query", "--db", str(tmp_path / "absent.db")]) == 2
+    assert "no database at" in capsys.readouterr().err
+    assert main(["query", "--db", database.where, "--layer", "3-1"]) == 2
+    assert "malformed layer filter" in capsys.readouterr().err
+    assert main(["query", "--db", database.where, "--method", "bogus"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert main(["show", "9:9", "--db", database.where]) == 2
+    assert "not in" in capsys.readouterr().err
+    assert not (tmp_path / "absent.db").exists()
