@@ -174,11 +174,93 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_split_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="split seed (explain and score must use the same)")
+    parser.add_argument("--explain-windows", type=int, default=10, help="top windows shown to the explainer")
+    parser.add_argument("--score-top-windows", type=int, default=10, help="held-out top windows scored")
+    parser.add_argument("--score-random-windows", type=int, default=10, help="random windows scored")
+    parser.add_argument("--calibrate-windows", type=int, default=5,
+                        help="top and random windows (each) for calibration and best-of-n")
+    parser.add_argument("--concurrency", type=int, default=8, help="neurons processed at once")
+    parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
+
+
+def _split_config(args: argparse.Namespace) -> Any:
+    from neuron_explainer.explain import SplitConfig
+
+    return SplitConfig(seed=args.seed, explain_top=args.explain_windows, score_top=args.score_top_windows,
+                       score_random=args.score_random_windows, calibrate_top=args.calibrate_windows,
+                       calibrate_random=args.calibrate_windows, stratified=getattr(args, "stratified", False))
+
+
+def _print_summary(args: argparse.Namespace, summary: Any) -> None:
+    if args.json:
+        print_json(summary.as_dict())
+    else:
+        print(f"wrote {summary.succeeded} results and {summary.failed} failures for {summary.neurons} neurons "
+              f"to {summary.out} ({summary.prompt_tokens} prompt + {summary.completion_tokens} completion tokens)")
+
+
+def _add_explain(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("explain", help="explain neurons of a record store with an LLM (JSONL out)")
+    parser.add_argument("--records", required=True, help="record store directory (from `record`)")
+    parser.add_argument("--neurons", default="all", help="neuron SPEC: 3:17, 3:*, 0-3:0-99, all, comma lists")
+    parser.add_argument("--explainer", choices=["token-pairs"], default="token-pairs")
+    parser.add_argument("--llm", default="local:default", help="explainer backend, e.g. openai:gpt-4o-mini")
+    parser.add_argument("--out", required=True, help="JSONL file for explanations and failures")
+    parser.add_argument("--polarity", choices=["positive", "negative", "both"], default="positive")
+    parser.add_argument("--candidates", type=int, default=1, help="explanations drawn; best on the calibrate split")
+    parser.add_argument("--simulator", default=None, help="simulator ranking best-of-n candidates (default: best)")
+    parser.add_argument("--stratified", action="store_true",
+                        help="explain windows spread over the activation range instead of at random")
+    _add_split_flags(parser)
+    parser.set_defaults(handler=_cmd_explain)
+
+
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from neuron_explainer.explain import ExplainConfig
+    from neuron_explainer.explain_and_score import run_explain
+
+    config = ExplainConfig(split=_split_config(args), candidates=args.candidates)
+    summary = run_explain(args.records, args.neurons, llm=args.llm, out=args.out, config=config,
+                          polarity=args.polarity, simulator=args.simulator, concurrency=args.concurrency,
+                          progress=sys.stderr.isatty())
+    _print_summary(args, summary)
+    return 0
+
+
+def _add_score(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("score", help="simulate and score explanations from a JSONL file (JSONL out)")
+    parser.add_argument("--records", required=True, help="record store directory the explanations came from")
+    parser.add_argument("--neurons", default="all", help="neuron SPEC: 3:17, 3:*, 0-3:0-99, all, comma lists")
+    parser.add_argument("--explanations", required=True, help="JSONL written by `explain`")
+    parser.add_argument("--simulator", choices=["all-at-once", "generated", "lexical", "embedding"], default=None,
+                        help="default: all-at-once if the backend allows, else generated; lexical without --llm")
+    parser.add_argument("--llm", default=None, help="simulator backend, e.g. local:default")
+    parser.add_argument("--out", required=True, help="JSONL file for scores and failures")
+    parser.add_argument("--baselines", action="store_true", help="also score shuffled and empty explanations")
+    _add_split_flags(parser)
+    parser.set_defaults(handler=_cmd_score)
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from neuron_explainer.explain_and_score import run_score
+    from neuron_explainer.scoring import ScoreConfig
+
+    summary = run_score(args.records, args.neurons, explanations=args.explanations, out=args.out,
+                        simulator=args.simulator, llm=args.llm, config=ScoreConfig(split=_split_config(args)),
+                        baselines=args.baselines, concurrency=args.concurrency, progress=sys.stderr.isatty())
+    _print_summary(args, summary)
+    return 0
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
     _add_query,
     _add_show,
     _add_export,
+    _add_explain,
+    _add_score,
 ]
 
 

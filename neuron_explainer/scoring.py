@@ -410,13 +410,15 @@ def matched_minus_shuffled(scores: Sequence[Score]) -> BaselineGap:
 async def score_explanations(load_record: Callable[[NeuronId], NeuronRecord], explanations: Sequence[Explanation],
                              simulator: Simulator, *, config: ScoreConfig = ScoreConfig(), baselines: bool = False,
                              concurrency: int = 8, on_result: Callable[[Score | Failure], None],
+                             shuffle_pool: Sequence[Explanation] | None = None,
                              progress: bool = True) -> BatchSummary:
     """Score every explanation (each with its own polarity); with `baselines`, also the shuffled explanation
-    (another neuron's, same method and polarity) and the empty one, stored in `Score.baselines`."""
+    (another neuron's from `shuffle_pool`, default `explanations`, same method and polarity) and the empty one,
+    stored in `Score.baselines`."""
     shuffled: dict[tuple[str, str, NeuronId], str] = {}
     if baselines:
         groups: dict[tuple[str, str], dict[NeuronId, str]] = {}
-        for explanation in explanations:
+        for explanation in (explanations if shuffle_pool is None else shuffle_pool):
             groups.setdefault((explanation.method.value, explanation.polarity.value), {}).setdefault(
                 explanation.neuron, explanation.text)
         for (method, polarity), texts in groups.items():

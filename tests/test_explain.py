@@ -101,6 +101,9 @@ def test_prompt_is_trimmed_to_the_budget_weakest_windows_first():
     ("'a' and 'b'", "'a' and 'b'"),
     ("tracks of music", "tracks of music"),
     ("fires on: years like 1999", "years like 1999"),
+    ("\"The 0", "The 0"),
+    ("commas\"", "commas"),
+    ("the word \"it", "the word \"it"),
 ])
 def test_clean_explanation(raw, cleaned):
     assert clean_explanation(raw).text == cleaned

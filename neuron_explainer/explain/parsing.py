@@ -55,6 +55,9 @@ def _unquote(text: str) -> str:
             # Only strip quotes that wrap the whole answer, not a quoted token at each end ("a" and "b").
             if opening not in inner and closing not in inner:
                 return inner.strip()
+        # A lone opening or closing quote (the answer was cut off, or started mid-quote) is noise.
+        if opening == closing and text.count(opening) == 1 and (text.startswith(opening) or text.endswith(opening)):
+            return text.strip(opening).strip()
     return text
 
 

@@ -1,0 +1,184 @@
+"""What the `explain` and `score` commands do: read a record store, run the stage over many neurons with a
+concurrency limit and a progress bar, and write one JSON object per line (explanations, scores, failures)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from neuron_explainer.errors import UserError
+from neuron_explainer.activations.records import NeuronRecord
+from neuron_explainer.explain.api import CandidateRanker, ExplainConfig
+from neuron_explainer.explain.batch import BatchSummary, RankerFactory, explain_neurons
+from neuron_explainer.explain.serialize import explanation_from_dict, explanation_to_dict, failure_to_dict
+from neuron_explainer.explain.splits import SplitConfig
+from neuron_explainer.explain.types import Explanation, Failure, Polarity
+from neuron_explainer.scoring import ScoreConfig, calibrate_ranker, score_explanations
+from neuron_explainer.simulate.base import Simulator
+from neuron_explainer.simulate.serialize import score_to_dict
+from neuron_explainer.simulate.types import Score
+from neuron_explainer.subject.neurons import NeuronId, parse_neuron_spec
+
+POLARITY_CHOICES = {"positive": (Polarity.POSITIVE,), "negative": (Polarity.NEGATIVE,),
+                    "both": (Polarity.POSITIVE, Polarity.NEGATIVE)}
+
+
+@dataclass(frozen=True)
+class CommandSummary:
+    """What a command did, for its final JSON line."""
+
+    out: str
+    """The JSONL file written."""
+    neurons: int
+    """Neurons selected."""
+    succeeded: int
+    """Explanations or scores written."""
+    failed: int
+    """Failures written."""
+    prompt_tokens: int
+    """Prompt tokens spent."""
+    completion_tokens: int
+    """Completion tokens spent."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return dict(self.__dict__)
+
+
+def select_neurons(spec: str, *, layers: Sequence[int], neurons_per_layer: int) -> list[NeuronId]:
+    """Neurons of a SPEC among the recorded layers (`all` = every recorded neuron)."""
+    if spec.strip() == "all":
+        return [NeuronId(layer, neuron) for layer in sorted(layers) for neuron in range(neurons_per_layer)]
+    chosen = parse_neuron_spec(spec, max(layers) + 1, neurons_per_layer)
+    missing = sorted({neuron.layer for neuron in chosen} - set(layers))
+    if missing:
+        recorded = ", ".join(str(layer) for layer in sorted(layers))
+        raise UserError(f"layer(s) {', '.join(map(str, missing))} were not recorded (recorded: {recorded})")
+    return chosen
+
+
+class _JsonlWriter:
+    """Writes each result as one JSON line as soon as it arrives (a crash keeps what finished)."""
+
+    def __init__(self, handle: IO[str]) -> None:
+        self.handle = handle
+
+    def __call__(self, result: Explanation | Score | Failure) -> None:
+        if isinstance(result, Explanation):
+            data = explanation_to_dict(result)
+        elif isinstance(result, Score):
+            data = score_to_dict(result)
+        else:
+            data = failure_to_dict(result)
+        self.handle.write(json.dumps(data, ensure_ascii=False, allow_nan=False) + "\n")
+        self.handle.flush()
+
+
+def _open_out(out: str | Path) -> IO[str]:
+    path = Path(out)
+    if path.parent and not path.parent.exists():
+        raise UserError(f"cannot write {path}: directory {path.parent} does not exist")
+    return path.open("w", encoding="utf-8")
+
+
+def _summary(out: str | Path, neurons: int, batch: BatchSummary) -> CommandSummary:
+    return CommandSummary(out=str(out), neurons=neurons, succeeded=batch.succeeded, failed=batch.failed,
+                          prompt_tokens=batch.prompt_tokens, completion_tokens=batch.completion_tokens)
+
+
+def _calibrate_rankers(simulator: Simulator, split: SplitConfig) -> RankerFactory:
+    def factory(record: NeuronRecord, polarity: Polarity) -> CandidateRanker:
+        return calibrate_ranker(record, simulator, config=ScoreConfig(split=split, polarity=polarity))
+    return factory
+
+
+def run_explain(records: str | Path, neurons: str, *, llm: str, out: str | Path,
+                config: ExplainConfig = ExplainConfig(), polarity: str = "positive", simulator: str | None = None,
+                concurrency: int = 8, progress: bool = True) -> CommandSummary:
+    """Explain the selected neurons of a record store with the token-pair explainer; write JSONL to `out`.
+
+    With `config.candidates > 1` the best candidate is picked by simulating the calibrate windows with
+    `simulator` (default: the best the backend allows).
+    """
+    from neuron_explainer.activations import RecordStore
+    from neuron_explainer.llm import make_backend
+    from neuron_explainer.simulate import make_simulator
+
+    if polarity not in POLARITY_CHOICES:
+        raise UserError(f"unknown polarity {polarity!r}: use positive, negative or both")
+    store = RecordStore.open(records)
+    selected = select_neurons(neurons, layers=store.layers, neurons_per_layer=store.neurons_per_layer)
+
+    def load(neuron: NeuronId) -> NeuronRecord:
+        return store.load_neuron(neuron.layer, neuron.neuron)
+
+    async def go() -> BatchSummary:
+        backend = make_backend(llm)
+        try:
+            ranker_factory = None
+            if config.candidates > 1:
+                ranker_factory = _calibrate_rankers(make_simulator(simulator, backend), config.split)
+            with _open_out(out) as handle:
+                return await explain_neurons(load, selected, backend, config=config,
+                                             polarities=POLARITY_CHOICES[polarity], ranker_factory=ranker_factory,
+                                             concurrency=concurrency, on_result=_JsonlWriter(handle),
+                                             progress=progress)
+        finally:
+            await backend.aclose()
+
+    return _summary(out, len(selected), asyncio.run(go()))
+
+
+def read_explanations(path: str | Path) -> list[Explanation]:
+    """The explanations in a JSONL file written by `explain` (other lines, e.g. failures, are skipped)."""
+    source = Path(path)
+    if not source.is_file():
+        raise UserError(f"no explanations file at {source}")
+    explanations = []
+    with source.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+                if data.get("type") == "explanation":
+                    explanations.append(explanation_from_dict(data))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise UserError(f"{source}:{number}: not an explanation record ({exc})") from None
+    return explanations
+
+
+def run_score(records: str | Path, neurons: str, *, explanations: str | Path, out: str | Path,
+              simulator: str | None = None, llm: str | None = None, config: ScoreConfig = ScoreConfig(),
+              baselines: bool = False, concurrency: int = 8, progress: bool = True) -> CommandSummary:
+    """Score the explanations (from `explain`'s JSONL) of the selected neurons; write JSONL to `out`.
+    Shuffled baselines draw other neurons' explanations from the whole file, selected or not."""
+    from neuron_explainer.activations import RecordStore
+    from neuron_explainer.llm import make_backend
+    from neuron_explainer.simulate import make_simulator
+
+    store = RecordStore.open(records)
+    selected = set(select_neurons(neurons, layers=store.layers, neurons_per_layer=store.neurons_per_layer))
+    every = read_explanations(explanations)
+    chosen = [explanation for explanation in every if explanation.neuron in selected]
+
+    def load(neuron: NeuronId) -> NeuronRecord:
+        return store.load_neuron(neuron.layer, neuron.neuron)
+
+    async def go() -> BatchSummary:
+        backend = make_backend(llm) if llm else None
+        try:
+            chosen_simulator = make_simulator(simulator, backend)
+            with _open_out(out) as handle:
+                return await score_explanations(load, chosen, chosen_simulator, config=config, baselines=baselines,
+                                                concurrency=concurrency, on_result=_JsonlWriter(handle),
+                                                shuffle_pool=every, progress=progress)
+        finally:
+            if backend is not None:
+                await backend.aclose()
+
+    return _summary(out, len({explanation.neuron for explanation in chosen}), asyncio.run(go()))
