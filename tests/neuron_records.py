@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 import re
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from neuron_explainer.activations.records import NeuronRecord, NeuronStats, Window
 from neuron_explainer.subject.neurons import NeuronId
@@ -67,3 +68,20 @@ def planted_record(rule: Callable[[str], float], *, neuron: NeuronId = NeuronId(
                         fraction_positive=sum(value > 0 for value in values) / count, quantiles=quantiles)
     return NeuronRecord(neuron=neuron, top_windows=tuple(ranked[:top]), random_windows=tuple(sampled),
                         stats=stats, bottom_windows=bottom)
+
+
+def planted_store(directory: Path, *, count: int = 300, length: int = 32) -> Path:
+    """A real record store (written by the recorder's own writer) with two planted neurons in layer 3:
+    3:0 fires on digits (graded), 3:1 on the word "the"."""
+    import numpy as np
+
+    from neuron_explainer.activations import record_activations
+
+    windows = corpus_windows(count=count, length=length)
+    vocab = sorted({token for window in windows for token in window})
+    index = {token: position for position, token in enumerate(vocab)}
+    token_ids = np.array([[index[token] for token in window] for window in windows], dtype=np.int32)
+    rules = [digit_activation, word_activation("the")]
+    activations = np.array([[[rule(token) for rule in rules] for token in window] for window in windows],
+                           dtype=np.float32)
+    return record_activations(directory / "records", token_ids=token_ids, vocab=vocab, activations={3: activations})

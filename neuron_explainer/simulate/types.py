@@ -35,7 +35,7 @@ class ScoredWindow:
     window_id: int
     """Record-store window id."""
     split: WindowSplit
-    """`score-top` or `score-random` (calibration windows are kept separately)."""
+    """`score-top` / `score-random` windows are scored; `calibrate-*` windows only fit the calibration."""
     tokens: tuple[str, ...]
     """Token strings."""
     true_activations: tuple[float, ...]
@@ -91,7 +91,7 @@ class Score:
     metrics: Metrics
     """All metrics."""
     windows: tuple[ScoredWindow, ...]
-    """Per-window true vs simulated activations."""
+    """Per-window true vs simulated activations: the scored windows, then the calibration windows."""
     parameters: dict[str, Any]
     """Every setting that affects the score, JSON-serialisable."""
     created_at: str
