@@ -254,6 +254,83 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _comma_list(text: str | None) -> list[str | None]:
+    return [None] if text is None else [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _add_eval(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("eval", help="evaluate the methods: planted neurons (known truth) or real ones")
+    kinds = parser.add_subparsers(dest="eval_kind", required=True, metavar="KIND", parser_class=type(parser))
+    planted = kinds.add_parser("planted", help="recover synthetic neurons whose concept is known")
+    planted.add_argument("--planted", default=None, help="suite file (TOML); default: the built-in suite")
+    planted.add_argument("--explainer", default="ngram",
+                         help="explainer(s), comma-separated: token-pairs, sasc, ngram (default ngram)")
+    planted.add_argument("--simulator", default=None,
+                         help="simulator(s), comma-separated: all-at-once, generated, lexical, embedding "
+                              "(default: the best the backend allows; lexical without --llm)")
+    planted.add_argument("--llm", default=None, help="backend(s), comma-separated, e.g. local:default")
+    planted.add_argument("--limit", type=int, default=None, help="evaluate only the suite's first N neurons")
+    planted.add_argument("--tokenizer", default="default", help="model whose tokenizer cuts the corpus windows")
+    planted.add_argument("--corpus", default="python-docs", help="corpus the planted neurons read")
+    planted.add_argument("--windows", type=int, default=10_000, help="most corpus windows")
+    planted.add_argument("--ctx", type=int, default=64, help="tokens per window")
+    planted.add_argument("--store", default=None, help="where to write the planted record store (default: cache)")
+    planted.add_argument("--seed", type=int, default=0, help="split and sampling seed")
+    planted.add_argument("--concurrency", type=int, default=8, help="neurons processed at once")
+    planted.add_argument("--neurons", action="store_true", help="also list every neuron's explanation (table)")
+    planted.add_argument("--format", choices=["table", "json"], default="table")
+    planted.add_argument("--out", default=None, help="also write the JSON report to this file")
+    planted.set_defaults(handler=_cmd_eval_planted)
+    real = kinds.add_parser("real", help="score distributions, baseline gap, agreement and stability")
+    real.add_argument("--records", required=True, help="record store the results were made from")
+    real.add_argument("--db", default=DEFAULT_DB, help=f"database URL or SQLite file (default {DEFAULT_DB})")
+    real.add_argument("--layer", default=None, help="only these layers: N, A-B or a comma list")
+    real.add_argument("--simulator", default=None,
+                      help="compute missing shuffled baselines with this simulator (lexical, embedding, ...)")
+    real.add_argument("--llm", default=None, help="backend of an LLM simulator for the baselines")
+    real.add_argument("--concurrency", type=int, default=8, help="neurons scored at once for baselines")
+    real.add_argument("--format", choices=["table", "json"], default="table")
+    real.add_argument("--out", default=None, help="also write the JSON report to this file")
+    real.set_defaults(handler=_cmd_eval_real)
+
+
+def _cmd_eval_planted(args: argparse.Namespace) -> int:
+    from neuron_explainer.eval import (PlantedEvalConfig, PlantedRecordingConfig, format_planted_report,
+                                       parse_methods, run_planted_eval, write_json)
+    from neuron_explainer.explain import SplitConfig
+
+    methods = parse_methods(_comma_list(args.explainer), _comma_list(args.simulator), _comma_list(args.llm))
+    config = PlantedEvalConfig(
+        methods=tuple(methods), planted=args.planted, store=args.store, limit=args.limit,
+        split=SplitConfig(seed=args.seed), concurrency=args.concurrency,
+        recording=PlantedRecordingConfig(tokenizer=args.tokenizer, corpus=args.corpus, windows=args.windows,
+                                         window_length=args.ctx, seed=args.seed))
+    report = run_planted_eval(config, progress=sys.stderr.isatty())
+    if args.out:
+        write_json(report.as_dict(), args.out)
+    if args.format == "json":
+        print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False, allow_nan=False))
+    else:
+        print(format_planted_report(report, neurons=args.neurons))
+    return 0
+
+
+def _cmd_eval_real(args: argparse.Namespace) -> int:
+    from neuron_explainer.db import parse_int_list
+    from neuron_explainer.eval import format_real_report, run_real_eval, write_json
+
+    report = run_real_eval(args.records, args.db, simulator=args.simulator, llm=args.llm,
+                           layers=parse_int_list(args.layer, what="layer") if args.layer else (),
+                           concurrency=args.concurrency)
+    if args.out:
+        write_json(report.as_dict(), args.out)
+    if args.format == "json":
+        print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False, allow_nan=False))
+    else:
+        print(format_real_report(report))
+    return 0
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
     _add_query,
@@ -261,6 +338,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_export,
     _add_explain,
     _add_score,
+    _add_eval,
 ]
 
 

@@ -1,0 +1,308 @@
+"""`eval planted`: how well each method recovers neurons whose concept is known.
+
+Build (or reuse) the planted record store, run every requested explainer x simulator x backend on it through the
+product's explain and score calls, and report per method: recovery rate (the checker passes), mean and median
+score, the ceiling (score of the true concept), the floors (shuffled and empty explanations), tokens and cost per
+neuron, and the same per category, so it shows where cheap methods fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from neuron_explainer.eval.methods import Method, MethodRun, Usage, explain_and_score, score_value
+from neuron_explainer.eval.store import PLANTED_LAYER, PlantedRecordingConfig, PlantedSubject, build_planted_store
+from neuron_explainer.eval.suite import PlantedSuite, load_suite
+from neuron_explainer.eval.tables import clip, json_ready, number, percent, table
+from neuron_explainer.explain.splits import SplitConfig
+from neuron_explainer.explain.types import Explanation, Failure
+from neuron_explainer.simulate.types import Score
+from neuron_explainer.subject.neurons import NeuronId
+
+NAN = float("nan")
+GOOD_SCORE = 0.7
+"""A recovered neuron counts as well explained above this pooled Pearson score."""
+
+
+@dataclass(frozen=True)
+class PlantedEvalConfig:
+    """Everything `eval planted` needs."""
+
+    methods: tuple[Method, ...]
+    """Explainer x simulator x backend combinations to evaluate."""
+    planted: str | None = None
+    """Suite file (None: the built-in suite)."""
+    recording: PlantedRecordingConfig = field(default_factory=PlantedRecordingConfig)
+    """How the planted store is made."""
+    store: str | None = None
+    """Where the planted store is written (None: under the cache, named by its identity)."""
+    limit: int | None = None
+    """Evaluate only the suite's first N neurons."""
+    split: SplitConfig = field(default_factory=SplitConfig)
+    """Window split (explain / calibrate / score)."""
+    concurrency: int = 8
+    """Neurons processed at once."""
+    good_score: float = GOOD_SCORE
+    """Score above which a recovered neuron counts as well explained."""
+
+
+@dataclass(frozen=True)
+class NeuronResult:
+    """One planted neuron under one method."""
+
+    name: str
+    """Planted neuron name."""
+    category: str
+    """Its category."""
+    neuron: str
+    """`layer:index` in the planted store."""
+    concept: str
+    """The true concept."""
+    explanation: str | None
+    """The method's explanation (None on failure)."""
+    failure: str | None
+    """Why there is no explanation or score."""
+    recovered: bool
+    """The checker passes the explanation."""
+    matched: tuple[str, ...]
+    """What in the explanation made the checker pass."""
+    score: float
+    """Pooled Pearson of the explanation (NaN when undefined)."""
+    score_top: float
+    """Pearson over held-out top windows."""
+    score_random: float
+    """Pearson over random windows."""
+    ceiling: float
+    """Pooled Pearson of the true concept description with the same simulator."""
+    shuffled: float
+    """Pooled Pearson of another planted neuron's explanation."""
+    empty: float
+    """Pooled Pearson of an empty explanation."""
+    prompt_tokens: int
+    """Tokens spent explaining and scoring this neuron (prompt)."""
+    completion_tokens: int
+    """Tokens spent explaining and scoring this neuron (completion)."""
+
+
+@dataclass(frozen=True)
+class GroupSummary:
+    """Aggregates over a set of neuron results (a method's, or one category's)."""
+
+    neurons: int
+    """Neurons evaluated."""
+    explained: int
+    """Neurons with an explanation."""
+    recovered: int
+    """Neurons whose explanation passes the checker."""
+    recovery_rate: float
+    """recovered / neurons."""
+    good: int
+    """Recovered neurons scoring above the good-score threshold."""
+    good_rate: float
+    """good / neurons."""
+    mean_score: float
+    """Mean pooled Pearson over defined scores."""
+    median_score: float
+    """Median pooled Pearson over defined scores."""
+    ceiling_mean: float
+    """Mean score of the true concept descriptions."""
+    ceiling_median: float
+    """Median score of the true concept descriptions."""
+    shuffled_mean: float
+    """Mean score of shuffled explanations."""
+    empty_mean: float
+    """Mean score of empty explanations."""
+
+
+@dataclass(frozen=True)
+class MethodReport:
+    """One method's results."""
+
+    explainer: str
+    """Explainer."""
+    simulator: str
+    """Simulator."""
+    backend: str
+    """LLM backend (`none` without one)."""
+    summary: GroupSummary
+    """Over all neurons."""
+    categories: dict[str, GroupSummary]
+    """Per category, in suite order."""
+    prompt_tokens_per_neuron: float
+    """Mean prompt tokens of explaining + scoring one neuron."""
+    completion_tokens_per_neuron: float
+    """Mean completion tokens of explaining + scoring one neuron."""
+    cost_per_neuron_usd: float | None
+    """Mean estimated cost per neuron (None when the model has no price)."""
+    seconds_per_neuron: float
+    """Wall time of explaining + scoring, per neuron."""
+    reference_tokens: int
+    """Tokens the evaluation itself spent (ceiling and baseline scores), not counted above."""
+    neurons: tuple[NeuronResult, ...]
+    """Per neuron."""
+
+
+@dataclass(frozen=True)
+class PlantedReport:
+    """The whole evaluation."""
+
+    suite: str
+    """Suite name."""
+    suite_source: str
+    """Suite file."""
+    suite_hash: str
+    """Content hash of the suite."""
+    store: str
+    """The planted record store used."""
+    windows: int
+    """Windows in the store."""
+    tokenizer: str
+    """Tokenizer that cut the windows."""
+    corpus: str
+    """Corpus."""
+    good_score: float
+    """The good-score threshold."""
+    methods: tuple[MethodReport, ...]
+    """One per method."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready (NaN becomes None)."""
+        return json_ready(asdict(self))
+
+
+def _mean(values: Sequence[float]) -> float:
+    finite = [value for value in values if math.isfinite(value)]
+    return statistics.fmean(finite) if finite else NAN
+
+
+def _median(values: Sequence[float]) -> float:
+    finite = [value for value in values if math.isfinite(value)]
+    return statistics.median(finite) if finite else NAN
+
+
+def summarise(results: Sequence[NeuronResult], *, good_score: float = GOOD_SCORE) -> GroupSummary:
+    """Aggregates over neuron results."""
+    count = len(results)
+    recovered = sum(result.recovered for result in results)
+    good = sum(result.recovered and result.score > good_score for result in results)
+    return GroupSummary(
+        neurons=count, explained=sum(result.explanation is not None for result in results), recovered=recovered,
+        recovery_rate=recovered / count if count else NAN, good=good, good_rate=good / count if count else NAN,
+        mean_score=_mean([result.score for result in results]),
+        median_score=_median([result.score for result in results]),
+        ceiling_mean=_mean([result.ceiling for result in results]),
+        ceiling_median=_median([result.ceiling for result in results]),
+        shuffled_mean=_mean([result.shuffled for result in results]),
+        empty_mean=_mean([result.empty for result in results]))
+
+
+def method_report(run: MethodRun, suite: PlantedSuite, *, good_score: float = GOOD_SCORE) -> MethodReport:
+    """Turn one method's run on a planted store into its report."""
+    results = []
+    for index, planted in enumerate(suite.neurons):
+        neuron = NeuronId(PLANTED_LAYER, index)
+        explained = run.explanations.get(neuron)
+        scored = run.scores.get(neuron)
+        text = explained.text if isinstance(explained, Explanation) else None
+        failure = None
+        if isinstance(explained, Failure):
+            failure = f"explain: {explained.reason}"
+        elif isinstance(scored, Failure):
+            failure = f"score: {scored.reason}"
+        elif explained is None:
+            failure = "not run"
+        matched = tuple(planted.checker.matched(text)) if text is not None else ()
+        metrics = scored.metrics if isinstance(scored, Score) else None
+        baselines = run.baselines.get(neuron, {})
+        tokens = [item for item in (explained, scored) if isinstance(item, (Explanation, Score))]
+        results.append(NeuronResult(
+            name=planted.name, category=planted.category, neuron=str(neuron), concept=planted.concept,
+            explanation=text, failure=failure, recovered=bool(matched), matched=matched, score=score_value(scored),
+            score_top=metrics.pearson_top if metrics else NAN, score_random=metrics.pearson_random if metrics else NAN,
+            ceiling=run.ceilings.get(neuron, NAN), shuffled=baselines.get("shuffled", NAN),
+            empty=baselines.get("empty", NAN), prompt_tokens=sum(item.prompt_tokens for item in tokens),
+            completion_tokens=sum(item.completion_tokens for item in tokens)))
+    categories: dict[str, list[NeuronResult]] = {}
+    for result in results:
+        categories.setdefault(result.category, []).append(result)
+    count = max(len(results), 1)
+    usage: Usage = run.product_usage
+    return MethodReport(
+        explainer=run.method.explainer.value, simulator=run.method.simulator.value,
+        backend=run.method.backend_label, summary=summarise(results, good_score=good_score),
+        categories={name: summarise(items, good_score=good_score) for name, items in categories.items()},
+        prompt_tokens_per_neuron=usage.prompt_tokens / count,
+        completion_tokens_per_neuron=usage.completion_tokens / count,
+        cost_per_neuron_usd=None if usage.cost_usd is None else usage.cost_usd / count,
+        seconds_per_neuron=run.seconds / count,
+        reference_tokens=run.reference_usage.prompt_tokens + run.reference_usage.completion_tokens,
+        neurons=tuple(results))
+
+
+def run_planted_eval(config: PlantedEvalConfig, *, progress: bool = False) -> PlantedReport:
+    """Build the planted store and evaluate every method on it."""
+    from neuron_explainer.activations import RecordStore
+    from neuron_explainer.eval.store import load_tokenizer
+
+    suite = load_suite(config.planted)
+    selected = suite.select(config.limit)
+    tokenizer = load_tokenizer(config.recording.tokenizer)
+    # The store always holds the whole suite, so --limit reuses the same recording.
+    planted = build_planted_store(suite, config.recording, out_dir=config.store, tokenizer=tokenizer,
+                                  progress=progress)
+    store = RecordStore.open(planted.path)
+    neurons = [NeuronId(PLANTED_LAYER, index) for index in range(len(selected.neurons))]
+    records = {neuron: store.load_neuron(neuron.layer, neuron.neuron) for neuron in neurons}
+    concepts = {neuron: selected.neurons[neuron.neuron].concept for neuron in neurons}
+    subject = PlantedSubject(suite, tokenizer)
+    reports = []
+    for method in config.methods:
+        run = asyncio.run(explain_and_score(method, records, split=config.split, subject=subject,
+                                            concept_texts=concepts, concurrency=config.concurrency,
+                                            progress=progress))
+        reports.append(method_report(run, selected, good_score=config.good_score))
+    return PlantedReport(
+        suite=suite.name, suite_source=suite.source, suite_hash=suite.content_hash[:16], store=str(planted.path),
+        windows=store.num_windows, tokenizer=config.recording.tokenizer, corpus=config.recording.corpus,
+        good_score=config.good_score, methods=tuple(reports))
+
+
+# --- text output -------------------------------------------------------------------------------------------
+
+
+def format_planted_report(report: PlantedReport, *, neurons: bool = False) -> str:
+    """The report as text tables: one row per method, then recovery and score per category (and per neuron)."""
+    lines = [f"planted suite {report.suite} ({report.suite_source}), store {report.store}: {report.windows} "
+             f"windows of {report.corpus} cut by the {report.tokenizer} tokenizer", ""]
+    header = ["explainer", "simulator", "backend", "neurons", "recovered", f"good(>{report.good_score:g})",
+              "mean", "median", "ceiling", "shuffled", "empty", "tokens/neuron", "usd/neuron", "s/neuron"]
+    rows = []
+    for method in report.methods:
+        summary = method.summary
+        cost = "-" if method.cost_per_neuron_usd is None else f"{method.cost_per_neuron_usd:.5f}"
+        rows.append([method.explainer, method.simulator, method.backend, str(summary.neurons),
+                     percent(summary.recovery_rate), percent(summary.good_rate), number(summary.mean_score),
+                     number(summary.median_score), number(summary.ceiling_mean), number(summary.shuffled_mean),
+                     number(summary.empty_mean),
+                     f"{method.prompt_tokens_per_neuron + method.completion_tokens_per_neuron:.0f}", cost,
+                     number(method.seconds_per_neuron)])
+    lines += table(header, rows)
+    for method in report.methods:
+        lines += ["", f"by category: {method.explainer} / {method.simulator} / {method.backend}"]
+        category_rows = [[name, str(group.neurons), percent(group.recovery_rate), percent(group.good_rate),
+                          number(group.mean_score), number(group.ceiling_mean), number(group.shuffled_mean)]
+                         for name, group in method.categories.items()]
+        lines += table(["category", "neurons", "recovered", "good", "mean", "ceiling", "shuffled"], category_rows)
+        if neurons:
+            neuron_rows = [[result.name, result.category, "yes" if result.recovered else "no",
+                            number(result.score), number(result.ceiling),
+                            clip(result.explanation if result.explanation is not None else f"({result.failure})")]
+                           for result in method.neurons]
+            lines += [""] + table(["neuron", "category", "recovered", "score", "ceiling", "explanation"],
+                                   neuron_rows)
+    return "\n".join(lines)
