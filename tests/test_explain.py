@@ -35,13 +35,15 @@ def test_scale_windows_shares_the_max_over_all_explain_windows():
     assert [window.values for window in scale_windows(windows)] == [(2, 5), (10, 0)]
 
 
-@pytest.mark.parametrize(("token", "shown"), [
-    (" the", "␣the"), ("the ", "the␣"), ("  ", "␣␣"), ("a b", "a b"), ("\t", "\\t"), ("\n\n", "\\n\\n"),
-    ("x\r\n", "x\\r\\n"), ("back\\slash", "back\\\\slash"), ("\x00\x1b", "\\x00\\x1b"), ("\u200b", "\\u200b"),
-    ("\u00a0", "\\xa0"), ("é😀", "é😀"), ("", ""),
+@pytest.mark.parametrize(("token", "shown", "displayed"), [
+    (" the", " the", "␣the"), ("the ", "the ", "the␣"), ("  ", "  ", "␣␣"), ("a b", "a b", "a b"),
+    ("\t", "\\t", "\\t"), ("\n\n", "\\n\\n", "\\n\\n"), ("x\r\n", "x\\r\\n", "x\\r\\n"),
+    ("back\\slash", "back\\\\slash", "back\\\\slash"), ("\x00\x1b", "\\x00\\x1b", "\\x00\\x1b"),
+    ("\u200b", "\\u200b", "\\u200b"), ("\u00a0", "\\xa0", "\\xa0"), ("é😀", "é😀", "é😀"), ("", "", ""),
 ])
-def test_printable_tokens(token, shown):
+def test_printable_tokens(token, shown, displayed):
     assert printable_token(token) == shown
+    assert printable_token(token, visible_spaces=True) == displayed
 
 
 def test_hostile_tokens_cannot_break_the_line_format():

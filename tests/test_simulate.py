@@ -59,7 +59,7 @@ class SlotBackend(LLMBackend):
             slots = []
             for piece in prompt.pieces[:-1]:
                 token = piece.rsplit("\n", 1)[-1].rstrip("\t")
-                value = "8" if token.strip("␣").isdigit() else "1"
+                value = "8" if token.strip().isdigit() else "1"
                 slots.append({value: 0.06, "0": 0.04})
             results.append(slots[:-1] if self.slot_count_error else slots)
         return results
@@ -75,11 +75,11 @@ def test_all_at_once_prompt_structure_and_predictions():
     assert len(prompts) == 2 and prompts[0].prefix == prompts[1].prefix
     first = prompts[0]
     assert first.slot_count == 3
-    assert first.pieces[0].endswith("Neuron description: years and digits\nActivations:\n<start>\n␣in\t")
-    assert first.pieces[1:] == (f"{PLACEHOLDER}\n␣1999\t", f"{PLACEHOLDER}\n\\n\t", f"{PLACEHOLDER}\n<end>\n")
+    assert first.pieces[0].endswith("Neuron description: years and digits\nActivations:\n<start>\n in\t")
+    assert first.pieces[1:] == (f"{PLACEHOLDER}\n 1999\t", f"{PLACEHOLDER}\n\\n\t", f"{PLACEHOLDER}\n<end>\n")
     assert prompts[1].pieces[0].endswith("x\\ty\t")
     # The preamble teaches the format with worked examples that carry real values, not placeholders.
-    assert "Neuron description: numbers in dates and times" in first.prefix and "␣2019\t10\n" in first.prefix
+    assert "Neuron description: numbers in dates and times" in first.prefix and "\n 2019\t10\n" in first.prefix
     # EV per slot: (value * 0.06 + 0 * 0.04) / 0.1.
     assert result.windows[0].values == pytest.approx((0.6, 4.8, 0.6))
     assert result.windows[1].values == () and result.windows[2].values == pytest.approx((0.6,))
@@ -185,7 +185,7 @@ def test_generated_simulator_aligns_and_reports_failures_per_window():
         lines = request.split("Tokens:\n", 1)[1].splitlines()
         if "skip" in request:
             lines = lines[:-1]
-        return Generation("\n".join(f"{line.split(chr(9))[0]}\t{9 if line.split(chr(9))[1].strip('␣').isdigit() else 0}"
+        return Generation("\n".join(f"{line.split(chr(9))[0]}\t{9 if line.split(chr(9))[1].strip().isdigit() else 0}"
                                     for line in lines))
 
     backend = GeneratingBackend(answer)
@@ -198,7 +198,7 @@ def test_generated_simulator_aligns_and_reports_failures_per_window():
     assert (result.prompt_tokens, result.completion_tokens) == (100, 20)
     messages = backend.requests[0]["prompt"]
     assert isinstance(messages[0], Message) and messages[0].role == "system"
-    assert messages[-1].content == "Description: digits\nTokens:\n1\t␣in\n2\t␣1999"
+    assert messages[-1].content == "Description: digits\nTokens:\n1\t in\n2\t 1999"
     assert messages[2].role == "assistant" and messages[2].content.startswith("1\t0\n2\t0\n3\t0\n4\t10")
 
 

@@ -10,7 +10,7 @@ MAX_SCALED = 10
 """Top of the discrete activation scale shown to explainers and predicted by simulators."""
 
 VISIBLE_SPACE = "␣"
-"""Stands for a space at the start or end of a token (where it would otherwise be invisible)."""
+"""Stands for a space at the start or end of a token in human-facing displays (`visible_spaces=True`)."""
 
 _NAMED_ESCAPES = {"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
@@ -27,11 +27,14 @@ def scale_activations(activations: Sequence[float], max_activation: float) -> tu
     return tuple(scale_activation(value, max_activation) for value in activations)
 
 
-def printable_token(token: str) -> str:
-    """Escape a token so it is visible and cannot break a line-and-tab format.
+def printable_token(token: str, *, visible_spaces: bool = False) -> str:
+    """Escape a token so it cannot break a line-and-tab format: backslash, tab, newline and carriage return get
+    C-style escapes, other control / invisible / non-ASCII space characters `\\xNN` / `\\uNNNN`.
 
-    Backslash, tab, newline and carriage return get C-style escapes, other control/format/separator characters
-    `\\xNN` / `\\uNNNN`; leading and trailing spaces become `␣` so "the" and " the" stay distinguishable.
+    Ordinary spaces stay literal by default: a token line starts right after a line break and ends at the only
+    tab, so " the" and "the" stay distinguishable, and a literal space keeps the model's own token (`␣` costs
+    three tokens in byte-level vocabularies such as SmolLM2's). `visible_spaces` shows leading and trailing
+    spaces as `␣` for human-facing displays.
     """
     escaped: list[str] = []
     for character in token:
@@ -43,8 +46,8 @@ def printable_token(token: str) -> str:
         else:
             escaped.append(character)
     text = "".join(escaped)
-    if not text:
-        return ""
+    if not visible_spaces or not text:
+        return text
     stripped = text.strip(" ")
     if not stripped:
         return VISIBLE_SPACE * len(text)
