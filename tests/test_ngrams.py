@@ -7,6 +7,9 @@ import json
 import numpy as np
 import pytest
 
+import sys
+from pathlib import Path
+
 from neuron_explainer.activations.records import Window
 from neuron_explainer.errors import UserError
 from neuron_explainer.explain.ngrams import (
@@ -16,13 +19,18 @@ from neuron_explainer.explain.ngrams import (
     explain_ngram,
     extract_ngrams,
     in_context_ngram_responses,
+    in_context_ngrams_for_record,
     isolated_ngram_responses,
     ngram_word_prefix,
     text_responses,
 )
+from neuron_explainer.explain.splits import SplitConfig, check_no_leakage, split_neuron
 from neuron_explainer.explain.types import ExplainerKind, Polarity
 from neuron_explainer.paths import cache_dir
 from neuron_explainer.subject import NeuronId, Subject
+
+sys.path.insert(0, str(Path(__file__).parent))
+from neuron_records import digit_activation, planted_record, word_activation  # noqa: E402
 
 
 def test_extract_ngrams_orders_by_frequency_and_stops_at_punctuation() -> None:
@@ -86,6 +94,26 @@ def test_in_context_negative_polarity_ranks_the_most_negative() -> None:
                                         polarity=Polarity.NEGATIVE)
     assert result.top_ngrams == ("down",)
     assert result.top_responses == (4.0,)
+
+
+def test_in_context_ngrams_of_a_record_come_from_its_explain_split_only() -> None:
+    record = planted_record(digit_activation, neuron=NeuronId(3, 9))
+    split = SplitConfig(seed=2)
+    ngrams = in_context_ngrams_for_record(record, split=split, config=NgramConfig(top_k=10))
+    assert ngrams.neuron == NeuronId(3, 9) and ngrams.polarity is Polarity.POSITIVE
+    assert all(any(character.isdigit() for character in ngram) for ngram in ngrams.top_ngrams)
+    assert ngrams.top_responses[0] > 0 and ngrams.std > 0
+    explain_ids = {window.window_id for window in split_neuron(record, split).explain}
+    assert set(ngrams.window_ids) == explain_ids
+    check_no_leakage(split_neuron(record, split), explained_ids=ngrams.window_ids)
+    assert ngrams.parameters["split_seed"] == 2
+
+
+def test_in_context_ngrams_of_the_negative_side_read_the_bottom_windows() -> None:
+    record = planted_record(word_activation("the"), negative_rule=word_activation("of"), neuron=NeuronId(0, 1))
+    ngrams = in_context_ngrams_for_record(record, polarity=Polarity.NEGATIVE, config=NgramConfig(max_order=1))
+    assert ngrams.polarity is Polarity.NEGATIVE
+    assert ngrams.top_ngrams[0] == "of" and ngrams.top_responses[0] == pytest.approx(1.0)
 
 
 def test_ngram_explainer_quotes_the_top_ngrams() -> None:

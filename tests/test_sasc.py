@@ -23,10 +23,13 @@ from neuron_explainer.explain.sasc import (
     synthetic_score,
 )
 from neuron_explainer.explain.types import ExplainerKind, Explanation, Failure
+from neuron_explainer.llm import make_backend
 from neuron_explainer.subject import NeuronId, Subject
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
+
+SUMMARY_MARK = "What is the common theme of these words and phrases?"
 
 # --- parsing -------------------------------------------------------------------------------------------------
 
@@ -61,6 +64,8 @@ def test_bullets_plain_lines_wrapped_items_quotes_and_limits() -> None:
 @pytest.mark.parametrize(("answer", "theme"), [
     ("The shared idea is animals.", "animals"),
     ("Shared idea: names of animals", "names of animals"),
+    ('The common theme of the words above is "file handling."', "file handling"),
+    ("The common theme", None),
     ("The common theme among these phrases is: domestic animals", "domestic animals"),
     ("These words are all related to animals", "animals"),
     ('"months of the year"\nThey appear in dates.', "months of the year"),
@@ -186,7 +191,7 @@ def _scripted_responder(summaries: list[str]):
 
     def respond(request: dict) -> str:
         prompt = request["messages"][-1]["content"]
-        if "Shared idea:" in prompt:
+        if SUMMARY_MARK in prompt:
             with lock:
                 return summaries[next(counter) % len(summaries)]
         against = "nothing to do with" in prompt
@@ -200,9 +205,7 @@ def _scripted_responder(summaries: list[str]):
 
 
 def _backend(server: FakeOpenAIServer):
-    from neuron_explainer.llm.openai_backend import OpenAIBackend, OpenAISettings
-
-    return OpenAIBackend(OpenAISettings(model="scripted", base_url=server.base_url))
+    return make_backend(server.backend_spec("scripted"))
 
 
 def test_synthetic_score_separates_the_right_concept_from_a_wrong_one(planted_subject: Subject) -> None:
@@ -230,7 +233,7 @@ def test_synthetic_score_separates_the_right_concept_from_a_wrong_one(planted_su
 
     # Three summaries from different samples of the top n-grams, then a concept and a contrast list per theme.
     assert len(requests) == 3 + 2 * 2
-    summary_prompts = [body["messages"][-1]["content"] for body in requests if "Shared idea:" in
+    summary_prompts = [body["messages"][-1]["content"] for body in requests if SUMMARY_MARK in
                        body["messages"][-1]["content"]]
     assert len(set(summary_prompts)) == 3
     assert explanation.prompt_hash == sasc_prompt_files().hash
@@ -261,7 +264,7 @@ def test_unparseable_sentence_lists_leave_the_candidate_unscored(planted_subject
     layer = isolated_ngram_responses(planted_subject, [PLANTED.layer], CORPUS, NgramConfig())[PLANTED.layer]
 
     def respond(request: dict) -> str:
-        return "animals" if "Shared idea:" in request["messages"][-1]["content"] else "Only one sentence."
+        return "animals" if SUMMARY_MARK in request["messages"][-1]["content"] else "Only one sentence."
 
     with FakeOpenAIServer(responder=respond) as server:
         result = asyncio.run(explain_sasc(layer.for_neuron(PLANTED.neuron), planted_subject, _backend(server),
@@ -271,3 +274,27 @@ def test_unparseable_sentence_lists_leave_the_candidate_unscored(planted_subject
     assert result.extra["selection"].startswith("first-candidate")
     assert "too few sentences" in result.extra["candidates"][0]["error"]
 
+
+
+@pytest.mark.slow
+def test_sasc_runs_offline_on_the_default_model_with_the_local_backend() -> None:
+    from neuron_explainer.corpus import PYTHON_DOCS, open_corpus
+    from neuron_explainer.explain.ngrams import explain_ngram
+
+    subject = Subject.load("default", dtype="float32")
+    documents = list(itertools.islice(open_corpus(PYTHON_DOCS).documents(), 40))
+    layer = isolated_ngram_responses(subject, [2], documents, NgramConfig(max_ngrams=1500))[2]
+    assert layer.responses.shape == (1500, subject.neurons_per_layer)
+    ngrams = layer.for_neuron(11)
+    baseline = explain_ngram(ngrams)
+    assert baseline.text.startswith(f'"{ngrams.top_ngrams[0]}"')
+
+    backend = make_backend("local:default", dtype="float32")
+    config = SascConfig(candidates=2, synthetic_texts=5, min_synthetic_texts=2, texts_max_tokens=160)
+    result = asyncio.run(explain_sasc(ngrams, subject, backend, config=config))
+    assert isinstance(result, Explanation), result
+    assert result.method is ExplainerKind.SASC and result.explainer_backend == "local:default"
+    assert 1 <= len(result.extra["candidates"]) <= 2
+    assert result.text in {candidate["text"] for candidate in result.extra["candidates"]}
+    assert result.completion_tokens > 0
+    json.dumps(result.extra)

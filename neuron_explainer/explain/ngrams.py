@@ -16,6 +16,7 @@ are in the same units: an n-gram that contains one strong token is as strong as 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 import hashlib
@@ -34,7 +35,9 @@ from typing import Any
 
 import numpy as np
 
+from neuron_explainer.activations.records import NeuronRecord, Window
 from neuron_explainer.errors import UserError
+from neuron_explainer.explain.splits import SplitConfig, oriented_record, split_neuron
 from neuron_explainer.explain.types import Explanation, ExplainerKind, Polarity
 from neuron_explainer.paths import cache_dir
 from neuron_explainer.subject.neurons import NeuronId
@@ -286,12 +289,12 @@ def _load_cached(key: str, parameters: dict[str, Any]) -> LayerNgramResponses | 
                                parameters=parameters)
 
 
-def in_context_ngram_responses(neuron: NeuronId, windows: Sequence[Any], config: NgramConfig = NgramConfig(), *,
-                               polarity: Polarity = Polarity.POSITIVE) -> NeuronNgrams:
-    """A neuron's n-gram responses read from recorded windows (`Window`s of its record), no model run needed.
+def in_context_ngram_responses(neuron: NeuronId, windows: Sequence[Window], config: NgramConfig = NgramConfig(),
+                               *, polarity: Polarity = Polarity.POSITIVE) -> NeuronNgrams:
+    """A neuron's n-gram responses read from recorded windows (true activations), no model run needed.
 
-    Pass only windows that will not be scored (the explain split): their ids are kept as the explanation's
-    source windows.
+    Pass only windows that will not be scored (the explain split; `in_context_ngrams_for_record` picks them):
+    their ids are kept as the explanation's source windows. NEGATIVE negates the activations.
     """
     sums: dict[str, float] = {}
     counts: Counter[str] = Counter()
@@ -313,6 +316,17 @@ def in_context_ngram_responses(neuron: NeuronId, windows: Sequence[Any], config:
         window_ids=tuple(window.window_id for window in windows),
         parameters={**config.identity(), "mode": NgramMode.IN_CONTEXT.value, "top_k": config.top_k},
     )
+
+
+def in_context_ngrams_for_record(record: NeuronRecord, *, split: SplitConfig = SplitConfig(),
+                                 polarity: Polarity = Polarity.POSITIVE,
+                                 config: NgramConfig = NgramConfig()) -> NeuronNgrams:
+    """In-context n-gram responses from the explain split of a neuron's record (the windows the token-pair
+    explainer would see), so nothing SASC reads is ever scored. NEGATIVE reads the negated bottom windows."""
+    explain_windows = split_neuron(oriented_record(record, polarity), split).explain
+    oriented = in_context_ngram_responses(record.neuron, explain_windows, config)
+    return dataclasses.replace(oriented, polarity=polarity,
+                               parameters={**oriented.parameters, "split_seed": split.seed})
 
 
 def _window_ngram_spans(tokens: Sequence[str], config: NgramConfig) -> Iterable[tuple[str, int, int]]:

@@ -118,11 +118,14 @@ _LINE_MARKER_RE = re.compile(r"^\s*(?:\(?#?(\d{1,3})\s*[.):\]]|#?(\d{1,3})\s+[-\
 _INLINE_MARKER_RE = re.compile(r"(?:^|(?<=\s))\(?(\d{1,3})[.)]\s+")
 _LABEL_RE = re.compile(
     r"^(?:(?:the\s+)?(?:shared|common|main|underlying|central)\s+(?:idea|theme|concept|pattern|thread|topic)s?"
-    r"(?:\s+(?:among|of|in|between|behind|for)\s+(?:these|the|all|them)(?:\s+\w+)?)?\s*(?:is|are)?\s*[:\-\u2013]?\s*"
+    r"(?:\s+(?:among|of|in|between|behind|for)\s+(?:these|the|all|them)(?:\s+\w+)*?)?"
+    r"\s*(?:(?:is|are)\s*[:\-\u2013]?|[:\-\u2013])\s*(?:that\s+)?"
     r"|(?:theme|idea|concept|topic|pattern)\s*[:\-\u2013]\s*"
     r"|(?:these|they|all\s+(?:of\s+)?these)(?:\s+(?:words|phrases|terms|items|n-grams))?\s+"
     r"(?:(?:are|all|mostly|seem|to|relate|refer|have|do|deal|describe|involve|concern|related|about|with|be)\s+)+)",
     re.IGNORECASE)
+_BARE_LABEL_RE = re.compile(r"(?:the\s+)?(?:shared|common|main|underlying|central)\s+(?:idea|theme|concept|pattern|"
+                            r"thread|topic)s?", re.IGNORECASE)
 _QUOTES = "\"'`\u201c\u201d\u2018\u2019*"
 
 
@@ -213,7 +216,7 @@ def clean_theme(answer: str) -> str | None:
         if stripped == text:
             break
         text = clean_explanation(stripped).text
-    if text is None or len(text.split()) > MAX_THEME_WORDS:
+    if text is None or len(text.split()) > MAX_THEME_WORDS or _BARE_LABEL_RE.fullmatch(text):
         return None
     return text
 
