@@ -149,9 +149,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
 def _add_export(commands: argparse._SubParsersAction) -> None:
     from neuron_explainer.export import FORMATS
 
-    parser = commands.add_parser("export", help="write results as csv, jsonl, latex, markdown or plots")
+    parser = commands.add_parser("export", help="write results as csv, jsonl, latex, markdown, plots or html")
     parser.add_argument("--format", required=True, choices=sorted(FORMATS))
-    parser.add_argument("--out", required=True, help="output file (a directory for plots)")
+    parser.add_argument("--out", required=True, help="output file (a directory for plots and html)")
+    parser.add_argument("--records", default=None,
+                        help="html: record store whose top/random windows the pages show (default: each "
+                             "recording's stored path, if it still exists)")
     _add_query_filters(parser, limit=None)
     parser.add_argument("--json", action="store_true", help="print a JSON summary of what was written")
     parser.set_defaults(handler=_cmd_export)
@@ -163,7 +166,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     query = _query_from_args(args)
     with open_database(args.db, create=False) as database:
-        result = export(database, args.format, args.out, query=query)
+        result = export(database, args.format, args.out, query=query, records=args.records)
     if args.json:
         print_json({"format": result.format, "paths": [str(path) for path in result.paths], "rows": result.rows,
                     "notes": list(result.notes)})
@@ -254,6 +257,25 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("serve", help="serve a site made by `export --format html` on 127.0.0.1")
+    parser.add_argument("site", help="site directory")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one)")
+    parser.set_defaults(handler=_cmd_serve)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from neuron_explainer.export.html import serve_site
+
+    def ready(url: str) -> None:
+        print(f"serving {args.site} at {url} (Ctrl-C to stop)", flush=True)
+
+    serve_site(args.site, host=args.host, port=args.port, ready=ready)
+    return 0
+
+
 def _comma_list(text: str | None) -> list[str | None]:
     return [None] if text is None else [item.strip() for item in text.split(",") if item.strip()]
 
@@ -336,6 +358,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_query,
     _add_show,
     _add_export,
+    _add_serve,
     _add_explain,
     _add_score,
     _add_eval,

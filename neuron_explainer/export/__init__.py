@@ -23,8 +23,12 @@ FORMATS: dict[str, str] = {
     "markdown": "neuron_explainer.export.tabular:export_markdown",
     "latex": "neuron_explainer.export.latex:export_latex",
     "plots": "neuron_explainer.export.plots:export_plots",
+    "html": "neuron_explainer.export.html:export_html",
 }
 """Format name -> `module:function` of its Exporter."""
+
+RECORD_FORMATS = frozenset({"html"})
+"""Formats whose exporter also takes `records=` (a record store whose windows it shows)."""
 
 
 def exporter(format_name: str) -> Exporter:
@@ -37,11 +41,18 @@ def exporter(format_name: str) -> Exporter:
 
 
 def export(database: Database, format_name: str, out: str | Path, *,
-           query: ExplanationQuery | None = None) -> ExportResult:
-    """Export the rows of `query` (default: best explanation of every neuron) in `format_name` to `out`."""
+           query: ExplanationQuery | None = None, records: str | Path | None = None) -> ExportResult:
+    """Export the rows of `query` (default: best explanation of every neuron) in `format_name` to `out`;
+    `records` (a record store) only for RECORD_FORMATS."""
     from neuron_explainer.db import ExplanationQuery
 
-    return exporter(format_name)(database, Path(out), query or ExplanationQuery(limit=None))
+    function = exporter(format_name)
+    query = query or ExplanationQuery(limit=None)
+    if records is None:
+        return function(database, Path(out), query)
+    if format_name not in RECORD_FORMATS:
+        raise UserError(f"--records is used only by --format {', '.join(sorted(RECORD_FORMATS))}")
+    return function(database, Path(out), query, records=Path(records))  # type: ignore[call-arg]
 
 
-__all__ = ["FORMATS", "ExportResult", "Exporter", "export", "exporter"]
+__all__ = ["FORMATS", "RECORD_FORMATS", "ExportResult", "Exporter", "export", "exporter"]
