@@ -13,7 +13,7 @@ import asyncio
 import math
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from itertools import combinations
 from typing import Any
 
@@ -34,6 +34,8 @@ class ScoredExplanation:
     """The neuron."""
     group: str
     """`method[explainer model] / simulator[simulator model]`."""
+    simulator: str
+    """Simulator kind that made the score."""
     split_seed: int
     """Split seed of the explanation and score."""
     text: str
@@ -46,6 +48,8 @@ class ScoredExplanation:
     """Pearson over random windows."""
     shuffled: float
     """Score of another neuron's explanation on this neuron (NaN when not computed)."""
+    split: dict[str, Any] = field(default_factory=dict)
+    """The split settings the score was made with (from its stored parameters), for baselines on the same windows."""
 
 
 @dataclass(frozen=True)
@@ -171,17 +175,28 @@ def distribution(items: Sequence[ScoredExplanation]) -> Distribution:
         mean_top=statistics.fmean(top) if top else NAN, mean_random=statistics.fmean(random_only) if random_only else NAN)
 
 
+def _ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks 1..n with tied values sharing their mean rank."""
+    array = np.asarray(values, dtype=np.float64)
+    order = np.argsort(array, kind="stable")
+    ranks = np.empty(len(array), dtype=np.float64)
+    ranks[order] = np.arange(1, len(array) + 1)
+    for value in np.unique(array):
+        tied = array == value
+        if tied.sum() > 1:
+            ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
 def spearman(first: Sequence[float], second: Sequence[float]) -> float:
     """Spearman rank correlation (NaN with fewer than 3 pairs or a constant side)."""
     pairs = [(a, b) for a, b in zip(first, second) if math.isfinite(a) and math.isfinite(b)]
     if len(pairs) < 3:
         return NAN
-    from scipy.stats import spearmanr
-
-    left, right = zip(*pairs)
-    if len(set(left)) < 2 or len(set(right)) < 2:
+    left, right = (_ranks(side) for side in zip(*pairs))
+    if np.ptp(left) == 0 or np.ptp(right) == 0:
         return NAN
-    return float(spearmanr(left, right).statistic)
+    return float(np.corrcoef(left, right)[0, 1])
 
 
 def _by_seed(items: Sequence[ScoredExplanation]) -> dict[int, dict[NeuronId, ScoredExplanation]]:
@@ -220,7 +235,8 @@ def build_real_report(items: Sequence[ScoredExplanation], *, model_id: str, reco
         matched = statistics.fmean(item.score for item in with_baseline) if with_baseline else NAN
         shuffled = statistics.fmean(item.shuffled for item in with_baseline) if with_baseline else NAN
         if not with_baseline:
-            notes.append(f"{group}: no shuffled baselines stored (score with --baselines, or pass --simulator)")
+            notes.append(f"{group}: no shuffled baselines stored (score with --baselines, or pass --simulator "
+                         f"{members[0].simulator})")
         group_reports.append(GroupReport(
             group=group, overall=distribution(chosen),
             layers={layer: distribution(layer_items) for layer, layer_items in sorted(per_layer.items())},
@@ -269,15 +285,20 @@ def load_scored_explanations(db: str, *, model_id: str, layers: Sequence[int] = 
         rows = database.query(query)
     return [ScoredExplanation(
         neuron=row.neuron, group=_group_label(row.method, row.explainer_model, row.simulator, row.simulator_model),
-        split_seed=row.split_seed, text=row.text, score=row.score, score_top=row.pearson_top,
-        score_random=row.pearson_random, shuffled=row.baselines.get("shuffled", NAN))
+        simulator=row.simulator, split_seed=row.split_seed, text=row.text, score=row.score, score_top=row.pearson_top,
+        score_random=row.pearson_random, shuffled=row.baselines.get("shuffled", NAN),
+        split={key: row.score_parameters[key] for key in _SPLIT_KEYS if key in row.score_parameters})
         for row in rows if row.polarity == "positive"]
+
+
+_SPLIT_KEYS = ("explain_top", "score_top", "score_random", "calibrate_top", "calibrate_random", "stratified")
 
 
 async def fill_shuffled_baselines(items: Sequence[ScoredExplanation], store: Any, simulator: Any, *,
                                   concurrency: int = 8) -> list[ScoredExplanation]:
     """Items with missing shuffled baselines computed: each neuron scored with another neuron's explanation of
-    the same method and seed (a seeded derangement), by `simulator` on the neuron's recorded windows."""
+    the same method and seed (a seeded derangement), by `simulator` on the neuron's recorded windows. Only items
+    scored by the same kind of simulator get one, so a baseline is always comparable with its score."""
     from dataclasses import replace
 
     from neuron_explainer.explain.splits import SplitConfig
@@ -288,6 +309,7 @@ async def fill_shuffled_baselines(items: Sequence[ScoredExplanation], store: Any
         pools.setdefault((item.group, item.split_seed), {})[item.neuron] = item.text
     assignments = {key: shuffled_explanations(texts, seed=key[1]) for key, texts in pools.items()}
     missing = [index for index, item in enumerate(items) if not math.isfinite(item.shuffled)
+               and item.simulator == simulator.kind.value
                and item.neuron in assignments[(item.group, item.split_seed)]]
     semaphore = asyncio.Semaphore(max(1, concurrency))
 
@@ -295,7 +317,7 @@ async def fill_shuffled_baselines(items: Sequence[ScoredExplanation], store: Any
         item = items[index]
         async with semaphore:
             record = store.load_neuron(item.neuron.layer, item.neuron.neuron)
-            config = ScoreConfig(split=SplitConfig(seed=item.split_seed), bootstrap_samples=0)
+            config = ScoreConfig(split=SplitConfig(seed=item.split_seed, **item.split), bootstrap_samples=0)
             values = await compute_baselines(
                 record, simulator, config=config,
                 shuffled_explanation=assignments[(item.group, item.split_seed)][item.neuron])
@@ -308,7 +330,8 @@ async def fill_shuffled_baselines(items: Sequence[ScoredExplanation], store: Any
 def run_real_eval(records: str, db: str, *, simulator: str | None = None, llm: str | None = None,
                   layers: Sequence[int] = (), concurrency: int = 8) -> RealReport:
     """The real-neuron report for the record store at `records` from the database at `db`; with `simulator`,
-    missing shuffled baselines are computed (an LLM simulator needs `llm`)."""
+    missing shuffled baselines of the scores made by that kind of simulator are computed (an LLM simulator
+    needs `llm`)."""
     from neuron_explainer.activations import RecordStore
 
     store = RecordStore.open(records)
