@@ -152,6 +152,23 @@ def test_failures_and_ledger_never_store_secrets(db_path: Path) -> None:
     assert b"sk-secret" not in dump and b"sk-other" not in dump and b"sk-1" not in dump
 
 
+def test_ledger_entries_from_the_llm_stage_are_stored(db_path: Path) -> None:
+    from neuron_explainer.llm.ledger import LedgerEntry
+
+    entry = LedgerEntry(backend="openai:gpt-4o-mini", model="gpt-4o-mini", operation="chat", prompt_tokens=1200,
+                        completion_tokens=15, cached_tokens=1024, latency_s=0.8, cost_usd=0.0003, from_cache=False,
+                        attempts=2, created_at=1714564800.25)
+    with open_database(str(db_path)) as database:
+        run_id = database.start_run(config={})
+        database.record_llm_call(entry, run_id=run_id, stage="simulate")
+        database.flush()
+        totals = database.usage_totals(run_id=run_id)
+        assert (totals.calls, totals.prompt_tokens, totals.cached_tokens) == (1, 1200, 1024)
+        database.finish_run(run_id, RunStatus.COMPLETED)
+    assert _rows(db_path, "SELECT stage, operation, attempts, created_at FROM llm_calls") == [
+        ("simulate", "chat", 2, "2024-05-01T12:00:00.250000Z")]
+
+
 def test_config_keys_are_stable_and_sensitive() -> None:
     base = dict(subject_model="m", model_fingerprint="f", manifest_hash="h", method="token-pairs",
                 polarity="positive", backend="b", model="x", prompt_hash="p", split_seed=0,
@@ -279,6 +296,10 @@ def test_upgrade_from_version_1_fixture(tmp_path: Path) -> None:
         assert database.usage_totals().cached_tokens == 0
         assert database.failed_neurons(stage="explain", config_key="e1" * 32) == {NeuronId(2, 3)}
         assert database.run(1).status == "completed"
+        [old_score] = database.neuron_details(NeuronId(0, 2))[0].explanations[0].scores
+        [window] = old_score.score.windows  # moved from scores.windows_json into score_windows
+        assert (window.window_id, window.tokens, window.true_activations, window.simulated_activations) == (
+            9, ("def", " f"), (2.5, 0.0), (9.0, 0.5))
         # New writes use the new columns.
         recording = database.register_recording(model_id="tiny-llama", fingerprint="fp-v1", path="/records/v1",
                                                 manifest={"ctx": 64}, manifest_hash="m1" * 32)

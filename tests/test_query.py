@@ -96,6 +96,27 @@ def test_search_uses_substrings_case_insensitively(database: Database) -> None:
     assert database.query(ExplanationQuery(search="zebra")) == []
 
 
+def test_both_search_plans_give_the_same_rows(tmp_path: Path) -> None:
+    from neuron_explainer.db.query import run_query
+
+    words = ["alpha", "beta", "gamma", "delta"]
+    items = [(index % 3, index, "token-pairs" if index % 4 else "sasc", f"{words[index % 4]} {words[index % 3]} x",
+              ((index * 37) % 100) / 100) for index in range(120)]
+    with open_database(str(tmp_path / "plans.db")) as database:
+        populate(database, items)
+        populate(database, [(layer, index, "ngram", f"{words[index % 2]} again", 0.5)
+                            for layer, index, *_ in items[:40]])
+        for query in (ExplanationQuery(search="alpha", limit=7), ExplanationQuery(search="gamma beta", limit=None),
+                      ExplanationQuery(search="pha", method="sasc"), ExplanationQuery(search="beta", layers=(1,)),
+                      ExplanationQuery(search="again", min_score=0.4, limit=5)):
+            with database._read_engine.connect() as connection:
+                plans = [[(str(row.neuron), row.score_id) for row in run_query(
+                    connection, query, search_index=True, walk_scores=walk)] for walk in (True, False, None)]
+                like = [(str(row.neuron), row.score_id) for row in run_query(
+                    connection, query, search_index=False)]
+            assert plans[0] == plans[1] == plans[2] == like and plans[0], query
+
+
 def test_simulator_and_run_filters_pick_the_matching_score(tmp_path: Path) -> None:
     with open_database(str(tmp_path / "s.db")) as database:
         run_id = database.start_run(config={})
@@ -206,3 +227,30 @@ def test_cli_errors_are_one_line(tmp_path: Path, database: Database, capsys: pyt
     assert main(["show", "9:9", "--db", database.where]) == 2
     assert "not in" in capsys.readouterr().err
     assert not (tmp_path / "absent.db").exists()
+
+
+def test_cli_show_with_records_prints_the_windows_the_explainer_saw(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from neuron_records import planted_store
+
+    from neuron_explainer.activations import RecordStore
+
+    records = planted_store(tmp_path)
+    store = RecordStore.open(records)
+    digits = store.load_neuron(3, 0)
+    url = str(tmp_path / "r.db")
+    with open_database(url) as database:
+        recording = database.register_recording(model_id=store.manifest.model_id, fingerprint="fp", path=records,
+                                                manifest={"recording_id": store.manifest.recording_id},
+                                                manifest_hash=store.manifest.recording_id)
+        made = explanation(NeuronId(3, 0), "digits")
+        made = made.__class__(**{**made.__dict__,
+                                 "source_window_ids": tuple(w.window_id for w in digits.top_windows[:2])})
+        database.record_explanation(recording, made, config_key=explain_key())
+        database.record_score(recording, score(NeuronId(3, 0), 0.8), explanation_key=explain_key(),
+                              config_key=score_key())
+    assert main(["show", "3:0", "--db", url, "--records", str(records), "--windows", "1"]) == 0
+    page = capsys.readouterr().out
+    assert "windows shown to the explainer for 3:0 (2 of 2 found" in page
+    first = digits.top_windows[0]
+    assert f"window {first.window_id} (explain), max true activation {max(first.activations):.2f}" in page

@@ -22,7 +22,16 @@ def redact(text: str) -> str:
     return _SECRET_QUERY.sub(r"\1***", text)
 
 
+_SCALARS = (str, int, bool, type(None))
+
+
 def _plain(value: Any) -> Any:
+    if type(value) in _SCALARS:
+        return value
+    if type(value) is float:
+        return value if math.isfinite(value) else None
+    if isinstance(value, (list, tuple)) and not isinstance(value, Enum):
+        return [_plain(item) for item in value]
     if isinstance(value, Enum):
         return _plain(value.value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -68,10 +77,13 @@ def none_to_nan(value: float | None) -> float:
 TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 
 
-def utc_iso(value: str | dt.datetime | None = None) -> str:
-    """Fixed-width ISO-8601 UTC (`2024-05-01T12:00:00.000000Z`), sortable as text; naive input counts as UTC."""
+def utc_iso(value: str | float | dt.datetime | None = None) -> str:
+    """Fixed-width ISO-8601 UTC (`2024-05-01T12:00:00.000000Z`), sortable as text, from an ISO string, epoch
+    seconds or a datetime (naive input counts as UTC); None is now."""
     if value is None:
         moment = dt.datetime.now(dt.timezone.utc)
+    elif isinstance(value, (int, float)):
+        moment = dt.datetime.fromtimestamp(value, dt.timezone.utc)
     elif isinstance(value, dt.datetime):
         moment = value
     else:

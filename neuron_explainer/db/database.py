@@ -8,6 +8,7 @@ inserts nothing twice. Reads use their own connections and never wait for the wr
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import math
 import os
@@ -17,7 +18,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, case, create_engine, event, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as postgresql_insert
@@ -30,7 +31,8 @@ from neuron_explainer.db import lock as run_lock
 from neuron_explainer.db.codec import (dump_json, float_or_none, load_json, none_to_nan, redact, truncate,
                                        utc_iso)
 from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, ExplanationRow, FailureRow, LLMCallRow, NeuronRow,
-                                        NeuronStatsRow, RecordingRow, RunRow, ScoreRow, SubjectModelRow)
+                                        NeuronStatsRow, RecordingRow, RunRow, ScoreRow, ScoreWindowsRow,
+                                        SubjectModelRow)
 from neuron_explainer.db.query import ExplanationQuery, ResultRow, run_query
 from neuron_explainer.db.schema import SCHEMA_VERSION, has_search_index, prepare_schema, upgrade_step
 from neuron_explainer.db.writer import BatchApplier, Writer
@@ -38,6 +40,9 @@ from neuron_explainer.errors import UserError
 from neuron_explainer.explain.types import ExplainerKind, Explanation, Failure, Polarity
 from neuron_explainer.simulate.types import Metrics, Score, ScoredWindow, SimulatorKind, WindowSplit
 from neuron_explainer.subject.neurons import NeuronId
+
+if TYPE_CHECKING:
+    from neuron_explainer.llm.ledger import LedgerEntry
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +102,20 @@ class LLMCall:
     """Served from our response cache (no backend call)."""
     stage: str = ""
     """`explain`, `simulate`, ... (empty when unknown)."""
-    created_at: str | None = None
-    """ISO-8601 time of the call (None: now)."""
+    operation: str = ""
+    """`chat`, `completion`, `slots`, ... as the backend reports it."""
+    attempts: int = 0
+    """HTTP attempts made (0 for cache hits and in-process calls)."""
+    created_at: str | float | None = None
+    """When the call finished: ISO-8601 text or epoch seconds (None: now)."""
+
+    @classmethod
+    def from_entry(cls, entry: LedgerEntry, *, stage: str = "") -> LLMCall:
+        """The database form of an `llm.ledger.LedgerEntry`."""
+        return cls(backend=entry.backend, model=entry.model, prompt_tokens=entry.prompt_tokens,
+                   completion_tokens=entry.completion_tokens, cached_tokens=entry.cached_tokens,
+                   latency_s=entry.latency_s, cost_usd=entry.cost_usd, from_cache=entry.from_cache, stage=stage,
+                   operation=entry.operation, attempts=entry.attempts, created_at=entry.created_at)
 
 
 @dataclass(frozen=True)
@@ -217,6 +234,7 @@ class _ExplanationWrite(_NeuronWrite):
 @dataclass(frozen=True)
 class _ScoreWrite(_NeuronWrite):
     explanation_key: str
+    windows_json: str
 
 
 @dataclass(frozen=True)
@@ -252,18 +270,22 @@ def insert_ignoring_duplicates(connection: Connection, table: Any, rows: Sequenc
                 continue
 
 
-def _round(value: float) -> float | None:
-    # 6 significant digits keep per-window details about half the size of full float64 repr.
-    return float(f"{value:.6g}") if value == value and abs(value) != float("inf") else None
+def _number_list(values: Sequence[float]) -> str:
+    """JSON array text of `values` at 6 significant digits (about half the size of float64 repr), NaN as null."""
+    text = ",".join(["%.6g" % value for value in values])
+    if "n" in text:  # only "nan" and "inf" contain an n
+        text = ",".join(["%.6g" % value if math.isfinite(value) else "null" for value in values])
+    return f"[{text}]"
 
 
 def _windows_json(windows: Sequence[ScoredWindow]) -> str:
-    return dump_json([{
-        "window_id": window.window_id, "split": window.split, "tokens": list(window.tokens),
-        "true": [_round(value) for value in window.true_activations],
-        "simulated": [_round(value) for value in window.simulated_activations],
-        "error": window.error,
-    } for window in windows])
+    # Written by hand: this is the bulk of every score and of the writer's work, so no generic encoder walk.
+    return "[" + ",".join(
+        f'{{"window_id":{int(window.window_id)},"split":"{WindowSplit(window.split).value}",'
+        f'"tokens":{json.dumps([str(token) for token in window.tokens], ensure_ascii=False, separators=(",", ":"))},'
+        f'"true":{_number_list(window.true_activations)},"simulated":{_number_list(window.simulated_activations)},'
+        f'"error":{json.dumps(window.error)}}}'
+        for window in windows) + "]"
 
 
 def _windows_from_json(text: str) -> tuple[ScoredWindow, ...]:
@@ -334,7 +356,7 @@ class _Applier(BatchApplier):
                 rows = connection.execute(select(table.c.id, table.c.neuron_id, table.c.config_key)
                                           .where(tuple_(table.c.neuron_id, table.c.config_key).in_(list(chunk))))
                 explanation_ids.update({(row.neuron_id, row.config_key): row.id for row in rows})
-            scores = []
+            scores, windows = [], {}
             for index in score_positions:
                 record = records[index]
                 key = (neuron_id(record), record.explanation_key)
@@ -344,7 +366,17 @@ class _Applier(BatchApplier):
                         f"{record.explanation_key[:12]}..., which is not in the database; record the explanation first")
                     continue
                 scores.append(dict(record.values, neuron_id=key[0], explanation_id=explanation_ids[key]))
+                windows.setdefault((explanation_ids[key], record.values["config_key"]), record.windows_json)
             insert_ignoring_duplicates(connection, ScoreRow.__table__, scores)
+            table = ScoreRow.__table__
+            details = []
+            for chunk in _chunks(sorted(windows)):
+                rows = connection.execute(select(table.c.id, table.c.explanation_id, table.c.config_key)
+                                          .where(tuple_(table.c.explanation_id, table.c.config_key).in_(list(chunk))))
+                details += [{"score_id": row.id, "windows_json": windows[(row.explanation_id, row.config_key)]}
+                            for row in rows]
+            # A score that already existed keeps its own details (first write wins, as for the score itself).
+            insert_ignoring_duplicates(connection, ScoreWindowsRow.__table__, details)
 
         insert_ignoring_duplicates(connection, FailureRow.__table__,
                                    [record.values for record in records if isinstance(record, _FailureWrite)])
@@ -396,6 +428,9 @@ def _make_engine(url: URL, *, writer: bool) -> Engine:
                 cursor = dbapi_connection.cursor()
                 cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
                 cursor.execute("PRAGMA foreign_keys = ON")
+                # Random index lookups over a large file: a bigger page cache and memory-mapped reads.
+                cursor.execute("PRAGMA cache_size = -32768")
+                cursor.execute("PRAGMA mmap_size = 268435456")
                 if writer:
                     cursor.execute("PRAGMA journal_mode = WAL")
                     cursor.execute("PRAGMA synchronous = FULL")
@@ -676,8 +711,8 @@ class Database:
                 "sort_score": UNDEFINED_SORT_SCORE if pearson is None else pearson,
                 "prompt_tokens": score.prompt_tokens, "completion_tokens": score.completion_tokens,
                 "created_at": utc_iso(score.created_at), "run_id": run_id,
-                "baselines_json": dump_json(score.baselines), "windows_json": _windows_json(score.windows)},
-            explanation_key))
+                "baselines_json": dump_json(score.baselines)},
+            explanation_key, _windows_json(score.windows)))
 
     def record_failure(self, failure: Failure, *, config_key: str, run_id: int | None = None,
                        recording: RecordingRef | None = None) -> Future[None]:
@@ -689,14 +724,17 @@ class Database:
             "reason": truncate(failure.reason, RAW_OUTPUT_LIMIT),
             "raw_output": truncate(failure.raw_output, RAW_OUTPUT_LIMIT), "created_at": utc_iso()}))
 
-    def record_llm_call(self, call: LLMCall, *, run_id: int | None = None) -> Future[None]:
-        """Queue one ledger entry."""
+    def record_llm_call(self, call: LLMCall | LedgerEntry, *, run_id: int | None = None,
+                        stage: str = "") -> Future[None]:
+        """Queue one ledger entry (an LLMCall, or an `llm` LedgerEntry with `stage` saying what it was for)."""
+        if not isinstance(call, LLMCall):
+            call = LLMCall.from_entry(call, stage=stage)
         return self._writer.submit(_CallWrite({
-            "run_id": run_id, "stage": call.stage, "backend": redact(call.backend), "model": call.model,
+            "run_id": run_id, "stage": call.stage or stage, "backend": redact(call.backend), "model": call.model,
             "prompt_tokens": call.prompt_tokens, "completion_tokens": call.completion_tokens,
             "cached_tokens": call.cached_tokens, "latency_s": float(call.latency_s),
             "cost_usd": float_or_none(call.cost_usd), "from_cache": bool(call.from_cache),
-            "created_at": utc_iso(call.created_at)}))
+            "created_at": utc_iso(call.created_at), "operation": call.operation, "attempts": call.attempts}))
 
     # --- has-work checks (call flush() first if this process wrote recently) ------------------------------
 
@@ -795,7 +833,10 @@ class Database:
                     .where(e.c.neuron_id == neuron_row.id).order_by(e.c.id)).all()
                 texts = {row.id: row.text for row in explanation_rows}
                 scores_by_explanation: dict[int, list[StoredScore]] = {}
-                for row in connection.execute(select(s).where(s.c.neuron_id == neuron_row.id)
+                w = ScoreWindowsRow.__table__
+                for row in connection.execute(select(s, w.c.windows_json)
+                                              .select_from(s.outerjoin(w, w.c.score_id == s.c.id))
+                                              .where(s.c.neuron_id == neuron_row.id)
                                               .order_by(s.c.sort_score.desc(), s.c.id)):
                     scores_by_explanation.setdefault(row.explanation_id, []).append(
                         _stored_score(row, neuron, texts.get(row.explanation_id, "")))
@@ -845,7 +886,7 @@ def _stored_score(row: Any, neuron: NeuronId, explanation_text: str) -> StoredSc
         neuron=neuron, explanation_text=explanation_text, simulator=SimulatorKind(row.simulator),
         simulator_backend=row.simulator_backend, simulator_model=row.simulator_model,
         prompt_hash=row.prompt_hash, split_seed=row.split_seed, metrics=metrics,
-        windows=_windows_from_json(row.windows_json), parameters=load_json(row.parameters_json, {}),
+        windows=_windows_from_json(row.windows_json or "[]"), parameters=load_json(row.parameters_json, {}),
         created_at=row.created_at, prompt_tokens=row.prompt_tokens, completion_tokens=row.completion_tokens,
         baselines={key: none_to_nan(value) for key, value in load_json(row.baselines_json, {}).items()}))
 

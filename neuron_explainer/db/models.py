@@ -154,7 +154,8 @@ class ExplanationRow(Base):
 class ScoreRow(Base):
     """One score of one explanation by one simulator configuration, unique per (explanation, score-config key).
 
-    `neuron_id` repeats the explanation's neuron so best-per-neuron queries need no join to find rivals.
+    `neuron_id` repeats the explanation's neuron so best-per-neuron queries need no join to find rivals;
+    `sort_score` is `pearson`, or UNDEFINED_SORT_SCORE when that is NULL, so one index orders every score.
     """
 
     __tablename__ = "scores"
@@ -190,6 +191,18 @@ class ScoreRow(Base):
     created_at: Mapped[str] = mapped_column(String(32))
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)
     baselines_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+
+
+class ScoreWindowsRow(Base):
+    """The per-window true and simulated activations behind one score (kept apart so `scores` stays narrow).
+
+    `windows_json` is a list of {window_id, split, tokens, true, simulated, error}; floats have 6 significant
+    digits and NaN is null.
+    """
+
+    __tablename__ = "score_windows"
+
+    score_id: Mapped[int] = mapped_column(ForeignKey("scores.id"), primary_key=True, autoincrement=False)
     windows_json: Mapped[str] = mapped_column(Text)
 
 
@@ -231,3 +244,5 @@ class LLMCallRow(Base):
     cost_usd: Mapped[float | None] = mapped_column(Float)
     from_cache: Mapped[bool] = mapped_column(Boolean)
     created_at: Mapped[str] = mapped_column(String(32))
+    operation: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

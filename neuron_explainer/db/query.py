@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Select, and_, column, exists, or_, select, table
+from sqlalchemy import ColumnElement, Connection, Select, and_, column, exists, func, or_, select, table
 
 from neuron_explainer.db.codec import load_json, none_to_nan
 from neuron_explainer.db.models import (ExplanationRow, NeuronRow, RecordingRow, ScoreRow, SubjectModelRow)
@@ -187,8 +187,8 @@ def _fts_phrase(text: str) -> str:
     return '"' + text.replace('"', '""') + '"'
 
 
-def _pair_filters(query: ExplanationQuery, scores: Any, explanations: Any, *,
-                  search_index: bool) -> list[ColumnElement[bool]]:
+def _pair_filters(query: ExplanationQuery, scores: Any, explanations: Any, *, search_index: bool,
+                  walk_scores: bool = False) -> list[ColumnElement[bool]]:
     """Conditions on one (score, explanation) pair that decide whether it competes for best-of-neuron."""
     conditions: list[ColumnElement[bool]] = []
     if query.method is not None:
@@ -203,7 +203,9 @@ def _pair_filters(query: ExplanationQuery, scores: Any, explanations: Any, *,
     if needle:
         if search_index and len(needle) >= MIN_SEARCH_INDEX_CHARS:
             matches = select(_search.c.rowid).where(_search.c.text.match(_fts_phrase(needle)))
-            conditions.append(explanations.c.id.in_(matches))
+            # `+ 0` keeps the planner from driving the query from the match list, so it walks scores in order.
+            target = scores.c.explanation_id + 0 if walk_scores else explanations.c.id
+            conditions.append(target.in_(matches))
         else:
             conditions.append(explanations.c.text.icontains(needle, autoescape=True))
     return conditions
@@ -226,8 +228,66 @@ def _in_ranges(column_: Any, values: tuple[int, ...]) -> ColumnElement[bool]:
     return parts[0] if len(parts) == 1 else or_(*parts)
 
 
-def build_select(query: ExplanationQuery, *, search_index: bool) -> Select[Any]:
-    """The SELECT for `query` (exposed for tests and EXPLAIN QUERY PLAN)."""
+def _order(query: ExplanationQuery, s: Any, e: Any, n: Any) -> list[ColumnElement[Any]]:
+    if query.sort is SortOrder.SCORE:
+        return [s.c.sort_score.desc(), n.c.layer, n.c.neuron, s.c.id]
+    if query.sort is SortOrder.LAYER:
+        return [n.c.layer, n.c.neuron, s.c.sort_score.desc(), s.c.id]
+    return [e.c.created_at.desc(), s.c.id.desc()]
+
+
+def _matching_scores(query: ExplanationQuery, *, search_index: bool, walk_scores: bool) -> Select[Any]:
+    """The ids of the matching score rows, ordered and limited, joining only the tables the filters need."""
+    s = _scores.alias("ms")
+    e = _explanations.alias("me")
+    n = _neurons.alias("mn")
+    m = _models.alias("mm")
+    conditions = _pair_filters(query, s, e, search_index=search_index, walk_scores=walk_scores)
+    if query.layers:
+        conditions.append(_in_ranges(n.c.layer, query.layers))
+    if query.neurons:
+        conditions.append(_in_ranges(n.c.neuron, query.neurons))
+    if query.model is not None:
+        conditions.append(m.c.model_id == query.model)
+    if query.min_score is not None or query.max_score is not None:
+        conditions.append(s.c.pearson.is_not(None))
+    if query.min_score is not None:
+        conditions.append(s.c.sort_score >= query.min_score)
+    if query.max_score is not None:
+        conditions.append(s.c.sort_score <= query.max_score)
+    if query.best_per_neuron:
+        rival_scores = _scores.alias("rs")
+        rival_explanations = _explanations.alias("re")
+        rivals_from = rival_scores
+        if _needs_explanation(query):
+            rivals_from = rival_scores.join(rival_explanations,
+                                            rival_explanations.c.id == rival_scores.c.explanation_id)
+        better = or_(rival_scores.c.sort_score > s.c.sort_score,
+                     and_(rival_scores.c.sort_score == s.c.sort_score, rival_scores.c.id < s.c.id))
+        rivals = (select(rival_scores.c.id).select_from(rivals_from)
+                  .where(rival_scores.c.neuron_id == s.c.neuron_id, better,
+                         *_pair_filters(query, rival_scores, rival_explanations, search_index=search_index,
+                                        walk_scores=walk_scores)))
+        conditions.append(~exists(rivals))
+    joined: Any = s
+    if _needs_explanation(query) or query.sort is SortOrder.CREATED:
+        joined = joined.join(e, e.c.id == s.c.explanation_id)
+    if query.layers or query.neurons or query.model is not None or query.sort is not SortOrder.CREATED:
+        joined = joined.join(n, n.c.id == s.c.neuron_id)
+    if query.model is not None:
+        joined = joined.join(m, m.c.id == n.c.subject_model_id)
+    statement = select(s.c.id).select_from(joined).where(*conditions).order_by(*_order(query, s, e, n))
+    return statement.limit(query.limit) if query.limit is not None else statement
+
+
+def build_select(query: ExplanationQuery, *, search_index: bool, walk_scores: bool = False) -> Select[Any]:
+    """The SELECT for `query` (exposed for tests and EXPLAIN QUERY PLAN).
+
+    Two steps in one statement: a narrow subquery finds, orders and limits the matching score ids touching only
+    the tables its filters need; the outer query fetches the wide rows for just those ids. `walk_scores` makes a
+    text search check matches while walking scores best-first instead of starting from the matches (faster when
+    the text is common).
+    """
     s = _scores.alias("s")
     e = _explanations.alias("e")
     n = _neurons.alias("n")
@@ -245,46 +305,13 @@ def build_select(query: ExplanationQuery, *, search_index: bool) -> Select[Any]:
         s.c.parameters_json.label("score_parameters_json"), s.c.config_key.label("score_key"),
         s.c.run_id.label("score_run_id"), s.c.created_at.label("scored_at"), s.c.baselines_json,
     ]
-    statement = (select(*columns)
-                 .select_from(s.join(e, e.c.id == s.c.explanation_id)
-                              .join(n, n.c.id == s.c.neuron_id)
-                              .join(m, m.c.id == n.c.subject_model_id)
-                              .join(r, r.c.id == e.c.recording_id)))
-    conditions = _pair_filters(query, s, e, search_index=search_index)
-    if query.layers:
-        conditions.append(_in_ranges(n.c.layer, query.layers))
-    if query.neurons:
-        conditions.append(_in_ranges(n.c.neuron, query.neurons))
-    if query.model is not None:
-        conditions.append(m.c.model_id == query.model)
-    if query.min_score is not None or query.max_score is not None:
-        conditions.append(s.c.pearson.is_not(None))
-    if query.min_score is not None:
-        conditions.append(s.c.sort_score >= query.min_score)
-    if query.max_score is not None:
-        conditions.append(s.c.sort_score <= query.max_score)
-    if query.best_per_neuron:
-        rival_scores = _scores.alias("s2")
-        rival_explanations = _explanations.alias("e2")
-        rivals_from = rival_scores
-        if _needs_explanation(query):
-            rivals_from = rival_scores.join(rival_explanations, rival_explanations.c.id == rival_scores.c.explanation_id)
-        better = or_(rival_scores.c.sort_score > s.c.sort_score,
-                     and_(rival_scores.c.sort_score == s.c.sort_score, rival_scores.c.id < s.c.id))
-        rivals = (select(rival_scores.c.id).select_from(rivals_from)
-                  .where(rival_scores.c.neuron_id == s.c.neuron_id, better,
-                         *_pair_filters(query, rival_scores, rival_explanations, search_index=search_index)))
-        conditions.append(~exists(rivals))
-    statement = statement.where(*conditions)
-    if query.sort is SortOrder.SCORE:
-        statement = statement.order_by(s.c.sort_score.desc(), n.c.layer, n.c.neuron, s.c.id)
-    elif query.sort is SortOrder.LAYER:
-        statement = statement.order_by(n.c.layer, n.c.neuron, s.c.sort_score.desc(), s.c.id)
-    else:
-        statement = statement.order_by(e.c.created_at.desc(), s.c.id.desc())
-    if query.limit is not None:
-        statement = statement.limit(query.limit)
-    return statement
+    return (select(*columns)
+            .select_from(s.join(e, e.c.id == s.c.explanation_id)
+                         .join(n, n.c.id == s.c.neuron_id)
+                         .join(m, m.c.id == n.c.subject_model_id)
+                         .join(r, r.c.id == e.c.recording_id))
+            .where(s.c.id.in_(_matching_scores(query, search_index=search_index, walk_scores=walk_scores)))
+            .order_by(*_order(query, s, e, n)))
 
 
 def _row(values: Any) -> ResultRow:
@@ -310,9 +337,35 @@ def _row(values: Any) -> ResultRow:
     )
 
 
-def run_query(connection: Connection, query: ExplanationQuery, *, search_index: bool) -> Iterator[ResultRow]:
-    """Stream the rows of `query` (inside the caller's connection)."""
-    result = connection.execution_options(yield_per=1000).execute(build_select(query, search_index=search_index))
+def _walk_scores(connection: Connection, query: ExplanationQuery, *, search_index: bool) -> bool:
+    """Whether a text search should walk scores best-first rather than start from its matches.
+
+    Starting from the matches reads every match; walking reads about limit / selectivity score rows, where the
+    selectivity is the matching fraction of explanations times the fraction of layers asked for. Counting the
+    matches costs one index read; walk when that is the cheaper plan (e.g. beyond 4,000 matches out of 360,000
+    explanations for a top 50 over all layers).
+    """
+    needle = (query.search or "").strip()
+    if not (search_index and len(needle) >= MIN_SEARCH_INDEX_CHARS and query.sort is SortOrder.SCORE
+            and query.limit is not None and not query.neurons):
+        return False
+    matches = connection.execute(select(func.count()).select_from(_search)
+                                 .where(_search.c.text.match(_fts_phrase(needle)))).scalar_one()
+    explanations = connection.execute(select(func.max(_explanations.c.id))).scalar() or 0
+    layer_fraction = 1.0
+    if query.layers:
+        layers = (connection.execute(select(func.max(_neurons.c.layer))).scalar() or 0) + 1
+        layer_fraction = min(len(query.layers) / layers, 1.0)
+    return matches * matches * layer_fraction > query.limit * explanations
+
+
+def run_query(connection: Connection, query: ExplanationQuery, *, search_index: bool,
+              walk_scores: bool | None = None) -> Iterator[ResultRow]:
+    """Stream the rows of `query` (inside the caller's connection); `walk_scores` None picks the search plan."""
+    if walk_scores is None:
+        walk_scores = _walk_scores(connection, query, search_index=search_index)
+    statement = build_select(query, search_index=search_index, walk_scores=walk_scores)
+    result = connection.execution_options(yield_per=1000).execute(statement)
     for values in result:
         yield _row(values)
 

@@ -75,9 +75,18 @@ def _add_column(connection: Connection, table: str, column_ddl: str) -> None:
 
 
 def _upgrade_1_to_2(connection: Connection) -> None:
-    """Version 2 added provider-cached prompt tokens to the ledger, score baselines, and the text search index."""
+    """Version 2 added provider-cached prompt tokens, operation and attempts to the ledger, score baselines and
+    the text search index, and moved per-window details out of `scores` into `score_windows` (so scans of
+    `scores` read a fraction of the pages)."""
     _add_column(connection, "llm_calls", "cached_tokens INTEGER NOT NULL DEFAULT 0")
+    _add_column(connection, "llm_calls", "operation VARCHAR(32) NOT NULL DEFAULT ''")
+    _add_column(connection, "llm_calls", "attempts INTEGER NOT NULL DEFAULT 0")
     _add_column(connection, "scores", "baselines_json TEXT NOT NULL DEFAULT '{}'")
+    connection.exec_driver_sql("CREATE TABLE score_windows (score_id INTEGER NOT NULL, windows_json TEXT NOT NULL, "
+                               "PRIMARY KEY (score_id), FOREIGN KEY(score_id) REFERENCES scores (id))")
+    connection.exec_driver_sql("INSERT INTO score_windows (score_id, windows_json) SELECT id, windows_json FROM scores")
+    # DROP COLUMN needs SQLite >= 3.35 (2021); PostgreSQL has it.
+    connection.exec_driver_sql("ALTER TABLE scores DROP COLUMN windows_json")
     create_search_index(connection)
 
 

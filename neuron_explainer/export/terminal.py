@@ -91,9 +91,10 @@ def _explanation_lines(stored: StoredExplanation, *, windows: int, width: int, s
     for stored_score in stored.scores:
         lines += _score_lines(stored_score)
     if show_windows and stored.scores and windows > 0:
-        best = stored.scores[0].score.windows
-        ranked = sorted(best, key=lambda window: -max((v for v in window.true_activations if math.isfinite(v)),
-                                                     default=-math.inf))
+        scored = [window for window in stored.scores[0].score.windows
+                  if window.split in (WindowSplit.SCORE_TOP, WindowSplit.SCORE_RANDOM)]
+        ranked = sorted(scored, key=lambda window: -max((v for v in window.true_activations if math.isfinite(v)),
+                                                       default=-math.inf))
         lines.append("    top scored windows (true activation vs simulated 0-10):")
         for window in ranked[:windows]:
             lines += _window_block(window, width)
@@ -122,7 +123,7 @@ def format_neuron_detail(details: Sequence[NeuronDetail], *, windows: int = 3, w
 def format_source_windows(details: Sequence[NeuronDetail], records: str, *, width: int = 120,
                           windows: int = 3) -> str:
     """The windows the best explanation's explainer was shown, read from a record store (true activations)."""
-    from neuron_explainer.activations.store import RecordStore
+    from neuron_explainer.activations import RecordStore
 
     store = RecordStore.open(records)
     lines: list[str] = []
