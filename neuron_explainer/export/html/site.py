@@ -191,20 +191,24 @@ def _round_score(value: float) -> float | None:
     return round(value, 4) if math.isfinite(value) else None
 
 
-def _index_data(models: Sequence[_Model], entries: Sequence[tuple[int, ResultRow]], threshold: float) -> str:
+def index_script(rows: Sequence[ResultRow], threshold: float) -> str:
+    """data/index.js for best-per-neuron `rows` in site order: `window.NEURON_INDEX` with one compact row each."""
+    models = _models_of(rows)
+    model_index = {(model.model_id, model.fingerprint): index for index, model in enumerate(models)}
     lookups: dict[str, dict[str, int]] = {"methods": {}, "explainers": {}, "simulators": {}}
 
     def code(kind: str, value: str) -> int:
         return lookups[kind].setdefault(value, len(lookups[kind]))
 
-    rows = [[model_index, row.neuron.layer, row.neuron.neuron, _round_score(row.score), _round_score(row.ci_low),
-             _round_score(row.ci_high), code("methods", row.method), code("explainers", row.explainer_model),
-             code("simulators", row.simulator), row.text] for model_index, row in entries]
+    compact = [[model_index[(row.model_id, row.model_fingerprint)], row.neuron.layer, row.neuron.neuron,
+                _round_score(row.score), _round_score(row.ci_low), _round_score(row.ci_high),
+                code("methods", row.method), code("explainers", row.explainer_model),
+                code("simulators", row.simulator), row.text] for row in rows]
     value = {"columns": ["model", "layer", "neuron", "score", "ci_low", "ci_high", "method", "explainer",
                          "simulator", "text"],
              "models": [{"id": model.model_id, "fingerprint": model.fingerprint, "slug": model.slug}
                         for model in models],
-             **{kind: list(table) for kind, table in lookups.items()}, "threshold": threshold, "rows": rows}
+             **{kind: list(table) for kind, table in lookups.items()}, "threshold": threshold, "rows": compact}
     return f"window.NEURON_INDEX = {script_json(value)};\n"
 
 
@@ -541,10 +545,7 @@ def build_site(database: Database, out: str | Path, *, query: ExplanationQuery |
     try:
         for name in pages.ASSET_FILES:
             _write(staging, f"assets/{name}", pages.asset_text(name))
-        model_index = {(model.model_id, model.fingerprint): index for index, model in enumerate(models)}
-        _write(staging, "data/index.js", _index_data(
-            models, [(model_index[(row.model_id, row.model_fingerprint)], row) for row in best_rows],
-            options.threshold))
+        _write(staging, "data/index.js", index_script(best_rows, options.threshold))
         sections = []
         layer_count = 0
         for model in models:

@@ -25,6 +25,10 @@
     return value === null || value === undefined ? "n/a" : String(value);
   }
 
+  function short(value) {
+    return value === null ? "n/a" : String(Number(value.toPrecision(4)));
+  }
+
   function visible(token) {
     if (token === "") {
       return "\u2205";
@@ -73,7 +77,7 @@
     box.dataset.windowId = String(entry.id);
     box.dataset.scoreId = String(score.id);
     const head = element("div", "window-head",
-      "window " + entry.id + " \u00b7 " + entry.split + " \u00b7 max true " + format(peak(entry.true)));
+      "window " + entry.id + " \u00b7 " + entry.split + " \u00b7 max true " + short(peak(entry.true)));
     if (entry.error) {
       head.appendChild(element("span", "badge warn", "not simulated: " + entry.error));
     }
@@ -147,7 +151,7 @@
       for (const entry of windows) {
         const box = element("div", "window record");
         box.dataset.windowId = String(entry.id);
-        const head = element("div", "window-head", "window " + entry.id + " \u00b7 max " + format(peak(entry.act)));
+        const head = element("div", "window-head", "window " + entry.id + " \u00b7 max " + short(peak(entry.act)));
         if (entry.shown) {
           head.appendChild(element("span", "badge", "shown to the explainer"));
         }
