@@ -156,16 +156,38 @@ def load_model(spec: str, *, device: str = "auto", dtype: str = "auto", causal_l
                        is_encoder=is_encoder)
 
 
-def _load_hf(location: str, torch_dtype: Any, *, causal_lm: bool) -> tuple[Any, Any, bool]:
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+def model_directory(spec: str) -> tuple[ModelSource, str]:
+    """The HF id or directory transformers reads for `spec` (a GGUF file is converted and cached first)."""
+    source = parse_model_spec(spec)
+    if source.kind in (SourceKind.GGUF, SourceKind.DEFAULT):
+        path = Path(source.location)
+        return source, str(_converted_gguf_dir(path, file_sha256(path)))
+    return source, source.location
+
+
+def load_config(location: str) -> Any:
+    """The transformers config of an HF id or directory; UserError when it cannot be found."""
+    from transformers import AutoConfig
 
     try:
-        config = AutoConfig.from_pretrained(location)
+        return AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load model {location!r}: not a local model directory and not reachable on the "
                         f"Hugging Face hub ({_first_line(exc)})") from None
-    is_encoder = config.model_type in ENCODER_MODEL_TYPES or config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+def is_encoder_config(config: Any) -> bool:
+    """True for encoder-only architectures (loaded with AutoModel, no causal LM head)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return config.model_type in ENCODER_MODEL_TYPES or config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+
+def _load_hf(location: str, torch_dtype: Any, *, causal_lm: bool) -> tuple[Any, Any, bool]:
+    from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    config = load_config(location)
+    is_encoder = is_encoder_config(config)
     loader = AutoModelForCausalLM if (causal_lm and not is_encoder) else AutoModel
     try:
         model = loader.from_pretrained(location, dtype=torch_dtype)
