@@ -1,0 +1,430 @@
+"""The nightly run: record (or reuse) activations, then explain, simulate and score every selected neuron.
+
+A unit of work is one neuron under one configuration (explainer x polarity, then simulator). Each unit is a
+pure function of the record store, the prompts and the backends, and is committed to the database the moment it
+finishes, under a config key; so a second run with the same configuration skips it, a crash loses at most the
+units in flight, and several processes could share the work (see DESIGN.md, Scale).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import logging
+import random
+import re
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from neuron_explainer.activations import RecordConfig, RecordPolarity, RecordStore, record
+from neuron_explainer.db import (Database, RecordingRef, RunStatus, explanation_config_key, open_database,
+                                 score_config_key)
+from neuron_explainer.errors import UserError
+from neuron_explainer.explain import Failure, LayerNgramResponses, NgramConfig, SplitConfig
+from neuron_explainer.llm import LLMBackend, ResponseCache, UsageLedger, make_backend
+from neuron_explainer.pipeline.config import RunConfig, parse_deadline
+from neuron_explainer.pipeline.explainers import ExplainerJob, make_explainer_jobs
+from neuron_explainer.scoring import ScoreConfig, score_explanation
+from neuron_explainer.simulate import Score, Simulator, make_simulator
+from neuron_explainer.subject.neurons import NeuronId, parse_neuron_spec
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[["RunProgress"], None]
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """A snapshot for progress bars."""
+
+    done: int
+    """Neurons finished this run (explained and scored, or failed)."""
+    total: int
+    """Neurons with work to do this run."""
+    failed: int
+    """Units that ended in a stored failure."""
+    cost_usd: float
+    """Estimated spend so far."""
+    tokens: int
+    """Prompt + completion tokens so far."""
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a run did; printed at the end and stored with the run."""
+
+    run_id: int
+    """Database id of the run."""
+    status: str
+    """`completed`, `stopped: budget`, `stopped: interrupted` or `failed`."""
+    records: str
+    """The record store used."""
+    selected: int
+    """Neurons selected."""
+    done: int
+    """Neurons processed this run."""
+    skipped: int
+    """Neurons whose every unit was already stored."""
+    explained: int
+    """Explanations written this run."""
+    scored: int
+    """Scores written this run."""
+    failed: int
+    """Failures written this run."""
+    prompt_tokens: int
+    """Prompt tokens spent this run."""
+    completion_tokens: int
+    """Completion tokens spent this run."""
+    cost_usd: float
+    """Estimated spend this run."""
+    mean_score: float | None
+    """Mean Pearson score of this run's scores (defined ones)."""
+    median_score: float | None
+    """Median of those."""
+    seconds: float
+    """Wall time."""
+    stop_reason: str | None = None
+    """Which budget stopped the run, if one did."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class _Tally:
+    explained: int = 0
+    scored: int = 0
+    failed: int = 0
+    done: int = 0
+    scores: list[float] = dataclasses.field(default_factory=list)
+
+
+class _BudgetExceeded(Exception):
+    """Raised inside the scheduler when a budget is reached; carries which one."""
+
+
+def recording_directory(config: RunConfig) -> Path:
+    """Where a run keeps the recording its settings describe: one subdirectory per recording configuration."""
+    identity = {key: value for key, value in record_config(config).as_dict().items()
+                if key not in ("device", "batch_size")}
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{Path(config.model).name}-{config.corpus}").strip("-")[:60]
+    return Path(config.records_root) / f"{slug}-{digest}"
+
+
+def record_config(config: RunConfig) -> RecordConfig:
+    """The recording request a run's settings describe."""
+    return RecordConfig(model=config.model, corpus=config.corpus, layers=config.layers, window_length=config.ctx,
+                        windows=config.windows, top_k=config.top_k, random_k=config.random, seed=config.seed,
+                        dtype=config.dtype, device=config.device, polarity=RecordPolarity(config.polarity))
+
+
+def ensure_records(config: RunConfig, *, progress: bool = True) -> RecordStore:
+    """Open `config.records`, or record into the run's recording directory (reused when its manifest matches)."""
+    if config.records is not None:
+        return RecordStore.open(config.records)
+    summary = record(record_config(config), recording_directory(config), progress=progress)
+    if summary.reused:
+        logger.info("reusing recording %s", summary.path)
+    return RecordStore.open(summary.path)
+
+
+def select_neurons(store: RecordStore, config: RunConfig) -> list[NeuronId]:
+    """The neurons a run works on: the spec within the recorded layers, then the seeded sample."""
+    manifest = store.manifest
+    num_layers = max(manifest.num_model_layers, max(store.layers) + 1)
+    chosen = parse_neuron_spec(config.neurons, num_layers, store.neurons_per_layer)
+    recorded = set(store.layers)
+    if config.neurons.strip() == "all":
+        chosen = [neuron for neuron in chosen if neuron.layer in recorded]
+    missing = sorted({neuron.layer for neuron in chosen} - recorded)
+    if missing:
+        raise UserError(f"layer {missing[0]} was not recorded in {store.path}; recorded layers: "
+                        f"{', '.join(map(str, store.layers))}")
+    if config.sample is not None and config.sample < len(chosen):
+        chosen = sorted(random.Random(config.seed).sample(chosen, config.sample))
+    return chosen
+
+
+class _Budget:
+    """Tracks spend and time against the run's limits."""
+
+    def __init__(self, config: RunConfig, ledger: UsageLedger, started: float) -> None:
+        self._config = config
+        self._ledger = ledger
+        self._started = started
+        self._deadline = (parse_deadline(config.deadline, now=dt.datetime.now()).timestamp()
+                          if config.deadline else None)
+
+    def exceeded(self) -> str | None:
+        """Which limit has been reached, or None."""
+        totals = self._ledger.totals()
+        if self._config.max_cost is not None and (totals.cost_usd or 0.0) >= self._config.max_cost:
+            return f"max-cost {self._config.max_cost} USD"
+        tokens = totals.prompt_tokens + totals.completion_tokens
+        if self._config.max_tokens is not None and tokens >= self._config.max_tokens:
+            return f"max-tokens {self._config.max_tokens}"
+        if self._config.max_minutes is not None and time.monotonic() - self._started >= self._config.max_minutes * 60:
+            return f"max-minutes {self._config.max_minutes}"
+        if self._deadline is not None and time.time() >= self._deadline:
+            return f"deadline {self._config.deadline}"
+        return None
+
+
+class Pipeline:
+    """One run over one database: wires record store, backends, explainers, simulator and writer."""
+
+    def __init__(self, config: RunConfig, database: Database, store: RecordStore, *,
+                 on_progress: ProgressCallback | None = None) -> None:
+        self.config = config
+        self.database = database
+        self.store = store
+        self.on_progress = on_progress
+        self.ledger = UsageLedger()
+        self.split = SplitConfig(seed=config.seed, explain_top=config.explain_windows,
+                                 score_top=config.score_top_windows, score_random=config.score_random_windows)
+        self.tally = _Tally()
+        self.run_id: int | None = None
+        self.recording: RecordingRef | None = None
+        self._backends: dict[str, LLMBackend] = {}
+        self._cache = ResponseCache.for_database(config.db)
+        self._subject: Any = None
+        self._layer_ngrams: dict[int, LayerNgramResponses] = {}
+
+    # --- backends ------------------------------------------------------------------------------------------
+
+    def backend(self, spec: str) -> LLMBackend:
+        """One backend object per spec, shared by explainers and the simulator (a local model loads once)."""
+        if spec not in self._backends:
+            self._backends[spec] = make_backend(spec, concurrency=self.config.concurrency, rpm=self.config.rpm,
+                                                tpm=self.config.tpm, cache=self._cache, ledger=self.ledger)
+        return self._backends[spec]
+
+    def simulator(self) -> Simulator:
+        """The run's simulator; LLM-free kinds need no backend."""
+        kind = self.config.simulator
+        if kind in ("lexical", "embedding"):
+            return make_simulator(kind, None)
+        return make_simulator(kind, self.backend(self.config.simulator_llm or self.config.llm))
+
+    def subject(self) -> Any:
+        """The subject model of the recording, loaded once (SASC runs it on synthetic text)."""
+        if self._subject is None:
+            from neuron_explainer.subject import Subject
+
+            manifest = self.store.manifest
+            self._subject = Subject.load(manifest.model_id, device=self.config.device, dtype=self.config.dtype,
+                                         hook_template=manifest.config.get("hook_template"))
+        return self._subject
+
+    def isolated_ngrams(self, layer: int, ngram_config: NgramConfig) -> LayerNgramResponses:
+        """Every neuron's response to every corpus n-gram read alone, one cached sweep per layer."""
+        if layer not in self._layer_ngrams:
+            from neuron_explainer.corpus import open_corpus
+            from neuron_explainer.explain import isolated_ngram_responses
+
+            manifest = self.store.manifest
+            texts = list(open_corpus(manifest.corpus_spec,
+                                     text_field=manifest.config.get("text_field", "text")).documents())
+            self._layer_ngrams.update(isolated_ngram_responses(self.subject(), [layer], texts, ngram_config,
+                                                               progress=True))
+        return self._layer_ngrams[layer]
+
+    async def aclose(self) -> None:
+        """Release backends."""
+        for backend in self._backends.values():
+            await backend.aclose()
+
+    # --- the run ---------------------------------------------------------------------------------------------
+
+    async def run(self, neurons: list[NeuronId]) -> RunSummary:
+        """Process `neurons`; returns the summary (the run row is finished by the caller's context)."""
+        started = time.monotonic()
+        manifest = self.store.manifest
+        self.recording = self.database.register_recording(
+            model_id=manifest.model_id, fingerprint=manifest.model_fingerprint, path=str(self.store.path),
+            manifest=dataclasses.asdict(manifest), manifest_hash=manifest.recording_id)
+        simulator = self.simulator()
+        jobs = make_explainer_jobs(self, simulator)
+        score_keys = {job.key: self._score_key(simulator) for job in jobs}
+        todo = self._plan(neurons, jobs, score_keys)
+        skipped = len(neurons) - len(todo)
+        logger.info("%d neurons selected, %d already done, %d to do", len(neurons), skipped, len(todo))
+        if self.config.limit is not None:
+            todo = todo[:self.config.limit]
+        budget = _Budget(self.config, self.ledger, started)
+        stop_reason = await self._schedule(todo, jobs, simulator, score_keys, budget)
+        self.database.flush()
+        totals = self.ledger.totals()
+        scores = self.tally.scores
+        status = RunStatus.STOPPED_BUDGET if stop_reason else RunStatus.COMPLETED
+        return RunSummary(
+            run_id=self.run_id or 0, status=status.value, records=str(self.store.path), selected=len(neurons),
+            done=self.tally.done, skipped=skipped, explained=self.tally.explained, scored=self.tally.scored,
+            failed=self.tally.failed, prompt_tokens=totals.prompt_tokens, completion_tokens=totals.completion_tokens,
+            cost_usd=round(totals.cost_usd or 0.0, 6), mean_score=statistics.fmean(scores) if scores else None,
+            median_score=statistics.median(scores) if scores else None,
+            seconds=round(time.monotonic() - started, 2), stop_reason=stop_reason)
+
+    def _score_key(self, simulator: Simulator) -> str:
+        return score_config_key(
+            manifest_hash=self.store.manifest.recording_id, simulator=simulator.kind.value,
+            backend=simulator.backend_name, model=simulator.model, prompt_hash=simulator.prompt_hash,
+            split_seed=self.split.seed, parameters={**self.split.as_dict(), **simulator.parameters,
+                                                    "baselines": self.config.baselines})
+
+    def _plan(self, neurons: list[NeuronId], jobs: list[ExplainerJob],
+              score_keys: dict[str, str]) -> list[NeuronId]:
+        """Fill each job's `done` and `existing`; return the neurons with at least one unit left."""
+        self.database.flush()
+        selected = set(neurons)
+        pending: set[NeuronId] = set()
+        for job in jobs:
+            stored = self.database.load_explanations(job.key)
+            job.texts = {neuron: explanation.text for neuron, explanation in stored.items()}
+            scored = set() if self.config.rescore else self.database.scored_neurons(
+                explanation_key=job.key, score_key=score_keys[job.key])
+            failed: set[NeuronId] = set()
+            if not self.config.retry_failed:
+                failed = self.database.failed_neurons(stage="explain", config_key=job.key) - set(stored)
+                for stage in ("score", "simulate"):
+                    failed |= self.database.failed_neurons(stage=stage, config_key=score_keys[job.key])
+            job.done = (scored & set(stored)) | failed
+            job.existing = {neuron: stored[neuron] for neuron in (set(stored) - job.done) & selected}
+            pending |= selected - job.done
+        return sorted(pending)
+
+    async def _schedule(self, todo: list[NeuronId], jobs: list[ExplainerJob], simulator: Simulator,
+                        score_keys: dict[str, str], budget: _Budget) -> str | None:
+        """Run units with bounded concurrency; stop launching when a budget is reached (in-flight units finish)."""
+        queue: asyncio.Queue[NeuronId] = asyncio.Queue()
+        for neuron in todo:
+            queue.put_nowait(neuron)
+        stop_reason: str | None = None
+        total = len(todo)
+
+        async def worker() -> None:
+            nonlocal stop_reason
+            while stop_reason is None:
+                try:
+                    neuron = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                reason = budget.exceeded()
+                if reason is not None:
+                    stop_reason = reason
+                    return
+                await self._process(neuron, jobs, simulator, score_keys)
+                self.tally.done += 1
+                self._persist_ledger()
+                if self.on_progress is not None:
+                    totals = self.ledger.totals()
+                    self.on_progress(RunProgress(done=self.tally.done, total=total, failed=self.tally.failed,
+                                                 cost_usd=totals.cost_usd or 0.0,
+                                                 tokens=totals.prompt_tokens + totals.completion_tokens))
+
+        workers = [asyncio.create_task(worker()) for _ in range(min(self.config.concurrency, max(total, 1)))]
+        try:
+            await asyncio.gather(*workers)
+        finally:
+            for task in workers:
+                task.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            self._persist_ledger()
+        return stop_reason
+
+    def _persist_ledger(self) -> None:
+        for entry in self.ledger.drain():
+            self.database.record_llm_call(entry, run_id=self.run_id, stage=entry.operation)
+
+    async def _process(self, neuron: NeuronId, jobs: list[ExplainerJob], simulator: Simulator,
+                       score_keys: dict[str, str]) -> None:
+        """Every unit of one neuron; each result is queued for commit as soon as it exists."""
+        record_ = self.store.load_neuron(neuron.layer, neuron.neuron)
+        assert self.recording is not None
+        for job in jobs:
+            if neuron in job.done:
+                continue
+            explanation = job.existing.get(neuron)
+            if explanation is None:
+                result = await job.explain(record_)
+                if isinstance(result, Failure):
+                    self._fail(result, job.key)
+                    continue
+                explanation = result
+                job.texts[neuron] = explanation.text
+                self.database.record_explanation(self.recording, explanation, config_key=job.key, run_id=self.run_id)
+                self.tally.explained += 1
+            score = await score_explanation(record_, explanation, simulator,
+                                            config=ScoreConfig(split=self.split, polarity=explanation.polarity))
+            if isinstance(score, Failure):
+                self._fail(score, score_keys[job.key])
+                continue
+            if self.config.baselines:
+                score = await self._with_baselines(record_, score, simulator, job)
+            self.database.record_score(self.recording, score, explanation_key=job.key,
+                                       config_key=score_keys[job.key], run_id=self.run_id)
+            self.tally.scored += 1
+            if score.metrics.pearson == score.metrics.pearson:  # not NaN
+                self.tally.scores.append(score.metrics.pearson)
+
+    async def _with_baselines(self, record_: Any, score: Score, simulator: Simulator, job: ExplainerJob) -> Score:
+        from neuron_explainer.scoring import compute_baselines
+
+        other = job.shuffled_text(record_.neuron)
+        baselines = await compute_baselines(record_, simulator, shuffled_explanation=other,
+                                            config=ScoreConfig(split=self.split, polarity=job.polarity))
+        return dataclasses.replace(score, baselines=baselines)
+
+    def _fail(self, failure: Failure, config_key: str) -> None:
+        self.database.record_failure(failure, config_key=config_key, run_id=self.run_id, recording=self.recording)
+        self.tally.failed += 1
+
+
+async def _run_then_close(pipeline: Pipeline, neurons: list[NeuronId]) -> RunSummary:
+    try:
+        return await pipeline.run(neurons)
+    finally:
+        await pipeline.aclose()
+
+
+def run_pipeline(config: RunConfig, *, progress: bool = True,
+                 on_progress: ProgressCallback | None = None) -> RunSummary:
+    """Run one night: record or reuse, then every unit of work not yet stored. Resumable at any point."""
+    with open_database(config.db) as database:
+        run_id = database.start_run(config=config.as_dict())
+        status, error, summary = RunStatus.FAILED, None, None
+        try:
+            store = ensure_records(config, progress=progress)
+            neurons = select_neurons(store, config)
+            pipeline = Pipeline(config, database, store, on_progress=on_progress)
+            pipeline.run_id = run_id
+            summary = asyncio.run(_run_then_close(pipeline, neurons)) if neurons else None
+            if summary is None:
+                summary = RunSummary(run_id=run_id, status=RunStatus.COMPLETED.value, records=str(store.path),
+                                     selected=0, done=0, skipped=0, explained=0, scored=0, failed=0, prompt_tokens=0,
+                                     completion_tokens=0, cost_usd=0.0, mean_score=None, median_score=None,
+                                     seconds=0.0)
+            status = RunStatus(summary.status)
+            return summary
+        except KeyboardInterrupt:
+            status, error = RunStatus.INTERRUPTED, "interrupted"
+            raise
+        except UserError as exc:
+            error = str(exc)
+            raise
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            totals = {**(summary.as_dict() if summary is not None else {}),
+                      "usage": dataclasses.asdict(database.usage_totals(run_id=run_id))}
+            database.finish_run(run_id, status, totals=totals, error=error)
