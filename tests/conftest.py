@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fake_openai_server import fake_openai  # noqa: F401 - registers the loopback OpenAI server fixture
 from tiny_models import make_tiny_model
 
 

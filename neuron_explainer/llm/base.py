@@ -39,6 +39,9 @@ class Capabilities:
     """Benefits from many prompts in one call (in-process batched forward passes)."""
     context_window: int
     """Tokens of prompt + completion it accepts."""
+    slot_multitoken_exact: bool = True
+    """Slot distributions score multi-token candidates exactly; False when only single-token candidates are read
+    (remote prompt logprobs: a candidate the server splits into several tokens gets probability 0)."""
 
 
 @dataclass(frozen=True)
@@ -125,6 +128,18 @@ class LLMBackend(abc.ABC):
                        stop: Sequence[str] | None = None, seed: int | None = None,
                        top_logprobs: int = 0) -> GenerateResult:
         """Generate `n` answers; `top_logprobs > 0` asks for per-token alternatives where supported."""
+
+    async def generate_many(self, prompts: Sequence[Prompt], *, n: int = 1, temperature: float = 0.0,
+                            max_tokens: int = 256, stop: Sequence[str] | None = None, seed: int | None = None,
+                            top_logprobs: int = 0) -> list[GenerateResult]:
+        """`generate` for many prompts with the same settings, results in order; in-process backends batch them.
+
+        The first failure cancels the rest and is raised as itself.
+        """
+        from neuron_explainer.llm.tasks import run_all
+
+        return await run_all(self.generate(prompt, n=n, temperature=temperature, max_tokens=max_tokens, stop=stop,
+                                           seed=seed, top_logprobs=top_logprobs) for prompt in prompts)
 
     async def slot_distributions(self, prompts: Sequence[SlotPrompt],
                                  candidates: Sequence[str]) -> list[list[dict[str, float]]]:
