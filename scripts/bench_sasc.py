@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
 
     max_ngrams = args.max_ngrams or (1_500 if args.quick else NgramConfig().max_ngrams)
-    subset_size = args.subset or (40 if args.quick else 400)
+    subset_size = args.subset or (40 if args.quick else 200)
     started = time.perf_counter()
     subject = Subject.load(args.model, device=args.device, dtype=args.dtype)
     load_s = time.perf_counter() - started

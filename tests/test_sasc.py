@@ -49,6 +49,8 @@ def test_numbered_list_items_keep_their_own_digits() -> None:
 def test_a_numbered_list_on_one_line_is_split_only_at_consecutive_numbers() -> None:
     answer = "1. He was born in 1999. 2. He moved 3 times. 3. She owns 2. cats"
     assert parse_text_list(answer) == ["He was born in 1999.", "He moved 3 times.", "She owns 2. cats"]
+    # In a list written one item per line, an item's own "2. " is text, not a marker.
+    assert parse_text_list("1. Buy 2. Then sell 3. Done.\n2. Rest.") == ["Buy 2. Then sell 3. Done.", "Rest."]
 
 
 def test_bullets_plain_lines_wrapped_items_quotes_and_limits() -> None:

@@ -395,9 +395,10 @@ def _sweep(subject: Any, texts: Sequence[str], layers: Sequence[int], allocate: 
     for index, text in enumerate(texts):
         by_length.setdefault(len(subject.encode(word_prefix + text)), []).append(index)
     empty = by_length.pop(0, [])
+    special = len(subject.special_tokens.prefix) + len(subject.special_tokens.suffix)
     with tqdm(total=len(texts), desc="n-gram responses", unit="text", disable=not progress) as bar:
         for length, indices in sorted(by_length.items()):
-            per_batch = max(1, batch_tokens // length)
+            per_batch = max(1, batch_tokens // (length + special))
             for start in range(0, len(indices), per_batch):
                 batch = indices[start:start + per_batch]
                 ids = torch.tensor([subject.encode(word_prefix + texts[index]) for index in batch], dtype=torch.long)

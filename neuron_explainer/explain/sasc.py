@@ -32,6 +32,7 @@ from neuron_explainer.explain.parsing import clean_explanation
 from neuron_explainer.explain.prompt_files import PromptFiles, load_prompt_files
 from neuron_explainer.explain.types import Explanation, ExplainerKind, Failure, Polarity
 from neuron_explainer.llm.base import GenerateResult, LLMBackend, Message, Prompt
+from neuron_explainer.llm.errors import LLMError
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,9 @@ def parse_text_list(answer: str, *, limit: int | None = None) -> list[str]:
                 current.append(line)
         if current is not None:
             items.append(" ".join(current))
-        items = [piece for item in items for piece in _split_inline_list(item, first_number=None)]
+        if len(items) == 1:
+            # One marked line: perhaps the whole list was written on it ("1. a 2. b 3. c").
+            items = _split_inline_list(items[0], first_number=None)
     else:
         for line in lines:
             items.extend(_split_inline_list(line, first_number=1))
@@ -233,20 +236,26 @@ async def explain_sasc(ngrams: NeuronNgrams, subject: Any, backend: LLMBackend, 
                        config: SascConfig = SascConfig(), split_seed: int = 0) -> Explanation | Failure:
     """Explain one neuron with SASC: summarise its top n-grams into candidates, keep the best by synthetic score.
 
-    `ngrams` comes from `LayerNgramResponses.for_neuron` (isolated) or `in_context_ngram_responses`;
-    `subject` is the `Subject` the neuron belongs to. Returns a Failure (with the raw answers) when no
-    candidate theme can be read from the LLM's answers, or the backend fails.
+    `ngrams` comes from `LayerNgramResponses.for_neuron` (isolated) or `in_context_ngrams_for_record`;
+    `subject` is the `Subject` the neuron belongs to (it reads the synthetic sentences). Returns a Failure (with
+    the raw answers) when no candidate theme can be read from the LLM's answers, or a call fails with anything
+    but a `UserError` (LLM errors that should stop the run, such as a bad key, propagate).
     """
     neuron = ngrams.neuron
     if not ngrams.top_ngrams:
         return Failure(neuron=neuron, stage="explain", reason="no n-grams to summarise (empty corpus or windows)")
     try:
         return await _explain(ngrams, subject, backend, config, split_seed)
+    except LLMError as exc:
+        if exc.stops_run:
+            raise
+        logger.warning("SASC explaining %s failed: %s", neuron, exc)
+        return Failure(neuron=neuron, stage="explain", reason=f"SASC error: {type(exc).__name__}: {exc}")
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - one neuron's backend failure must not end a night's run
         logger.warning("SASC explaining %s failed: %s", neuron, exc)
-        return Failure(neuron=neuron, stage="explain", reason=f"backend error: {type(exc).__name__}: {exc}")
+        return Failure(neuron=neuron, stage="explain", reason=f"SASC error: {type(exc).__name__}: {exc}")
 
 
 async def _explain(ngrams: NeuronNgrams, subject: Any, backend: LLMBackend, config: SascConfig,
