@@ -221,10 +221,25 @@ def main() -> None:
     parser.add_argument("--per-producer", type=int, default=None, help="neurons per producer (default 40; quick 8)")
     parser.add_argument("--db", default=None, help="database URL for (b) (default: a temporary SQLite file)")
     parser.add_argument("--keep", action="store_true", help="keep the temporary files")
+    parser.add_argument("--reuse", action="store_true",
+                        help="--db already holds rows from an earlier run of this script: only time the queries")
     args = parser.parse_args()
     neurons = args.neurons or (24_000 if args.quick else 300_000)
     per_producer = args.per_producer or (8 if args.quick else 40)
 
+    if args.reuse:
+        if not args.db:
+            parser.error("--reuse needs --db")
+        with open_database(args.db, create=False) as database:
+            neurons = database.counts()["neurons"]
+        print(f"(b) timing queries on {neurons} neurons already in {args.db}")
+        timings = time_queries(args.db, neurons_per_layer=neurons // 48)
+        print(json.dumps({"bench": "db", "reuse": True, "neurons": neurons,
+                          "query_ms": {name: round(value, 1) for name, value in timings.items()
+                                       if not name.endswith("_s")},
+                          "filtered_top50_ms": round(timings["top50_layer_minscore"], 1),
+                          "meets_target": timings["top50_layer_minscore"] < TARGET_MS}))
+        return
     scratch_path = Path(tempfile.mkdtemp(prefix="bench_db_"))
     try:
         print(f"(a) writer: {args.producers} producers x {per_producer} neurons (explanation + score + ledger)")

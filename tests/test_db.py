@@ -70,6 +70,9 @@ def test_round_trip_keeps_every_field(db_path: Path) -> None:
 
         [row] = database.query(ExplanationQuery())
         assert (row.neuron, row.text, row.score, row.method) == (neuron, made.text, 0.75, "token-pairs")
+        with database.reader() as connection:
+            [(windows_json,)] = connection.exec_driver_sql("SELECT windows_json FROM score_windows").all()
+        assert '"tokens":["def"," main","(",")"]' in windows_json
         assert row.explanation_parameters == {"examples": 5, "temperature": 0.0}
         assert row.manifest_hash == MANIFEST_HASH and row.score_key == score_key()
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,19 @@ def test_latex_escapes_every_special_and_summarises_layers(database: Database, t
     assert summary_rows["1"].startswith("1 & 2 & 0.20 & 0.20 & 0.00 [0.00, 0.00]")
     assert summary_rows["All"].startswith("All & 10 & ")
     assert "\\begin{tabular}" in text and text.count("\\begin{table}") == 2
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="needs pdflatex with booktabs")
+def test_latex_output_compiles(database: Database, tmp_path: Path) -> None:
+    export(database, "latex", tmp_path / "tables.tex")
+    (tmp_path / "paper.tex").write_text("\\documentclass{article}\n\\usepackage[T1]{fontenc}\n"
+                                        "\\usepackage{booktabs}\n\\begin{document}\n\\input{tables.tex}\n"
+                                        "\\end{document}\n", encoding="utf-8")
+    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:]
+    log = (tmp_path / "paper.log").read_text(encoding="utf-8", errors="replace")
+    assert "Overfull \\hbox" not in log and (tmp_path / "paper.pdf").stat().st_size > 1000
 
 
 def test_layer_summary_bootstrap_interval_brackets_the_fraction(database: Database) -> None:

@@ -68,6 +68,18 @@ def test_every_pair_and_other_sort_orders(database: Database) -> None:
     assert len(database.query(ExplanationQuery(limit=2))) == 2
 
 
+@pytest.mark.parametrize("filters", [
+    {}, {"method": "token-pairs"}, {"max_score": 0.5}, {"min_score": 0.35, "layers": (0, 2)},
+    {"search": "tie"}, {"search": "e", "sort": "layer"}, {"sort": "created"}, {"best_per_neuron": False},
+    {"best_per_neuron": False, "min_score": 0.3, "sort": "layer"}, {"neurons": (1,), "simulator": "lexical"},
+], ids=str)
+def test_unlimited_queries_match_limited_ones(database: Database, filters: dict) -> None:
+    # Unlimited queries rank candidates in one window-function pass; limited ones walk an index with NOT EXISTS.
+    every = database.query(ExplanationQuery(limit=None, **filters))
+    limited = database.query(ExplanationQuery(limit=1000, **filters))
+    assert [row.score_id for row in every] == [row.score_id for row in limited] and every
+
+
 def test_filters(database: Database) -> None:
     assert _neurons(database.query(ExplanationQuery(layers=(1, 2)))) == ["2:0", "1:5", "2:1", "1:6"]
     assert _neurons(database.query(ExplanationQuery(layers=(0,), neurons=(1,)))) == ["0:1"]

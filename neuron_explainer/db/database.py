@@ -8,6 +8,7 @@ inserts nothing twice. Reads use their own connections and never wait for the wr
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import math
@@ -801,6 +802,12 @@ class Database:
                     for name, model in tables.items()}
 
     # --- queries -----------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def reader(self) -> Iterator[Connection]:
+        """A read connection for bulk reads this API does not cover (exporters); never write through it."""
+        with self._read_engine.connect() as connection:
+            yield connection
 
     def iter_query(self, query: ExplanationQuery) -> Iterator[ResultRow]:
         """Stream the rows of a query (for exports over every neuron)."""

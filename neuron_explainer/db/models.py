@@ -127,7 +127,7 @@ class ExplanationRow(Base):
     __tablename__ = "explanations"
     __table_args__ = (
         UniqueConstraint("neuron_id", "config_key", name="uq_explanations_neuron_key"),
-        Index("ix_explanations_config_key", "config_key"),
+        Index("ix_explanations_key_neuron", "config_key", "neuron_id"),
         Index("ix_explanations_created_at", "created_at"),
     )
 
@@ -155,15 +155,16 @@ class ScoreRow(Base):
     """One score of one explanation by one simulator configuration, unique per (explanation, score-config key).
 
     `neuron_id` repeats the explanation's neuron so best-per-neuron queries need no join to find rivals;
-    `sort_score` is `pearson`, or UNDEFINED_SORT_SCORE when that is NULL, so one index orders every score.
+    `sort_score` is `pearson`, or UNDEFINED_SORT_SCORE when that is NULL, so one index orders every score
+    (and, with `neuron_id` in it, answers best-per-neuron walks without reading the table).
     """
 
     __tablename__ = "scores"
     __table_args__ = (
         UniqueConstraint("explanation_id", "config_key", name="uq_scores_explanation_key"),
-        Index("ix_scores_sort_score", "sort_score"),
+        Index("ix_scores_sort_score_neuron", "sort_score", "neuron_id"),
         Index("ix_scores_neuron_sort_score", "neuron_id", "sort_score"),
-        Index("ix_scores_config_key", "config_key"),
+        Index("ix_scores_key_explanation", "config_key", "explanation_id"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

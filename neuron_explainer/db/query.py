@@ -17,7 +17,8 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Select, and_, column, exists, func, or_, select, table
 
 from neuron_explainer.db.codec import load_json, none_to_nan
-from neuron_explainer.db.models import (ExplanationRow, NeuronRow, RecordingRow, ScoreRow, SubjectModelRow)
+from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, ExplanationRow, NeuronRow, RecordingRow, ScoreRow,
+                                        SubjectModelRow)
 from neuron_explainer.db.schema import SEARCH_TABLE
 from neuron_explainer.errors import UserError
 from neuron_explainer.explain.types import ExplainerKind
@@ -236,8 +237,21 @@ def _order(query: ExplanationQuery, s: Any, e: Any, n: Any) -> list[ColumnElemen
     return [e.c.created_at.desc(), s.c.id.desc()]
 
 
-def _matching_scores(query: ExplanationQuery, *, search_index: bool, walk_scores: bool) -> Select[Any]:
-    """The ids of the matching score rows, ordered and limited, joining only the tables the filters need."""
+def _score_range(query: ExplanationQuery, sort_score: Any) -> list[ColumnElement[bool]]:
+    # On sort_score (indexed with neuron_id) rather than pearson; above UNDEFINED_SORT_SCORE means defined.
+    conditions: list[ColumnElement[bool]] = []
+    if query.min_score is not None or query.max_score is not None:
+        conditions.append(sort_score > UNDEFINED_SORT_SCORE)
+    if query.min_score is not None:
+        conditions.append(sort_score >= query.min_score)
+    if query.max_score is not None:
+        conditions.append(sort_score <= query.max_score)
+    return conditions
+
+
+def _candidates(query: ExplanationQuery, *, search_index: bool, walk_scores: bool,
+                ) -> tuple[Any, Any, Any, Any, list[ColumnElement[bool]]]:
+    """Aliases, the FROM clause (only the tables the filters need) and the candidate conditions."""
     s = _scores.alias("ms")
     e = _explanations.alias("me")
     n = _neurons.alias("mn")
@@ -249,12 +263,23 @@ def _matching_scores(query: ExplanationQuery, *, search_index: bool, walk_scores
         conditions.append(_in_ranges(n.c.neuron, query.neurons))
     if query.model is not None:
         conditions.append(m.c.model_id == query.model)
-    if query.min_score is not None or query.max_score is not None:
-        conditions.append(s.c.pearson.is_not(None))
-    if query.min_score is not None:
-        conditions.append(s.c.sort_score >= query.min_score)
-    if query.max_score is not None:
-        conditions.append(s.c.sort_score <= query.max_score)
+    joined: Any = s
+    if _needs_explanation(query) or query.sort is SortOrder.CREATED:
+        joined = joined.join(e, e.c.id == s.c.explanation_id)
+    if query.layers or query.neurons or query.model is not None or query.sort is not SortOrder.CREATED:
+        joined = joined.join(n, n.c.id == s.c.neuron_id)
+    if query.model is not None:
+        joined = joined.join(m, m.c.id == n.c.subject_model_id)
+    return s, e, n, joined, conditions
+
+
+def _matching_scores(query: ExplanationQuery, *, search_index: bool, walk_scores: bool) -> Select[Any]:
+    """The ids of the matching score rows in query order, limited: walks an index and stops at `limit`.
+
+    Best-per-neuron is NOT EXISTS (a better candidate of the same neuron), so only the rows walked are checked.
+    """
+    s, e, n, joined, conditions = _candidates(query, search_index=search_index, walk_scores=walk_scores)
+    conditions += _score_range(query, s.c.sort_score)
     if query.best_per_neuron:
         rival_scores = _scores.alias("rs")
         rival_explanations = _explanations.alias("re")
@@ -269,24 +294,31 @@ def _matching_scores(query: ExplanationQuery, *, search_index: bool, walk_scores
                          *_pair_filters(query, rival_scores, rival_explanations, search_index=search_index,
                                         walk_scores=walk_scores)))
         conditions.append(~exists(rivals))
-    joined: Any = s
-    if _needs_explanation(query) or query.sort is SortOrder.CREATED:
-        joined = joined.join(e, e.c.id == s.c.explanation_id)
-    if query.layers or query.neurons or query.model is not None or query.sort is not SortOrder.CREATED:
-        joined = joined.join(n, n.c.id == s.c.neuron_id)
-    if query.model is not None:
-        joined = joined.join(m, m.c.id == n.c.subject_model_id)
     statement = select(s.c.id).select_from(joined).where(*conditions).order_by(*_order(query, s, e, n))
     return statement.limit(query.limit) if query.limit is not None else statement
+
+
+def _every_match(query: ExplanationQuery, *, search_index: bool) -> Any:
+    """The ids of every matching score row, unordered: one pass ranking each neuron's candidates (for exports)."""
+    s, _e, _n, joined, conditions = _candidates(query, search_index=search_index, walk_scores=False)
+    if not query.best_per_neuron:
+        return select(s.c.id.label("id")).select_from(joined).where(
+            *conditions, *_score_range(query, s.c.sort_score)).subquery("matches")
+    rank = func.row_number().over(partition_by=s.c.neuron_id, order_by=(s.c.sort_score.desc(), s.c.id))
+    ranked = (select(s.c.id.label("id"), s.c.sort_score.label("sort_score"), rank.label("rank"))
+              .select_from(joined).where(*conditions).subquery("ranked"))
+    return (select(ranked.c.id).where(ranked.c.rank == 1, *_score_range(query, ranked.c.sort_score))
+            .subquery("matches"))
 
 
 def build_select(query: ExplanationQuery, *, search_index: bool, walk_scores: bool = False) -> Select[Any]:
     """The SELECT for `query` (exposed for tests and EXPLAIN QUERY PLAN).
 
-    Two steps in one statement: a narrow subquery finds, orders and limits the matching score ids touching only
-    the tables its filters need; the outer query fetches the wide rows for just those ids. `walk_scores` makes a
-    text search check matches while walking scores best-first instead of starting from the matches (faster when
-    the text is common).
+    With a limit, two steps in one statement: a narrow subquery walks the matching score ids in order and stops
+    at the limit, touching only the tables its filters need; the outer query fetches the wide rows for just those
+    ids. Without a limit, every match is found in one ranking pass and joined. `walk_scores` makes a text search
+    check matches while walking scores best-first instead of starting from the matches (faster when the text is
+    common).
     """
     s = _scores.alias("s")
     e = _explanations.alias("e")
@@ -305,13 +337,15 @@ def build_select(query: ExplanationQuery, *, search_index: bool, walk_scores: bo
         s.c.parameters_json.label("score_parameters_json"), s.c.config_key.label("score_key"),
         s.c.run_id.label("score_run_id"), s.c.created_at.label("scored_at"), s.c.baselines_json,
     ]
-    return (select(*columns)
-            .select_from(s.join(e, e.c.id == s.c.explanation_id)
-                         .join(n, n.c.id == s.c.neuron_id)
-                         .join(m, m.c.id == n.c.subject_model_id)
-                         .join(r, r.c.id == e.c.recording_id))
-            .where(s.c.id.in_(_matching_scores(query, search_index=search_index, walk_scores=walk_scores)))
-            .order_by(*_order(query, s, e, n)))
+    tables: Any = (s.join(e, e.c.id == s.c.explanation_id).join(n, n.c.id == s.c.neuron_id)
+                   .join(m, m.c.id == n.c.subject_model_id).join(r, r.c.id == e.c.recording_id))
+    if query.limit is None:
+        matches = _every_match(query, search_index=search_index)
+        statement = select(*columns).select_from(matches.join(tables, s.c.id == matches.c.id))
+    else:
+        statement = select(*columns).select_from(tables).where(
+            s.c.id.in_(_matching_scores(query, search_index=search_index, walk_scores=walk_scores)))
+    return statement.order_by(*_order(query, s, e, n))
 
 
 def _row(values: Any) -> ResultRow:

@@ -87,6 +87,12 @@ def _upgrade_1_to_2(connection: Connection) -> None:
     connection.exec_driver_sql("INSERT INTO score_windows (score_id, windows_json) SELECT id, windows_json FROM scores")
     # DROP COLUMN needs SQLite >= 3.35 (2021); PostgreSQL has it.
     connection.exec_driver_sql("ALTER TABLE scores DROP COLUMN windows_json")
+    # Version 2 indexes cover the best-per-neuron walk and the has-work checks.
+    for old_index in ("ix_scores_sort_score", "ix_scores_config_key", "ix_explanations_config_key"):
+        connection.exec_driver_sql(f"DROP INDEX {old_index}")
+    connection.exec_driver_sql("CREATE INDEX ix_scores_sort_score_neuron ON scores (sort_score, neuron_id)")
+    connection.exec_driver_sql("CREATE INDEX ix_scores_key_explanation ON scores (config_key, explanation_id)")
+    connection.exec_driver_sql("CREATE INDEX ix_explanations_key_neuron ON explanations (config_key, neuron_id)")
     create_search_index(connection)
 
 
