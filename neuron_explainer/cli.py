@@ -59,6 +59,102 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_record(commands: argparse._SubParsersAction) -> None:
+    from neuron_explainer.activations import DEFAULT_WINDOWS
+
+    parser = commands.add_parser(
+        "record", help="run a model over a corpus and keep every MLP neuron's top windows, random windows and stats",
+        description="One streaming pass; memory stays flat in --windows. Re-running with the same flags reuses a "
+                    "complete store; anything else is recorded afresh and swapped in atomically.")
+    parser.add_argument("--model", default="default", help="HF id, local directory, .gguf file or `default`")
+    parser.add_argument("--corpus", default="python-docs",
+                        help="python-docs (default), a .txt/.jsonl/.parquet file, a directory, a glob, or "
+                             "hf:NAME[:SPLIT]")
+    parser.add_argument("--layers", default="all", help="layer SPEC: all, N, A-B or a comma list (default all)")
+    parser.add_argument("--out", default="records", help="store directory (default records)")
+    parser.add_argument("--ctx", type=int, default=64, help="tokens per window (default 64)")
+    parser.add_argument("--windows", type=int, default=DEFAULT_WINDOWS,
+                        help=f"most windows to record (default {DEFAULT_WINDOWS}, a demo size: a few minutes for 4 "
+                             "layers of the default model on 2 CPU cores; use 100000+ for real runs)")
+    parser.add_argument("--top-k", type=int, default=40, help="top windows kept per neuron (default 40)")
+    parser.add_argument("--random", type=int, default=40, help="shared random windows (default 40)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random window sample (default 0)")
+    parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    parser.add_argument("--polarity", choices=["positive", "both"], default="positive",
+                        help="both also keeps each neuron's most negative windows")
+    parser.add_argument("--hook-template", default=None,
+                        help="module path of the MLP output projection with {layer}, for unknown architectures")
+    parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default 32)")
+    parser.add_argument("--text-field", default="text", help="JSONL field / parquet column of the text")
+    parser.add_argument("--pack", action="store_true",
+                        help="let windows straddle documents (EOS-separated) instead of dropping short tails")
+    parser.add_argument("--store-dtype", choices=["float16", "float32"], default="float16",
+                        help="stored activation precision (float16 falls back to float32 on overflow)")
+    parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    parser.set_defaults(handler=_cmd_record)
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    from neuron_explainer.activations import RecordConfig, RecordPolarity, record
+
+    config = RecordConfig(model=args.model, corpus=args.corpus, layers=args.layers, window_length=args.ctx,
+                          windows=args.windows, top_k=args.top_k, random_k=args.random, seed=args.seed,
+                          dtype=args.dtype, device=args.device, polarity=RecordPolarity(args.polarity),
+                          hook_template=args.hook_template, batch_size=args.batch_size, text_field=args.text_field,
+                          pack=args.pack, store_dtype=args.store_dtype)
+    summary = record(config, args.out, progress=sys.stderr.isatty()).as_dict()
+    if args.json:
+        print_json(summary)
+    elif summary["reused"]:
+        print(f"reused the complete recording at {summary['path']} (recording {summary['recording_id']}): "
+              f"{summary['windows']} windows, layers {_layer_text(summary['layers'])}")
+    else:
+        rate = summary["windows"] / max(summary["recording_seconds"], 1e-9)
+        print(f"recorded {summary['windows']} windows x {summary['window_length']} tokens of {summary['corpus']} "
+              f"through {summary['model']} ({summary['dtype']} on {summary['device']}), layers "
+              f"{_layer_text(summary['layers'])} x {summary['neurons_per_layer']} = {summary['neurons']} neurons, "
+              f"in {summary['recording_seconds']:.1f} s ({rate:.1f} windows/s)")
+        print(f"store: {summary['path']} (recording {summary['recording_id']})")
+    return 0
+
+
+def _layer_text(layers: Sequence[int]) -> str:
+    if layers and list(layers) == list(range(layers[0], layers[-1] + 1)) and len(layers) > 2:
+        return f"{layers[0]}-{layers[-1]}"
+    return ",".join(str(layer) for layer in layers)
+
+
+def _add_show_record(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("show-record", help="print a neuron's recorded windows with activations highlighted")
+    parser.add_argument("neuron", help="LAYER:NEURON")
+    parser.add_argument("--records", default="records", help="store directory (default records)")
+    parser.add_argument("--windows", type=int, default=5, help="windows to print (default 5)")
+    parser.add_argument("--kind", choices=["top", "bottom", "random"], default="top",
+                        help="top windows (default), bottom (needs --polarity both) or the shared random windows")
+    parser.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                        help="ANSI colours (auto: when stdout is a terminal; otherwise [brackets] mark tokens at "
+                             ">= half the neuron's max)")
+    parser.add_argument("--json", action="store_true", help="print the neuron as one JSON object")
+    parser.set_defaults(handler=_cmd_show_record)
+
+
+def _cmd_show_record(args: argparse.Namespace) -> int:
+    from neuron_explainer.activations import RecordStore
+    from neuron_explainer.activations.display import WindowKind, format_record, record_as_dict
+    from neuron_explainer.subject.neurons import NeuronId
+
+    neuron = NeuronId.parse(args.neuron)
+    record = RecordStore.open(args.records).load_neuron(neuron.layer, neuron.neuron)
+    kind = WindowKind(args.kind)
+    if args.json:
+        print_json(record_as_dict(record, kind=kind, windows=args.windows))
+        return 0
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    print(format_record(record, kind=kind, windows=args.windows, color=color), end="")
+    return 0
+
+
 def _add_query_filters(parser: argparse.ArgumentParser, *, limit: int | None) -> None:
     parser.add_argument("--db", default=DEFAULT_DB, help=f"database URL or SQLite file (default {DEFAULT_DB})")
     parser.add_argument("--layer", default=None, help="layers: N, A-B or a comma list")
@@ -355,6 +451,8 @@ def _cmd_eval_real(args: argparse.Namespace) -> int:
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
+    _add_record,
+    _add_show_record,
     _add_query,
     _add_show,
     _add_export,

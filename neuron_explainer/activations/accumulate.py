@@ -218,7 +218,10 @@ class LayerAccumulator:
         variance = (self.total_squares / self.count - mean.square()).clamp(min=0)
         stats = torch.stack([torch.full_like(mean, self.count), mean, variance.sqrt(), self.minimum.double(),
                              self.maximum.double(), self.positives / self.count], dim=1)
-        random = self.random[torch.as_tensor(random_order, device=self.random.device)].permute(2, 0, 1)
+        picked = self.random[torch.as_tensor(random_order, device=self.random.device)]
+        samples, positions, neurons = picked.shape
+        # [sample, position, neuron] -> [neuron, sample, position] as one 2-D transpose (fast) of the flat rows.
+        random = picked.reshape(samples * positions, neurons).T.contiguous().reshape(neurons, samples, positions)
         bottom_ids = bottom_acts = None
         if self.bottom is not None:
             bottom_ids, bottom_acts = self.bottom.result(count)
@@ -228,17 +231,16 @@ class LayerAccumulator:
             bottom_activations=bottom_acts)
 
     def _quantiles(self, sampled_tokens: int) -> np.ndarray:
-        import torch
-
-        values = self.token_sample[:sampled_tokens].sort(dim=0).values
-        probabilities = torch.tensor(QUANTILE_PROBABILITIES, dtype=torch.float64, device=values.device)
-        position = probabilities * (values.shape[0] - 1)
-        below = position.floor().long()
-        above = position.ceil().long()
-        weight = (position - below).float()[:, None]
-        quantiles = values[below] * (1 - weight) + values[above] * weight
-        quantiles[0], quantiles[-1] = self.minimum, self.maximum
-        return quantiles.T.contiguous().cpu().numpy()
+        # numpy sorts contiguous rows an order of magnitude faster than torch does on CPU.
+        values = np.sort(self.token_sample[:sampled_tokens].T.contiguous().cpu().numpy(), axis=1)
+        position = np.asarray(QUANTILE_PROBABILITIES) * (values.shape[1] - 1)
+        below = np.floor(position).astype(np.int64)
+        above = np.ceil(position).astype(np.int64)
+        weight = (position - below).astype(np.float32)
+        quantiles = values[:, below] * (1 - weight) + values[:, above] * weight
+        quantiles[:, 0] = self.minimum.cpu().numpy()
+        quantiles[:, -1] = self.maximum.cpu().numpy()
+        return quantiles.astype(np.float32)
 
 
 class RecordingAccumulator:

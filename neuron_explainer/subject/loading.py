@@ -12,6 +12,8 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
@@ -190,11 +192,32 @@ def _load_hf(location: str, torch_dtype: Any, *, causal_lm: bool) -> tuple[Any, 
     is_encoder = is_encoder_config(config)
     loader = AutoModelForCausalLM if (causal_lm and not is_encoder) else AutoModel
     try:
-        model = loader.from_pretrained(location, dtype=torch_dtype)
-        tokenizer = AutoTokenizer.from_pretrained(location)
+        with _quiet_transformers():
+            model = loader.from_pretrained(location, dtype=torch_dtype)
+            tokenizer = AutoTokenizer.from_pretrained(location)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load model {location!r}: {_first_line(exc)}") from None
     return model, tokenizer, is_encoder
+
+
+@contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Hide transformers' loading bars and load reports (an unused LM head is expected when loading the
+    backbone), so commands print only their own output and errors stay one line; -vv shows them."""
+    from transformers.utils import logging as hf_logging
+
+    if logger.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _converted_gguf_dir(gguf_path: Path, fingerprint: str) -> Path:
