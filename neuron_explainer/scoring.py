@@ -22,6 +22,7 @@ from neuron_explainer.explain.batch import BatchSummary, run_units
 from neuron_explainer.explain.formatting import MAX_SCALED
 from neuron_explainer.explain.splits import SplitConfig, check_no_leakage, oriented_record, split_neuron
 from neuron_explainer.explain.types import Explanation, Failure, Polarity
+from neuron_explainer.llm.errors import LLMError
 from neuron_explainer.simulate.base import Simulator, WindowSimulation
 from neuron_explainer.simulate.types import Metrics, Score, ScoredWindow, WindowSplit
 from neuron_explainer.subject.neurons import NeuronId
@@ -277,6 +278,11 @@ async def score_explanation(record: NeuronRecord, explanation: Explanation | str
     windows = [window for window, _ in labelled]
     try:
         result = await simulator.simulate(text, [window.tokens for window in windows])
+    except LLMError as exc:
+        if exc.stops_run:
+            raise
+        logger.warning("simulating %s failed: %s", record.neuron, exc)
+        return Failure(record.neuron, "simulate", f"simulator error: {type(exc).__name__}: {exc}")
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - one neuron's backend failure must not end a night's run

@@ -249,9 +249,9 @@ def test_embedding_simulator_prefers_tokens_like_the_explanation():
     again = asyncio.run(simulator.simulate("cats and kittens", [tokens])).windows[0].values
     assert again == pytest.approx(values)
     record = planted_record(digit_activation)
-    window_tokens = [window.tokens for window in record.top_windows[:10]]
+    window_tokens = [window.tokens for window in record.top_windows[:5]]
     result = asyncio.run(simulator.simulate("numbers and digits", window_tokens))
-    true = [value for window in record.top_windows[:10] for value in window.activations]
+    true = [value for window in record.top_windows[:5] for value in window.activations]
     predicted = [value for window in result.windows for value in window.values]
     from neuron_explainer.scoring import pearson
 
@@ -268,3 +268,20 @@ def test_embedding_simulator_without_the_model_package_names_the_install_command
             make_simulator("embedding", None)
     finally:
         embedding._load_encoder.cache_clear()
+
+
+def test_generated_simulator_reports_backend_errors_per_window_and_reraises_user_errors():
+    def answer(request: str) -> Generation:
+        if "boom" in request:
+            raise ConnectionError("connection reset")
+        if "key" in request:
+            raise UserError("OPENAI_API_KEY is not set")
+        return Generation("1\t2")
+
+    simulator = make_simulator("generated", GeneratingBackend(answer))
+    result = asyncio.run(simulator.simulate("x", [("ok",), ("boom",)]))
+    assert result.windows[0].values == (2.0,)
+    assert result.windows[1].values is None
+    assert result.windows[1].error == "backend error: ConnectionError: connection reset"
+    with pytest.raises(UserError, match="OPENAI_API_KEY"):
+        asyncio.run(simulator.simulate("x", [("ok",), ("key",)]))

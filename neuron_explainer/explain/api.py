@@ -16,6 +16,7 @@ from neuron_explainer.explain.splits import SplitConfig, oriented_record, split_
 from neuron_explainer.explain.token_pairs import PROMPT_FILES, build_prompt, render_as_text, scale_windows
 from neuron_explainer.explain.types import ExplainerKind, Explanation, Failure, Polarity
 from neuron_explainer.llm.base import LLMBackend
+from neuron_explainer.llm.errors import LLMError
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,11 @@ async def explain_neuron(record: NeuronRecord, backend: LLMBackend, *, config: E
         result = await backend.generate(request, n=config.candidates, temperature=config.effective_temperature,
                                         max_tokens=config.max_answer_tokens, seed=config.split.seed,
                                         stop=None if backend.capabilities.chat else ["\n\n"])
+    except LLMError as exc:
+        if exc.stops_run:
+            raise
+        logger.warning("explaining %s failed: %s", record.neuron, exc)
+        return Failure(record.neuron, "explain", f"backend error: {type(exc).__name__}: {exc}")
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - one neuron's backend failure must not end a night's run

@@ -19,7 +19,8 @@ from neuron_explainer.errors import UserError
 from neuron_explainer.explain.formatting import MAX_SCALED, printable_token
 from neuron_explainer.explain.prompt_files import PromptFiles, load_prompt_files
 from neuron_explainer.explain.token_pairs import render_as_text
-from neuron_explainer.llm.base import LLMBackend, Message, TokenLogprob
+from neuron_explainer.llm.base import GenerateResult, LLMBackend, Message, Prompt, TokenLogprob
+from neuron_explainer.llm.errors import LLMError
 from neuron_explainer.simulate.base import SimulationResult, Simulator, WindowSimulation
 from neuron_explainer.simulate.examples import EXAMPLES_FILE, load_simulator_examples
 from neuron_explainer.simulate.types import SimulatorKind
@@ -194,30 +195,21 @@ class GeneratedSimulator(Simulator):
         return self._files.render("simulator/generated/request.md", explanation=" ".join(explanation.split()),
                                   tokens=format_numbered_tokens(tokens)).rstrip("\n")
 
-    async def _simulate_window(self, explanation: str, tokens: Sequence[str]) -> tuple[WindowSimulation, int, int]:
-        if not tokens:
-            return WindowSimulation(values=()), 0, 0
+    def _prompt(self, explanation: str, tokens: Sequence[str]) -> Prompt:
         messages = self.build_messages(explanation, tokens)
-        prompt = messages if self.backend.capabilities.chat else render_as_text(messages)
-        try:
-            result = await self.backend.generate(prompt, temperature=0.0,
-                                                 max_tokens=ANSWER_TOKENS_PER_LINE * len(tokens) + 16,
-                                                 top_logprobs=self._top_logprobs)
-        except UserError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - reported on the window, the other windows still count
-            logger.warning("simulating a window failed: %s", exc)
-            return WindowSimulation(None, f"backend error: {type(exc).__name__}: {exc}"), 0, 0
-        usage = result.usage
+        return messages if self.backend.capabilities.chat else render_as_text(messages)
+
+    def _interpret(self, result: GenerateResult, token_count: int) -> WindowSimulation:
+        """Values of one answer aligned to the window's tokens, or the alignment error."""
         if not result.generations:
-            return WindowSimulation(None, "backend returned no answer"), usage.prompt_tokens, usage.completion_tokens
+            return WindowSimulation(None, "backend returned no answer")
         generation = result.generations[0]
-        parsed = parse_answer(generation.text, len(tokens))
+        parsed = parse_answer(generation.text, token_count)
         if parsed.values is None:
             error = parsed.error or "unparseable answer"
             if generation.finish_reason == "length":
                 error += " (answer cut off at the token limit)"
-            return WindowSimulation(None, error), usage.prompt_tokens, usage.completion_tokens
+            return WindowSimulation(None, error)
         values = list(parsed.values)
         logprobs = generation.logprobs
         if logprobs and "".join(entry.token for entry in logprobs) == generation.text:
@@ -225,10 +217,36 @@ class GeneratedSimulator(Simulator):
                 expected = logprob_expected_value(logprobs, generation.text, offset)
                 if expected is not None:
                     values[position] = expected
-        return WindowSimulation(tuple(values)), usage.prompt_tokens, usage.completion_tokens
+        return WindowSimulation(tuple(values))
 
     async def simulate(self, explanation: str, windows: Sequence[Sequence[str]]) -> SimulationResult:
-        outcomes = await asyncio.gather(*(self._simulate_window(explanation, tokens) for tokens in windows))
-        return SimulationResult(windows=tuple(outcome[0] for outcome in outcomes),
-                                prompt_tokens=sum(outcome[1] for outcome in outcomes),
-                                completion_tokens=sum(outcome[2] for outcome in outcomes))
+        indices = [index for index, tokens in enumerate(windows) if tokens]
+        prompts = [self._prompt(explanation, windows[index]) for index in indices]
+        answer_tokens = [ANSWER_TOKENS_PER_LINE * len(windows[index]) + 16 for index in indices]
+        outcomes: list[GenerateResult | BaseException]
+        if self.backend.capabilities.batching and prompts:
+            # In-process backends run the windows as batched forward passes; a failure there is not per window.
+            batch = await self.backend.generate_many(prompts, temperature=0.0, max_tokens=max(answer_tokens),
+                                                     top_logprobs=self._top_logprobs)
+            outcomes = list(batch)
+        else:
+            outcomes = list(await asyncio.gather(
+                *(self.backend.generate(prompt, temperature=0.0, max_tokens=limit, top_logprobs=self._top_logprobs)
+                  for prompt, limit in zip(prompts, answer_tokens)), return_exceptions=True))
+        results = [WindowSimulation(values=()) for _ in windows]
+        prompt_tokens = completion_tokens = 0
+        for index, outcome in zip(indices, outcomes):
+            # Retries used up or one refused request cost only this window; a bad key or no credit stops the run.
+            if isinstance(outcome, UserError) and not (isinstance(outcome, LLMError) and not outcome.stops_run):
+                raise outcome
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):
+                    raise outcome
+                logger.warning("simulating a window failed: %s", outcome)
+                results[index] = WindowSimulation(None, f"backend error: {type(outcome).__name__}: {outcome}")
+                continue
+            prompt_tokens += outcome.usage.prompt_tokens
+            completion_tokens += outcome.usage.completion_tokens
+            results[index] = self._interpret(outcome, len(windows[index]))
+        return SimulationResult(windows=tuple(results), prompt_tokens=prompt_tokens,
+                                completion_tokens=completion_tokens)
