@@ -26,6 +26,8 @@ import os
 import re
 import shutil
 import tempfile
+import threading
+import weakref
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -402,7 +404,9 @@ def _sweep(subject: Any, texts: Sequence[str], layers: Sequence[int], allocate: 
             for start in range(0, len(indices), per_batch):
                 batch = indices[start:start + per_batch]
                 ids = torch.tensor([subject.encode(word_prefix + texts[index]) for index in batch], dtype=torch.long)
-                for layer, activations in subject.activations(ids, layers=layers).items():
+                with _model_lock(subject.model):
+                    captured = subject.activations(ids, layers=layers)
+                for layer, activations in captured.items():
                     maxima = activations.amax(dim=1).float().cpu().numpy()
                     if layer not in results:
                         results[layer] = allocate(layer, maxima.shape[1])
@@ -414,6 +418,17 @@ def _sweep(subject: Any, texts: Sequence[str], layers: Sequence[int], allocate: 
     for layer in layers:
         if layer not in results:
             results[layer] = allocate(layer, subject.neurons_per_layer)
+
+
+# Capture hooks live on the model while a batch runs, so two threads (SASC explains neurons concurrently) must
+# not run the same model at once. Locked per batch: a long sweep and short SASC passes interleave.
+_MODEL_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+
+
+def _model_lock(model: Any) -> threading.Lock:
+    with _MODEL_LOCKS_GUARD:
+        return _MODEL_LOCKS.setdefault(model, threading.Lock())
 
 
 def ngram_word_prefix(tokenizer: Any) -> str:

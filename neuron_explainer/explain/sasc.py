@@ -18,8 +18,6 @@ import logging
 import math
 import random
 import re
-import threading
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -379,19 +377,10 @@ async def _generate(backend: LLMBackend, text: str, config: SascConfig, *, max_t
     return result.generations[0].text if result.generations else ""
 
 
-# Hooks capture into per-call state, so two threads must not run the same model at once.
-_MODEL_LOCKS: weakref.WeakKeyDictionary[Any, threading.Lock] = weakref.WeakKeyDictionary()
-_MODEL_LOCKS_GUARD = threading.Lock()
-
-
 def _neuron_responses(subject: Any, texts: list[str], layer: int, neuron: int) -> np.ndarray:
     if not texts:
         return np.zeros(0, dtype=np.float64)
-    with _MODEL_LOCKS_GUARD:
-        lock = _MODEL_LOCKS.setdefault(subject.model, threading.Lock())
-    with lock:
-        matrix = text_responses(subject, texts, [layer])[layer]
-    return np.asarray(matrix[:, neuron], dtype=np.float64)
+    return np.asarray(text_responses(subject, texts, [layer])[layer][:, neuron], dtype=np.float64)
 
 
 def _json_float(value: float) -> float | None:
