@@ -300,3 +300,24 @@ def test_sasc_runs_offline_on_the_default_model_with_the_local_backend() -> None
     assert result.text in {candidate["text"] for candidate in result.extra["candidates"]}
     assert result.completion_tokens > 0
     json.dumps(result.extra)
+
+
+def test_concurrent_neurons_share_the_subject_model_safely(planted_subject: Subject) -> None:
+    layer = isolated_ngram_responses(planted_subject, [PLANTED.layer], CORPUS, NgramConfig())[PLANTED.layer]
+    neurons = [layer.for_neuron(PLANTED.neuron), layer.for_neuron(3), layer.for_neuron(20)]
+    summaries = ["animals"]
+    config = SascConfig(candidates=1)
+    with FakeOpenAIServer(responder=_scripted_responder(summaries)) as server:
+        backend = _backend(server)
+
+        async def together() -> list:
+            return await asyncio.gather(*(explain_sasc(ngrams, planted_subject, backend, config=config)
+                                          for ngrams in neurons))
+
+        concurrent = asyncio.run(together())
+        sequential = [asyncio.run(explain_sasc(ngrams, planted_subject, backend, config=config))
+                      for ngrams in neurons]
+    scores = [[result.extra["candidates"][0]["concept_mean"] for result in results]
+              for results in (concurrent, sequential)]
+    assert scores[0] == pytest.approx(scores[1], rel=1e-5)
+    assert scores[0][0] > 100 * max(abs(value) for value in scores[0][1:])
