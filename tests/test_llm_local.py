@@ -85,6 +85,8 @@ def test_generation_is_deterministic_and_batching_does_not_change_greedy_answers
     result = batched[0]
     assert result.usage.prompt_tokens == len(backend.loaded.tokenizer(prompts[0])["input_ids"])
     assert result.usage.completion_tokens == 6 and result.generations[0].finish_reason == "length"
+    greedy_three = asyncio.run(backend.generate(prompts[0], n=3, max_tokens=6))
+    assert greedy_three.generations == result.generations * 3
 
 
 def test_generated_logprobs_and_stop_strings(tiny_llama) -> None:

@@ -79,8 +79,8 @@ class ResponseCache:
             connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
             connection.execute(
-                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, backend TEXT NOT NULL, model TEXT NOT NULL,"
-                " created_at REAL NOT NULL, response TEXT NOT NULL)")
+                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, backend TEXT NOT NULL,"
+                " model TEXT NOT NULL, created_at REAL NOT NULL, response TEXT NOT NULL)")
             self._connection = connection
         return self._connection
 

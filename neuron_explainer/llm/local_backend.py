@@ -155,9 +155,11 @@ class LocalBackend(LLMBackend):
             input_ids[row, width - len(ids):] = torch.tensor(ids, dtype=torch.long)
             attention[row, width - len(ids):] = 1
         sampling = temperature > 0
+        # Greedy answers are all the same: generate one and repeat it.
+        sequences_per_prompt = n if sampling else 1
         config = GenerationConfig(
             max_new_tokens=max_tokens, do_sample=sampling, temperature=temperature if sampling else None,
-            top_p=1.0 if sampling else None, top_k=0 if sampling else None, num_return_sequences=n,
+            top_p=1.0 if sampling else None, top_k=0 if sampling else None, num_return_sequences=sequences_per_prompt,
             pad_token_id=pad, eos_token_id=list(eos_ids) or None, return_dict_in_generate=True,
             output_logits=top_logprobs > 0, stop_strings=stop or None)
         if sampling:
@@ -172,7 +174,8 @@ class LocalBackend(LLMBackend):
         results = []
         for row, ids in enumerate(prompt_ids):
             generations, completion_tokens = [], 0
-            for sequence in range(row * n, row * n + n):
+            for choice in range(n):
+                sequence = row * sequences_per_prompt + (choice if sampling else 0)
                 tokens = new_tokens[sequence].tolist()
                 length = next((position for position, token in enumerate(tokens) if token in eos_ids), len(tokens))
                 finish_reason = "stop" if length < len(tokens) else "length"
@@ -180,7 +183,8 @@ class LocalBackend(LLMBackend):
                 for marker in stop:
                     if marker in text:
                         text, finish_reason = text[: text.index(marker)], "stop"
-                completion_tokens += min(length + 1, len(tokens))
+                if sampling or choice == 0:
+                    completion_tokens += min(length + 1, len(tokens))
                 logprobs = None
                 if step_logprobs is not None:
                     logprobs = tuple(_token_logprob(tokenizer, step_logprobs[step][sequence], tokens[step],

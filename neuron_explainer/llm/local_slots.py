@@ -230,7 +230,8 @@ class SlotScorer:
                 block = slice(suffix_length, suffix_length + appended)
                 slot_ends = torch.tensor(row.slot_ends, dtype=torch.long)
                 input_ids[row_number, block] = extension_tokens.repeat(slots)
-                positions[row_number, block] = (prefix_length + slot_ends[:, None] + extension_offsets[None, :]).reshape(-1)
+                positions[row_number, block] = (prefix_length + slot_ends[:, None]
+                                                + extension_offsets[None, :]).reshape(-1)
                 # An appended token sees the suffix up to its slot, and its own chain of appended tokens.
                 visible = slot_ends.repeat_interleave(extensions)
                 allowed[row_number, block, main] = torch.arange(suffix_length)[None, :] < visible[:, None]

@@ -159,8 +159,8 @@ class OpenAIBackend(LLMBackend):
             import openai
 
             limits = self.settings.limits
-            client = openai.AsyncOpenAI(api_key=PLACEHOLDER_KEY, base_url=self.settings.base_url or OFFICIAL_URL, max_retries=0,
-                                        timeout=self.settings.timeout_s)
+            client = openai.AsyncOpenAI(api_key=PLACEHOLDER_KEY, base_url=self.settings.base_url or OFFICIAL_URL,
+                                        max_retries=0, timeout=self.settings.timeout_s)
             self._state = _LoopState(
                 loop=loop, client=client, semaphore=asyncio.Semaphore(limits.concurrency),
                 request_bucket=TokenBucket(limits.requests_per_minute) if limits.requests_per_minute else None,
