@@ -387,15 +387,22 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
                          help="simulator(s), comma-separated: all-at-once, generated, lexical, embedding "
                               "(default: the best the backend allows; lexical without --llm)")
     planted.add_argument("--llm", default=None, help="backend(s), comma-separated, e.g. local:default")
-    planted.add_argument("--limit", type=int, default=None, help="evaluate only the suite's first N neurons")
+    planted.add_argument("--only", default=None,
+                         help="evaluate only these neurons or categories, comma-separated (e.g. token,word-list)")
+    planted.add_argument("--limit", type=int, default=None, help="evaluate only the first N (selected) neurons")
     planted.add_argument("--tokenizer", default="default", help="model whose tokenizer cuts the corpus windows")
     planted.add_argument("--corpus", default="python-docs", help="corpus the planted neurons read")
     planted.add_argument("--windows", type=int, default=10_000, help="most corpus windows")
     planted.add_argument("--ctx", type=int, default=64, help="tokens per window")
     planted.add_argument("--store", default=None, help="where to write the planted record store (default: cache)")
     planted.add_argument("--seed", type=int, default=0, help="split and sampling seed")
+    planted.add_argument("--explain-windows", type=int, default=10, help="top windows shown to the explainer")
+    planted.add_argument("--score-top-windows", type=int, default=10, help="held-out top windows scored")
+    planted.add_argument("--score-random-windows", type=int, default=10, help="random windows scored")
+    planted.add_argument("--calibrate-windows", type=int, default=5,
+                         help="top and random windows (each) for calibration")
     planted.add_argument("--concurrency", type=int, default=8, help="neurons processed at once")
-    planted.add_argument("--neurons", action="store_true", help="also list every neuron's explanation (table)")
+    planted.add_argument("--details", action="store_true", help="also list every neuron's explanation (table)")
     planted.add_argument("--format", choices=["table", "json"], default="table")
     planted.add_argument("--out", default=None, help="also write the JSON report to this file")
     planted.set_defaults(handler=_cmd_eval_planted)
@@ -420,7 +427,10 @@ def _cmd_eval_planted(args: argparse.Namespace) -> int:
     methods = parse_methods(_comma_list(args.explainer), _comma_list(args.simulator), _comma_list(args.llm))
     config = PlantedEvalConfig(
         methods=tuple(methods), planted=args.planted, store=args.store, limit=args.limit,
-        split=SplitConfig(seed=args.seed), concurrency=args.concurrency,
+        only=tuple(item for item in _comma_list(args.only) if item), concurrency=args.concurrency,
+        split=SplitConfig(seed=args.seed, explain_top=args.explain_windows, score_top=args.score_top_windows,
+                          score_random=args.score_random_windows, calibrate_top=args.calibrate_windows,
+                          calibrate_random=args.calibrate_windows),
         recording=PlantedRecordingConfig(tokenizer=args.tokenizer, corpus=args.corpus, windows=args.windows,
                                          window_length=args.ctx, seed=args.seed))
     report = run_planted_eval(config, progress=sys.stderr.isatty())
@@ -429,7 +439,7 @@ def _cmd_eval_planted(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False, allow_nan=False))
     else:
-        print(format_planted_report(report, neurons=args.neurons))
+        print(format_planted_report(report, neurons=args.details))
     return 0
 
 
@@ -446,6 +456,83 @@ def _cmd_eval_real(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_dict(), indent=2, ensure_ascii=False, allow_nan=False))
     else:
         print(format_real_report(report))
+    return 0
+
+
+def _add_run(commands: argparse._SubParsersAction) -> None:
+    from neuron_explainer.pipeline.config import RunConfig
+
+    parser = commands.add_parser(
+        "run", help="the nightly run: record if needed, then explain, simulate and score; resumable",
+        description="Every key of the TOML config is also a flag; flags win. Re-running the same command skips "
+                    "finished work and resumes interrupted work.")
+    parser.add_argument("--config", default=None, help="TOML file with run settings (keys as the flags below)")
+    parser.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
+    parser.add_argument("--ngram-mode", choices=["in-context", "isolated"], default=None,
+                        help="where sasc/ngram explainers read n-gram responses (default in-context: free after "
+                             "recording; isolated: one cached sweep of the subject model per layer, as in SASC)")
+    for item in dataclasses.fields(RunConfig):
+        if item.name == "extra":
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        doc = _field_doc(RunConfig, item.name)
+        if item.name == "explainers":
+            parser.add_argument("--explainer", "--explainers", dest="explainers", default=None,
+                                help=f"{doc} Comma-separated.")
+        elif isinstance(item.default, bool):
+            parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=None, help=doc)
+        else:
+            kind = {"int": int, "float": float}.get(str(item.type).split(" ")[0].replace("|", "").strip(), str)
+            parser.add_argument(flag, dest=item.name, type=kind, default=None, help=doc)
+    parser.set_defaults(handler=_cmd_run)
+
+
+def _field_doc(owner: type, name: str) -> str:
+    """The one-line docstring under a dataclass field (read from the source, for --help)."""
+    import inspect
+
+    lines = inspect.getsource(owner).splitlines()
+    for index, line in enumerate(lines):
+        if line.strip().startswith(f"{name}:") and index + 1 < len(lines):
+            return lines[index + 1].strip().strip('"')
+    return ""
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from neuron_explainer.pipeline import RunProgress, config_field_names, load_config, run_pipeline
+
+    overrides = {name: getattr(args, name) for name in config_field_names()}
+    config = load_config(args.config, overrides)
+    if args.ngram_mode is not None:
+        config = dataclasses.replace(config, extra={**config.extra, "ngram_mode": args.ngram_mode})
+    bar = tqdm(total=0, unit="neuron", desc="neurons", disable=None, dynamic_ncols=True)
+
+    def on_progress(progress: RunProgress) -> None:
+        bar.total = progress.total
+        bar.set_postfix(failed=progress.failed, tokens=progress.tokens, cost=f"${progress.cost_usd:.4f}",
+                        refresh=False)
+        bar.update(progress.done - bar.n)
+
+    try:
+        summary = run_pipeline(config, on_progress=on_progress)
+    finally:
+        bar.close()
+    if args.json:
+        print_json(summary.as_dict())
+    else:
+        print(f"run {summary.run_id}: {summary.status}"
+              + (f" ({summary.stop_reason})" if summary.stop_reason else ""))
+        print(f"  records   {summary.records}")
+        print(f"  neurons   {summary.selected} selected, {summary.done} processed, {summary.skipped} already done")
+        print(f"  results   {summary.explained} explained, {summary.scored} scored, {summary.failed} failed")
+        print(f"  usage     {summary.prompt_tokens} prompt + {summary.completion_tokens} completion tokens, "
+              f"${summary.cost_usd:.4f}")
+        if summary.mean_score is not None:
+            print(f"  score     mean {summary.mean_score:.3f}, median {summary.median_score:.3f} "
+                  f"(Pearson, held-out top + random windows)")
+        print(f"  took      {summary.seconds:.1f} s")
     return 0
 
 

@@ -4,6 +4,7 @@ recorder's own writer), and the evaluation run offline, through a loopback OpenA
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 from collections import Counter
@@ -335,9 +336,15 @@ def test_eval_planted_command_writes_json_and_reports_bad_files_in_one_line(tmp_
     assert [method["explainer"] for method in printed["methods"]] == ["ngram"]
     assert printed["suite"] == "small" and len(printed["methods"][0]["neurons"]) == 4
 
-    assert main([*common, "--planted", str(small_suite_file), "--limit", "2", "--neurons"]) == 0
+    assert main([*common, "--planted", str(small_suite_file), "--limit", "2", "--details"]) == 0
     table = capsys.readouterr().out
     assert "ngram      lexical    none     2" in table and "by category" in table and "digits" in table
+
+    assert main([*common, "--planted", str(small_suite_file), "--only", "context,digits", "--format", "json"]) == 0
+    chosen = json.loads(capsys.readouterr().out)["methods"][0]["neurons"]
+    assert [(item["name"], item["neuron"]) for item in chosen] == [("digits", "0:1"), ("inside-parentheses", "0:3")]
+    assert main([*common, "--planted", str(small_suite_file), "--only", "colours"]) == 2
+    assert "no planted neuron or category named colours" in capsys.readouterr().err
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[[neuron]]\nname = 'x'\nconcept = 'c'\nrule = { kind = 'token' }\nchecker = { keywords = ['k'] }")
@@ -357,3 +364,42 @@ def test_unknown_methods_and_missing_backends_are_user_errors():
     assert [method.label for method in methods] == [
         "ngram / all-at-once / local:default", "token-pairs / all-at-once / local:default",
         "ngram / generated / openai:gpt-4o-mini", "token-pairs / generated / openai:gpt-4o-mini"]
+
+
+# --- the built-in suite on the default model's tokenizer (slow: converts the bundled model once) ------------------
+
+
+@pytest.mark.slow
+def test_builtin_suite_offline_shows_what_cheap_methods_recover_and_where_they_fail(tmp_path):
+    config = PlantedEvalConfig(methods=tuple(parse_methods(["ngram"], ["lexical"], [None])),
+                               store=str(tmp_path / "store"))
+    report = run_planted_eval(config)
+    (method,) = report.methods
+    categories = method.categories
+    assert method.summary.neurons >= 40 and report.windows > 9000
+    # The simulator can represent single tokens and word lists (high ceilings) ...
+    assert categories["token"].ceiling_mean > 0.8 and categories["word-list"].ceiling_mean > 0.6
+    # ... the n-gram explainer names single tokens, and nothing of positions or enclosing context.
+    assert categories["token"].recovery_rate >= 0.8 and categories["token"].mean_score > 0.5
+    assert categories["position"].recovery_rate == 0 and categories["context"].recovery_rate == 0
+    assert abs(method.summary.shuffled_mean) < 0.05
+
+
+@pytest.mark.slow
+def test_local_default_backend_runs_the_planted_eval(tmp_path):
+    from neuron_explainer.explain import SplitConfig
+
+    # A small split: on 2 CPU cores each simulated window costs the 135M model about a second.
+    config = PlantedEvalConfig(methods=tuple(parse_methods(["token-pairs"], [None], ["local:default"])),
+                               store=str(tmp_path / "store"), only=("digits",),
+                               split=SplitConfig(explain_top=5, score_top=3, score_random=3, calibrate_top=1,
+                                                 calibrate_random=1),
+                               recording=PlantedRecordingConfig(windows=1500))
+    report = run_planted_eval(config)
+    (method,) = report.methods
+    assert (method.explainer, method.simulator, method.backend) == ("token-pairs", "all-at-once", "local:default")
+    (result,) = method.neurons
+    assert result.name == "digits" and (result.explanation is not None or result.failure is not None)
+    # In-process models are free; their tokens are still counted.
+    assert method.cost_per_neuron_usd == 0 and method.prompt_tokens_per_neuron > 0
+    assert math.isfinite(result.ceiling)

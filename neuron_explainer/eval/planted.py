@@ -42,7 +42,9 @@ class PlantedEvalConfig:
     store: str | None = None
     """Where the planted store is written (None: under the cache, named by its identity)."""
     limit: int | None = None
-    """Evaluate only the suite's first N neurons."""
+    """Evaluate only the first N (selected) neurons."""
+    only: tuple[str, ...] = ()
+    """Evaluate only these neurons or categories (all when empty)."""
     split: SplitConfig = field(default_factory=SplitConfig)
     """Window split (explain / calibrate / score)."""
     concurrency: int = 8
@@ -201,10 +203,12 @@ def summarise(results: Sequence[NeuronResult], *, good_score: float = GOOD_SCORE
         empty_mean=_mean([result.empty for result in results]))
 
 
-def method_report(run: MethodRun, suite: PlantedSuite, *, good_score: float = GOOD_SCORE) -> MethodReport:
-    """Turn one method's run on a planted store into its report."""
+def method_report(run: MethodRun, suite: PlantedSuite, indices: Sequence[int], *,
+                  good_score: float = GOOD_SCORE) -> MethodReport:
+    """Turn one method's run on the planted neurons at `indices` of the suite into its report."""
     results = []
-    for index, planted in enumerate(suite.neurons):
+    for index in indices:
+        planted = suite.neurons[index]
         neuron = NeuronId(PLANTED_LAYER, index)
         explained = run.explanations.get(neuron)
         scored = run.scores.get(neuron)
@@ -250,22 +254,22 @@ def run_planted_eval(config: PlantedEvalConfig, *, progress: bool = False) -> Pl
     from neuron_explainer.eval.store import load_tokenizer
 
     suite = load_suite(config.planted)
-    selected = suite.select(config.limit)
+    indices = suite.select(limit=config.limit, only=config.only)
     tokenizer = load_tokenizer(config.recording.tokenizer)
-    # The store always holds the whole suite, so --limit reuses the same recording.
+    # The store always holds the whole suite, so a selection reuses the same recording.
     planted = build_planted_store(suite, config.recording, out_dir=config.store, tokenizer=tokenizer,
                                   progress=progress)
     store = RecordStore.open(planted.path)
-    neurons = [NeuronId(PLANTED_LAYER, index) for index in range(len(selected.neurons))]
+    neurons = [NeuronId(PLANTED_LAYER, index) for index in indices]
     records = {neuron: store.load_neuron(neuron.layer, neuron.neuron) for neuron in neurons}
-    concepts = {neuron: selected.neurons[neuron.neuron].concept for neuron in neurons}
+    concepts = {neuron: suite.neurons[neuron.neuron].concept for neuron in neurons}
     subject = PlantedSubject(suite, tokenizer)
     reports = []
     for method in config.methods:
         run = asyncio.run(explain_and_score(method, records, split=config.split, subject=subject,
                                             concept_texts=concepts, concurrency=config.concurrency,
                                             progress=progress))
-        reports.append(method_report(run, selected, good_score=config.good_score))
+        reports.append(method_report(run, suite, indices, good_score=config.good_score))
     return PlantedReport(
         suite=suite.name, suite_source=suite.source, suite_hash=suite.content_hash[:16], store=str(planted.path),
         windows=store.num_windows, tokenizer=config.recording.tokenizer, corpus=config.recording.corpus,

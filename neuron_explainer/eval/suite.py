@@ -193,14 +193,18 @@ class PlantedSuite:
         canonical = json.dumps(self.as_dict(), sort_keys=True)
         return hashlib.sha256(canonical.encode()).hexdigest()
 
-    def select(self, limit: int | None) -> "PlantedSuite":
-        """The first `limit` neurons (all when None)."""
-        if limit is None:
-            return self
-        if limit < 1:
+    def select(self, *, limit: int | None = None, only: tuple[str, ...] = ()) -> list[int]:
+        """Indices of the neurons to evaluate: those named or in a category listed in `only` (all when empty),
+        then the first `limit` of them; UserError when nothing matches."""
+        if limit is not None and limit < 1:
             raise UserError(f"--limit must be at least 1, got {limit}")
-        return PlantedSuite(name=self.name, neurons=self.neurons[:limit], seed=self.seed,
-                            description=self.description, source=self.source)
+        wanted = set(only)
+        unknown = wanted - {neuron.name for neuron in self.neurons} - {neuron.category for neuron in self.neurons}
+        if unknown:
+            raise UserError(f"no planted neuron or category named {', '.join(sorted(unknown))} in suite {self.name}")
+        indices = [index for index, neuron in enumerate(self.neurons)
+                   if not wanted or neuron.name in wanted or neuron.category in wanted]
+        return indices[:limit] if limit is not None else indices
 
 
 # --- reading ------------------------------------------------------------------------------------------------

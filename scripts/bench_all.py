@@ -1,0 +1,272 @@
+"""Run every scripts/bench_*.py, collect each one's final JSON line and write docs/benchmarks.md.
+
+Each benchmark runs in its own process (so its peak memory is its own) with `--quick` when asked. Its last stdout
+line that is a JSON object with a "bench" key is its result. The report lists, per benchmark, the figures that
+have a target (value, target, met or not), every other figure it printed, its wall time and peak RSS, and the
+machine it all ran on. A benchmark that fails or prints no JSON is reported as such; the others still run.
+
+    .venv/bin/python scripts/bench_all.py [--quick] [--only record,llm] [--skip viewer] [--timeout 3600]
+        [--out docs/benchmarks.md] [--json results.json]
+
+The last line printed is {"bench": "all", ...} with every collected result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parent.parent
+SCRIPTS = REPO / "scripts"
+
+
+@dataclass(frozen=True)
+class Target:
+    """A figure a benchmark prints and the value it should reach."""
+
+    bench: str
+    """The benchmark's name (its JSON "bench")."""
+    key: str
+    """The figure's key in the JSON line (dots reach into nested objects)."""
+    label: str
+    """What it measures."""
+    target: str
+    """The target, as text."""
+    met: Callable[[float], bool]
+    """Whether a value meets it."""
+
+
+TARGETS = (
+    Target("record", "throughput_ratio", "recording throughput / bare forward pass (overhead ratio)", ">= 0.90",
+           lambda value: value >= 0.90),
+    Target("record", "memory_ratio", "recorder peak RSS at 4N windows / at N windows", "<= 1.10",
+           lambda value: value <= 1.10),
+    Target("llm", "local_speedup", "local slot simulator: batched + prefix-cached vs naive", ">= 5x",
+           lambda value: value >= 5.0),
+    Target("llm", "remote_efficiency", "API concurrency utilisation (achieved / ideal requests per second)",
+           ">= 0.90", lambda value: value >= 0.90),
+    Target("db", "filtered_top50_ms", "filtered, sorted top-50 query (ms; database size under db below)", "< 200 ms",
+           lambda value: value < 200.0),
+    Target("db", "batching_speedup", "batched writer vs one transaction per record, 64 producers", "> 1x",
+           lambda value: value > 1.0),
+    Target("sasc", "batching_speedup", "isolated n-gram sweep: batched vs one n-gram per forward pass", "> 1x",
+           lambda value: value > 1.0),
+    Target("pipeline", "neurons_per_minute", "end-to-end neurons per minute, offline default (ngram + lexical)",
+           ">= 60 / min", lambda value: value >= 60.0),
+)
+
+
+def machine() -> dict[str, Any]:
+    """What the benchmarks ran on."""
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
+                            "cpu_count": os.cpu_count()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                info["memory_gib"] = round(int(line.split()[1]) / 2**20, 1)
+                break
+    except OSError:
+        info.setdefault("cpu", platform.processor())
+    probe = ("import json, torch; print(json.dumps({'torch': torch.__version__, 'threads': torch.get_num_threads(),"
+             " 'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}))")
+    try:
+        completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+        info.update(json.loads(completed.stdout.strip().splitlines()[-1]))
+    except (subprocess.TimeoutExpired, json.JSONDecodeError, IndexError):
+        info["torch"] = "unknown"
+    try:
+        info["commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                                        capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        info["commit"] = "unknown"
+    return info
+
+
+def discover(only: set[str], skip: set[str]) -> list[Path]:
+    """The bench scripts to run (by the name after `bench_`)."""
+    scripts = []
+    for path in sorted(SCRIPTS.glob("bench_*.py")):
+        name = path.stem.removeprefix("bench_")
+        if name == "all" or (only and name not in only) or name in skip:
+            continue
+        scripts.append(path)
+    return scripts
+
+
+def last_json(stdout: str) -> dict[str, Any] | None:
+    """The last stdout line that is a JSON object with a "bench" key."""
+    for line in reversed(stdout.splitlines()):
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(value, dict) and "bench" in value:
+                return value
+    return None
+
+
+def run_one(path: Path, *, quick: bool, timeout: float) -> dict[str, Any]:
+    """Run one bench script; returns its JSON (or an error), wall time and peak RSS."""
+    command = [sys.executable, str(path)] + (["--quick"] if quick else [])
+    started = time.perf_counter()
+    with open(os.devnull, "rb") as stdin:
+        process = subprocess.Popen(command, cwd=REPO, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, start_new_session=True)
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    timer = threading.Timer(timeout, kill)
+    timer.start()
+    # Read both pipes in threads so a chatty benchmark never blocks on a full pipe.
+    output: dict[str, str] = {}
+    readers = [threading.Thread(target=lambda name=name, pipe=pipe: output.__setitem__(name, pipe.read()))
+               for name, pipe in (("stdout", process.stdout), ("stderr", process.stderr))]
+    for reader in readers:
+        reader.start()
+    _, status, usage = os.wait4(process.pid, 0)
+    timer.cancel()
+    for reader in readers:
+        reader.join()
+    process.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    result: dict[str, Any] = {"script": path.name, "seconds": round(seconds, 1),
+                              "peak_rss_mib": round(usage.ru_maxrss / 1024, 1), "returncode": process.returncode}
+    figures = last_json(output.get("stdout", ""))
+    if timed_out.is_set():
+        result["error"] = f"timed out after {timeout:.0f} s"
+    elif process.returncode != 0:
+        lines = [line for line in output.get("stderr", "").splitlines() if line.strip()]
+        result["error"] = f"exit code {process.returncode}: {lines[-1] if lines else 'no message'}"
+    elif figures is None:
+        result["error"] = "printed no final JSON line with a \"bench\" key"
+    if figures is not None:
+        result["figures"] = figures
+    return result
+
+
+def _lookup(figures: dict[str, Any], key: str) -> Any:
+    value: Any = figures
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _flatten(figures: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    items: list[tuple[str, Any]] = []
+    for key, value in figures.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            items.extend(_flatten(value, name + "."))
+        elif key != "bench":
+            items.append((name, value))
+    return items
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def render(results: list[dict[str, Any]], info: dict[str, Any], *, quick: bool) -> str:
+    """docs/benchmarks.md."""
+    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    gpu = info.get("gpu") or "none"
+    lines = [
+        "# Benchmarks", "",
+        "Written by `scripts/bench_all.py`, which runs every `scripts/bench_*.py` "
+        f"{'with `--quick` (small sizes)' if quick else '(full sizes)'} and collects each one's final JSON line. "
+        "Regenerate with `.venv/bin/python scripts/bench_all.py" + (" --quick" if quick else "") + "`. "
+        "Ratios are measured side by side within one run, so they hold across machines better than the "
+        "absolute figures.", "",
+        "## Machine", "",
+        f"- measured {when}, commit {info.get('commit', 'unknown')}",
+        f"- CPU: {info.get('cpu', 'unknown')}, {info.get('cpu_count')} cores"
+        f" (torch threads: {info.get('threads', 'unknown')}); memory {info.get('memory_gib', '?')} GiB; GPU: {gpu}",
+        f"- {info.get('platform')}, Python {info.get('python')}, torch {info.get('torch')}", "",
+        "## Figures with a target", "",
+        "| benchmark | figure | value | target | met |", "|---|---|---|---|---|",
+    ]
+    by_bench = {result["figures"]["bench"]: result for result in results if "figures" in result}
+    for target in TARGETS:
+        result = by_bench.get(target.bench)
+        value = _lookup(result["figures"], target.key) if result else None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            met = "yes" if target.met(float(value)) else "**no**"
+            lines.append(f"| {target.bench} | {target.label} | {_cell(value)} | {target.target} | {met} |")
+        else:
+            why = "not run" if result is None else "not reported"
+            lines.append(f"| {target.bench} | {target.label} | ({why}) | {target.target} | - |")
+    lines += ["", "## Runs", "", "| script | seconds | peak RSS (MiB) | status |", "|---|---|---|---|"]
+    for result in results:
+        status = result.get("error", "ok")
+        lines.append(f"| {result['script']} | {result['seconds']} | {result['peak_rss_mib']} | {_cell(status)} |")
+    for result in results:
+        if "figures" not in result:
+            continue
+        lines += ["", f"## {result['figures']['bench']} ({result['script']})", "", "| figure | value |", "|---|---|"]
+        lines += [f"| {name} | {_cell(value)} |" for name, value in _flatten(result["figures"])]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="run every benchmark with --quick")
+    parser.add_argument("--only", default="", help="comma-separated benchmark names (record, llm, db, ...)")
+    parser.add_argument("--skip", default="", help="comma-separated benchmark names to leave out")
+    parser.add_argument("--timeout", type=float, default=None,
+                        help="seconds per benchmark (default 600 with --quick, 7200 without)")
+    parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown report to write")
+    parser.add_argument("--json", default=None, help="also write every result to this JSON file")
+    args = parser.parse_args()
+    only = {name.strip() for name in args.only.split(",") if name.strip()}
+    skip = {name.strip() for name in args.skip.split(",") if name.strip()}
+    timeout = args.timeout or (600.0 if args.quick else 7200.0)
+    scripts = discover(only, skip)
+    if not scripts:
+        print("no benchmark scripts selected", file=sys.stderr)
+        return 2
+    info = machine()
+    results = []
+    for path in scripts:
+        print(f"running {path.name}{' --quick' if args.quick else ''} ...", flush=True)
+        result = run_one(path, quick=args.quick, timeout=timeout)
+        status = result.get("error", "ok")
+        print(f"  {result['seconds']} s, peak {result['peak_rss_mib']} MiB: {status}", flush=True)
+        results.append(result)
+    Path(args.out).write_text(render(results, info, quick=args.quick), encoding="utf-8")
+    print(f"wrote {args.out}")
+    summary = {"bench": "all", "quick": args.quick, "machine": info, "results": results}
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(summary))
+    return 0 if all("error" not in result for result in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
