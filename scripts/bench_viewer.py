@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import resource
 import shutil
 import tempfile
 import time
@@ -104,6 +105,13 @@ def build_database(url: str, store: RecordStore, neurons: list[NeuronId], rng: n
         database.flush()
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and its finished children (page-writing workers)."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def _size_mb(path: Path) -> float:
     return sum(item.stat().st_size for item in path.rglob("*") if item.is_file()) / 1e6
 
@@ -140,16 +148,16 @@ def main() -> None:
         # Without records: hide the store so its registered path does not exist.
         moved.rename(hidden)
         try:
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), _cpu_seconds()
             plain = build_site(database, workdir / "site-plain", options=SiteOptions(progress=False, jobs=args.jobs))
-            plain_seconds = time.perf_counter() - started
+            plain_seconds, plain_cpu = time.perf_counter() - started, _cpu_seconds() - cpu
         finally:
             hidden.rename(moved)
         print(f"site without records: {plain_seconds:.1f} s ({plain.jobs} processes)", flush=True)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _cpu_seconds()
         with_records = build_site(database, workdir / "site-records",
                                   options=SiteOptions(progress=False, jobs=args.jobs))
-        records_seconds = time.perf_counter() - started
+        records_seconds, records_cpu = time.perf_counter() - started, _cpu_seconds() - cpu
         print(f"site with records: {records_seconds:.1f} s ({with_records.neurons_with_records} pages with windows)",
               flush=True)
 
@@ -163,6 +171,7 @@ def main() -> None:
     result = {
         "bench": "viewer", "neurons": count, "jobs": plain.jobs, "database_build_s": round(build_seconds, 1),
         "site_without_records_s": round(plain_seconds, 2), "site_with_records_s": round(records_seconds, 2),
+        "site_without_records_cpu_s": round(plain_cpu, 2), "site_with_records_cpu_s": round(records_cpu, 2),
         "ms_per_neuron_without_records": round(plain_ms, 3),
         "ms_per_neuron_with_records": round(records_seconds / count * 1000, 3),
         "neuron_details_ms_per_neuron": round(per_neuron_details_ms, 3),

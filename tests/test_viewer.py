@@ -101,13 +101,14 @@ def test_neuron_page_shows_every_explanation_and_the_stored_windows(site: Path, 
     assert len(data["scores"]) == 2
     for stored_explanation in detail.explanations:
         [stored] = stored_explanation.scores
-        [page_score] = [score for score in data["scores"] if score["id"] == stored.id]
-        assert page_score["score"] == pytest.approx(stored.score.metrics.pearson)
+        [page_score] = [score for score in data["scores"] if score["meta"]["id"] == stored.id]
+        assert page_score["meta"]["score"] == pytest.approx(stored.score.metrics.pearson)
+        assert page_score["meta"]["explanation"] == stored_explanation.explanation.text
         for window, entry in zip(stored.score.windows, page_score["windows"], strict=True):
-            assert entry["id"] == window.window_id and entry["split"] == window.split.value
+            assert entry["window_id"] == window.window_id and entry["split"] == window.split.value
             assert entry["true"] == list(window.true_activations)
-            assert entry["sim"] == list(window.simulated_activations)
-            assert (entry.get("tokens") or data["tokens"][str(entry["id"])]) == list(window.tokens)
+            assert entry["simulated"] == list(window.simulated_activations)
+            assert entry["tokens"] == list(window.tokens)
 
 
 def test_neuron_page_shows_record_store_windows(site: Path, world: ViewerWorld) -> None:
@@ -117,15 +118,14 @@ def test_neuron_page_shows_record_store_windows(site: Path, world: ViewerWorld) 
     top = data["records"]["top"]
     assert [entry["id"] for entry in top] == [window.window_id for window in record.top_windows][:len(top)]
     for entry, window in zip(top, record.top_windows):
-        assert data["tokens"][str(entry["id"])] == list(window.tokens)
+        assert data["records"]["tokens"][str(entry["id"])] == list(window.tokens)
         assert entry["act"] == pytest.approx(window.activations, abs=1e-3)
-    # The first two top windows were shown to the explainer, the next two were scored.
-    assert [entry.get("shown", False) for entry in top[:4]] == [True, True, False, False]
-    assert [entry.get("scored", False) for entry in top[:4]] == [False, False, True, True]
+    # The first two top windows were shown to the explainer.
+    assert [entry.get("shown", False) for entry in top] == [True, True] + [False] * (len(top) - 2)
     assert [entry["id"] for entry in data["records"]["random"]] == \
         [window.window_id for window in record.random_windows]
-    assert data["scale"] == pytest.approx(max(abs(value) for window in (*record.top_windows, *record.random_windows)
-                                              for value in window.activations), abs=1e-3)
+    assert data["records"]["recorded"] == {"top": len(record.top_windows), "random": len(record.random_windows),
+                                           "bottom": 0}
 
 
 def test_prev_next_links_walk_every_neuron_in_order(site: Path, world: ViewerWorld) -> None:
@@ -184,9 +184,10 @@ def test_hostile_text_is_escaped_in_every_file(tmp_path: Path) -> None:
                        for tag in scripts), (path, scripts)
     # The data still round-trips to the exact hostile strings.
     data = neuron_data(page_path(out, world, NeuronId(0, 0)))
-    shown = {token for tokens in data["tokens"].values() for token in tokens}
-    assert set(HOSTILE_TOKENS) <= shown
-    assert HOSTILE_EXPLANATION in data["scores"][0]["explanation"]
+    shown = {token for tokens in data["records"]["tokens"].values() for token in tokens}
+    scored = {token for score in data["scores"] for window in score["windows"] for token in window["tokens"]}
+    assert set(HOSTILE_TOKENS) <= shown and set(HOSTILE_TOKENS) <= scored
+    assert HOSTILE_EXPLANATION in data["scores"][0]["meta"]["explanation"]
     index = index_data(out)
     assert index["models"][0]["id"] == HOSTILE_MODEL
 

@@ -25,9 +25,14 @@ def escape(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
+def script_safe(json_text: str) -> str:
+    """JSON text made safe inside a <script> element, same value (those characters only occur in its strings)."""
+    return json_text.translate(_SCRIPT_ESCAPES)
+
+
 def script_json(value: Any) -> str:
     """Compact JSON of `value` safe to place inside a <script> element or a .js file (no NaN allowed)."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False).translate(_SCRIPT_ESCAPES)
+    return script_safe(json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
 
 
 def finite_or_none(value: float | None) -> float | None:

@@ -12,7 +12,7 @@ from string import Template
 from typing import Any
 
 from neuron_explainer.db import ResultRow
-from neuron_explainer.export.html.encoding import escape, number, script_json
+from neuron_explainer.export.html.encoding import escape, number
 from neuron_explainer.export.html.reading import StatsEntry
 from neuron_explainer.export.summary import LayerSummary
 
@@ -210,10 +210,10 @@ def _explanations(rows: Sequence[ResultRow]) -> str:
 
 
 def neuron_page(context: PageContext, *, model_id: str, fingerprint: str, layer: int, neuron: int,
-                rows: Sequence[ResultRow], stats: Sequence[StatsEntry], data: Mapping[str, Any],
+                rows: Sequence[ResultRow], stats: Sequence[StatsEntry], data_json: str,
                 record_note: str, crumbs: Sequence[Link], neighbours: Sequence[Link]) -> str:
     """One neuron: best explanation, statistics, every explanation with scores and provenance, and the window
-    heat-maps that assets/neuron.js draws from the page's JSON data."""
+    heat-maps that assets/neuron.js draws from `data_json` (script-safe JSON, see encoding.script_safe)."""
     best = rows[0]
     body = (f"<h1>Layer {layer}, neuron {neuron}</h1>"
             f"<p class=meta>{escape(model_id)} · weights <code>{escape(fingerprint[:16])}</code></p>"
@@ -228,6 +228,6 @@ def neuron_page(context: PageContext, *, model_id: str, fingerprint: str, layer:
             "its value.</p><div id=scored></div></section>"
             "<section id=record-section><h2>Recorded windows</h2>"
             f"<p class=note>{escape(record_note)}</p><div id=records></div></section>"
-            f'<script type="application/json" id="neuron-data">{script_json(data)}</script>')
+            f'<script type="application/json" id="neuron-data">{data_json}</script>')
     return render_page(context, title=f"Neuron {layer}:{neuron} · {model_id}", root="../../../", kind="neuron",
                        body=body, crumbs=crumbs, neighbours=neighbours, scripts=("assets/neuron.js",))

@@ -2,21 +2,18 @@
 source windows and recording paths, fetched for many neurons at once.
 
 `Database.neuron_details` answers one neuron with four queries; a site of 50,000 neurons would spend minutes
-in it, so these read the same tables (through the database's own models and read engine) in chunks of ids.
-Rows come back as plain JSON-ready values because they go straight into page data.
+in it, so these read the same tables (the database's own models, through `Database.reader()`) in chunks of ids.
+Rows come back as plain JSON-ready values (window details as their stored JSON text) because they go straight
+into page data.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
-
 from sqlalchemy import Connection, select
 
-from neuron_explainer.db import Database
 from neuron_explainer.db.models import (ExplanationRow, NeuronRow, NeuronStatsRow, RecordingRow, ScoreWindowsRow,
                                         SubjectModelRow)
 
@@ -46,28 +43,20 @@ class StatsEntry:
     """(probability, value) pairs."""
 
 
-@contextmanager
-def read_connection(database: Database) -> Iterator[Connection]:
-    """A read connection of `database` (SQLite WAL readers never wait for the writer)."""
-    # The database exposes no public connection; its read engine is the one every query method uses.
-    with database._read_engine.connect() as connection:  # noqa: SLF001
-        yield connection
-
-
 def _chunks(values: Sequence[int]) -> Iterator[Sequence[int]]:
     for start in range(0, len(values), CHUNK):
         yield values[start:start + CHUNK]
 
 
-def score_windows(connection: Connection, score_ids: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
-    """Per-window details of each score, in the stored form (see ScoreWindowsRow): dicts with window_id, split,
-    tokens, true, simulated and error, NaN as None."""
+def score_windows(connection: Connection, score_ids: Sequence[int]) -> dict[int, str]:
+    """Per-window details of each score as the stored JSON text (see ScoreWindowsRow: a list of {window_id, split,
+    tokens, true, simulated, error}); pages embed it without decoding it."""
     table = ScoreWindowsRow.__table__
-    found: dict[int, list[dict[str, Any]]] = {}
+    found: dict[int, str] = {}
     for chunk in _chunks(sorted(set(score_ids))):
         statement = select(table.c.score_id, table.c.windows_json).where(table.c.score_id.in_(list(chunk)))
         for row in connection.execute(statement):
-            found[row.score_id] = json.loads(row.windows_json) if row.windows_json else []
+            found[row.score_id] = row.windows_json or "[]"
     return found
 
 

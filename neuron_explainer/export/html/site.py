@@ -22,11 +22,17 @@ import json
 import logging
 import math
 import os
+import pickle
+import queue
 import re
 import secrets
 import shutil
+import subprocess
+import sys
+import tempfile
+import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,13 +40,13 @@ from typing import Any
 import numpy as np
 
 from neuron_explainer import __version__
-from neuron_explainer.activations import NeuronRecord, RecordStore, Window
+from neuron_explainer.activations import NeuronRecord, RecordStore
 from neuron_explainer.db import Database, ExplanationQuery, ResultRow, SortOrder
 from neuron_explainer.errors import UserError
 from neuron_explainer.export.html import pages
-from neuron_explainer.export.html.encoding import decimals_for, finite_or_none, rounded, script_json
-from neuron_explainer.export.html.reading import (StatsEntry, explanation_sources, layer_stats, read_connection,
-                                                  recording_paths, score_windows)
+from neuron_explainer.export.html.encoding import decimals_for, finite_or_none, rounded, script_json, script_safe
+from neuron_explainer.export.html.reading import (StatsEntry, explanation_sources, layer_stats, recording_paths,
+                                                  score_windows)
 from neuron_explainer.export.html.svg import layer_bars, score_histogram
 from neuron_explainer.export.summary import GOOD_SCORE, LayerSummary, layer_summaries
 
@@ -212,35 +218,28 @@ def index_script(rows: Sequence[ResultRow], threshold: float) -> str:
     return f"window.NEURON_INDEX = {script_json(value)};\n"
 
 
-def _window_entries(windows: Sequence[Window], activations: np.ndarray, *, decimals: int,
-                    tokens: dict[str, list[str]], shown: set[int], scored: set[int]) -> list[dict[str, Any]]:
-    entries = []
-    for window, values in zip(windows, rounded(activations, decimals)):
-        entry: dict[str, Any] = {"id": window.window_id, "act": values}
-        _share_tokens(entry, list(window.tokens), tokens)
-        if window.window_id in shown:
-            entry["shown"] = True
-        if window.window_id in scored:
-            entry["scored"] = True
-        entries.append(entry)
-    return entries
-
-
-def _share_tokens(entry: dict[str, Any], window_tokens: list[str], tokens: dict[str, list[str]]) -> None:
-    """Keep a window's tokens once per page; a window whose tokens disagree carries its own."""
-    key = str(entry["id"])
-    known = tokens.setdefault(key, window_tokens)
-    if known != window_tokens:
-        entry["tokens"] = window_tokens
-
-
-def _peak(values: Sequence[float | None]) -> float:
-    """Largest magnitude in stored values (None marks an undefined one)."""
-    try:
-        return max(max(values), -min(values), 0.0) if values else 0.0  # type: ignore[type-var, operator]
-    except TypeError:
-        defined = [value for value in values if value is not None]
-        return max(max(defined), -min(defined), 0.0) if defined else 0.0
+def _record_json(record: NeuronRecord, shown: set[int], options: SiteOptions) -> str:
+    """Record-store windows for a page: tokens once per window id, activations rounded to the page's scale."""
+    groups = {"top": record.top_windows[:options.top_windows],
+              "random": record.random_windows[:options.random_windows],
+              "bottom": record.bottom_windows[:options.bottom_windows]}
+    arrays = {name: np.asarray([window.activations for window in group], dtype=np.float64)
+              for name, group in groups.items()}
+    decimals = decimals_for(max((_array_peak(array) for array in arrays.values()), default=0.0))
+    tokens: dict[str, list[str]] = {}
+    value: dict[str, Any] = {"tokens": tokens, "recorded": {"top": len(record.top_windows),
+                                                            "random": len(record.random_windows),
+                                                            "bottom": len(record.bottom_windows)}}
+    for name, group in groups.items():
+        entries = []
+        for window, activations in zip(group, rounded(arrays[name], decimals)):
+            tokens.setdefault(str(window.window_id), list(window.tokens))
+            entry: dict[str, Any] = {"id": window.window_id, "act": activations}
+            if window.window_id in shown:
+                entry["shown"] = True
+            entries.append(entry)
+        value[name] = entries
+    return script_json(value)
 
 
 def _array_peak(array: np.ndarray) -> float:
@@ -248,45 +247,18 @@ def _array_peak(array: np.ndarray) -> float:
     return float(finite.max()) if finite.size else 0.0
 
 
-def _neuron_data(rows: Sequence[ResultRow], windows: Mapping[int, list[dict[str, Any]]],
-                 sources: Mapping[int, list[int]], record: NeuronRecord | None,
-                 options: SiteOptions) -> dict[str, Any]:
-    """The JSON a neuron page embeds for neuron.js: tokens once per window, activations per score and record."""
-    tokens: dict[str, list[str]] = {}
+def _neuron_data(rows: Sequence[ResultRow], windows: Mapping[int, str], sources: Mapping[int, list[int]],
+                 record: NeuronRecord | None, options: SiteOptions) -> str:
+    """The script-safe JSON a neuron page embeds for neuron.js: each score with its windows spliced in as stored
+    (not decoded and re-encoded: most of a page's data), then the record-store windows."""
     scores = []
-    scored_ids: set[int] = set()
-    scale = 0.0
     for row in rows:
-        entries = []
-        for stored in windows.get(row.score_id, []):
-            entry = {"id": stored["window_id"], "split": stored["split"], "true": stored["true"],
-                     "sim": stored["simulated"]}
-            if stored.get("error"):
-                entry["error"] = stored["error"]
-            _share_tokens(entry, stored["tokens"], tokens)
-            scale = max(scale, _peak(stored["true"]))
-            scored_ids.add(stored["window_id"])
-            entries.append(entry)
-        scores.append({"id": row.score_id, "explanation": row.text, "method": row.method,
-                       "simulator": row.simulator, "score": finite_or_none(row.score), "windows": entries})
+        meta = script_json({"id": row.score_id, "explanation": row.text, "method": row.method,
+                            "simulator": row.simulator, "score": finite_or_none(row.score)})
+        scores.append(f'{{"meta":{meta},"windows":{script_safe(windows.get(row.score_id, "[]"))}}}')
     shown = {window_id for row in rows for window_id in sources.get(row.explanation_id, [])}
-    data: dict[str, Any] = {"tokens": tokens, "scores": scores, "records": None}
-    if record is not None:
-        groups = {"top": record.top_windows[:options.top_windows],
-                  "random": record.random_windows[:options.random_windows],
-                  "bottom": record.bottom_windows[:options.bottom_windows]}
-        arrays = {name: np.asarray([window.activations for window in group], dtype=np.float64)
-                  for name, group in groups.items()}
-        for array in arrays.values():
-            scale = max(scale, _array_peak(array))
-        decimals = decimals_for(scale)
-        data["records"] = {name: _window_entries(group, arrays[name], decimals=decimals, tokens=tokens, shown=shown,
-                                                 scored=scored_ids)
-                           for name, group in groups.items()}
-        data["recorded"] = {"top": len(record.top_windows), "random": len(record.random_windows),
-                            "bottom": len(record.bottom_windows)}
-    data["scale"] = scale if scale > 0 else 1.0
-    return data
+    records = _record_json(record, shown, options) if record is not None else "null"
+    return f'{{"scores":[{",".join(scores)}],"records":{records}}}'
 
 
 def _stats_from_record(record: NeuronRecord, manifest_hash: str) -> StatsEntry:
@@ -362,7 +334,7 @@ class _PageWriter:
                                  limit=None, best_per_neuron=False)
         grouped = _group_by_neuron(self.database.iter_query(query), model.fingerprint)
         pairs = [row for rows in grouped.values() for row in rows]
-        with read_connection(self.database) as connection:
+        with self.database.reader() as connection:
             windows = score_windows(connection, [row.score_id for row in pairs])
             sources = explanation_sources(connection, [row.explanation_id for row in pairs])
             stats = layer_stats(connection, model_id=model.model_id, fingerprint=model.fingerprint, layer=layer,
@@ -377,7 +349,7 @@ class _PageWriter:
         return _ChunkResult(written, with_records, frozenset(self.stores.used))
 
     def _neuron_page(self, model: _Model, layer: int, neuron: int, rows: list[ResultRow],
-                     windows: Mapping[int, list[dict[str, Any]]], sources: Mapping[int, list[int]],
+                     windows: Mapping[int, str], sources: Mapping[int, list[int]],
                      stats: list[StatsEntry], neighbours: Sequence[pages.Link]) -> int:
         best = rows[0]
         record = self.stores.record(model.model_id, best.manifest_hash, layer, neuron)
@@ -389,26 +361,94 @@ class _PageWriter:
         note = _record_note(record, self.options, any_store=self.stores.has_store(model.model_id, best.manifest_hash))
         html = pages.neuron_page(self.context, model_id=model.model_id, fingerprint=model.fingerprint, layer=layer,
                                  neuron=neuron, rows=rows, stats=stats,
-                                 data=_neuron_data(rows, windows, sources, record, self.options), record_note=note,
+                                 data_json=_neuron_data(rows, windows, sources, record, self.options),
+                                 record_note=note,
                                  crumbs=crumbs, neighbours=neighbours)
         _write(self.root, neuron_href(model.slug, layer, neuron), html)
         return int(record is not None)
 
 
-_WORKER: _PageWriter | None = None
+@dataclass(frozen=True)
+class WorkerJob:
+    """What one page-writing process needs (sent pickled on its stdin; see worker.py)."""
+
+    url: str
+    """Database URL (with any password: it travels through a pipe, never the command line)."""
+    root: Path
+    """Staging directory of the site."""
+    options: SiteOptions
+    """Site options."""
+    context: pages.PageContext
+    """What every page shares."""
+    registered: dict[str, str]
+    """Registered record store paths by manifest hash."""
+    chunks: tuple[_Chunk, ...]
+    """The chunks this process writes."""
 
 
-def _start_worker(url: str, root: Path, options: SiteOptions, context: pages.PageContext,
-                  registered: Mapping[str, str]) -> None:
-    global _WORKER
+def run_worker_job(job: WorkerJob) -> Iterator[dict[str, Any]]:
+    """Write a job's pages chunk by chunk, yielding one JSON-ready progress record per chunk."""
     from neuron_explainer.db import open_database
 
-    _WORKER = _PageWriter(open_database(url, create=False), root, options, context, registered)
+    with open_database(job.url, create=False) as database:
+        writer = _PageWriter(database, job.root, job.options, job.context, job.registered)
+        for chunk in job.chunks:
+            result = writer.write_chunk(chunk)
+            yield {"neurons": len(chunk.neurons), "pages": result.pages, "with_records": result.with_records,
+                   "stores": sorted(result.stores)}
 
 
-def _worker_chunk(chunk: _Chunk) -> _ChunkResult:
-    assert _WORKER is not None, "worker not started"
-    return _WORKER.write_chunk(chunk)
+def _parallel_pages(database: Database, staging: Path, options: SiteOptions, context: pages.PageContext,
+                    registered: Mapping[str, str], chunks: Sequence[_Chunk], jobs: int,
+                    add: Callable[[_ChunkResult, int], None]) -> None:
+    """Write the chunks in `jobs` fresh interpreter processes (round-robin shares), reporting each chunk as it
+    finishes. Fresh processes, not multiprocessing: a forked child would inherit the database writer thread, and
+    spawn re-runs the caller's main module."""
+    url = database.url.render_as_string(hide_password=False)
+    processes: list[tuple[subprocess.Popen[bytes], Any]] = []
+    results: queue.Queue[dict[str, Any] | None] = queue.Queue()
+
+    def read(process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            results.put(json.loads(line))
+        results.put(None)
+
+    try:
+        for index in range(min(jobs, len(chunks))):
+            errors = tempfile.TemporaryFile()
+            process = subprocess.Popen([sys.executable, "-m", "neuron_explainer.export.html.worker"],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
+            processes.append((process, errors))
+            assert process.stdin is not None
+            pickle.dump(WorkerJob(url, staging, options, context, dict(registered), tuple(chunks[index::jobs])),
+                        process.stdin)
+            process.stdin.close()
+            threading.Thread(target=read, args=(process,), daemon=True).start()
+        finished = 0
+        failure: str | None = None
+        while finished < len(processes):
+            item = results.get()
+            if item is None:
+                finished += 1
+            elif "error" in item:
+                failure = item["error"]
+            else:
+                add(_ChunkResult(item["pages"], item["with_records"], frozenset(item["stores"])), item["neurons"])
+        for process, errors in processes:
+            if process.wait() != 0 and failure is None:
+                errors.seek(0)
+                lines = errors.read().decode(errors="replace").strip().splitlines()
+                raise RuntimeError("a page-writing process failed: " + (lines[-1] if lines else
+                                                                        f"exit code {process.returncode}"))
+        if failure is not None:
+            raise UserError(failure)
+    finally:
+        for process, errors in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            errors.close()
 
 
 def _chunks(models: Sequence[_Model], best_rows: Sequence[ResultRow]) -> list[_Chunk]:
@@ -502,17 +542,8 @@ def _neuron_pages(database: Database, staging: Path, options: SiteOptions, conte
         writer = _PageWriter(database, staging, options, context, registered)
         for chunk in chunks:
             add(writer.write_chunk(chunk), len(chunk.neurons))
-        return total
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # spawn, not fork: this process runs the database writer thread, which a forked child must not inherit.
-    url = database.url.render_as_string(hide_password=False)
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_start_worker,
-                             initargs=(url, staging, options, context, dict(registered))) as executor:
-        for chunk, result in zip(chunks, executor.map(_worker_chunk, chunks)):
-            add(result, len(chunk.neurons))
+    else:
+        _parallel_pages(database, staging, options, context, registered, chunks, jobs, add)
     return total
 
 
@@ -535,7 +566,7 @@ def build_site(database: Database, out: str | Path, *, query: ExplanationQuery |
     if explicit is not None and explicit.manifest.model_id not in {model.model_id for model in models}:
         notes.append(f"the record store {options.records} holds model {explicit.manifest.model_id!r}, which has no "
                      "neurons in this site; its windows are not shown")
-    with read_connection(database) as connection:
+    with database.reader() as connection:
         registered = recording_paths(connection)
     context = pages.PageContext(version=__version__, threshold=options.threshold,
                                 generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))

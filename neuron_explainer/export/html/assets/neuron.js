@@ -7,8 +7,36 @@
   if (!holder) {
     return;
   }
+  // data.scores: [{meta: {id, explanation, method, simulator, score}, windows: [{window_id, split, tokens, true,
+  // simulated, error}]}] as stored with each score; data.records: null or {tokens: {id: [...]}, recorded,
+  // top/random/bottom: [{id, act, shown}]}.
   const data = JSON.parse(holder.textContent);
   const SIMULATED_SCALE = 10;
+  const scoredIds = new Set();
+  let scale = 0;
+  function widen(values) {
+    for (const value of values) {
+      if (value !== null && Math.abs(value) > scale) {
+        scale = Math.abs(value);
+      }
+    }
+  }
+  for (const score of data.scores) {
+    for (const entry of score.windows) {
+      scoredIds.add(entry.window_id);
+      widen(entry.true);
+    }
+  }
+  if (data.records) {
+    for (const name of ["top", "random", "bottom"]) {
+      for (const entry of data.records[name]) {
+        widen(entry.act);
+      }
+    }
+  }
+  if (scale === 0) {
+    scale = 1;
+  }
 
   function element(tag, className, text) {
     const node = document.createElement(tag);
@@ -42,10 +70,6 @@
     return share >= 0 ? "rgba(230, 120, 0, " + alpha + ")" : "rgba(30, 100, 230, " + alpha + ")";
   }
 
-  function tokensOf(entry) {
-    return entry.tokens || data.tokens[String(entry.id)] || [];
-  }
-
   function heatMap(tokens, values, scale, label, kind) {
     const box = element("div", "heat " + kind);
     for (let index = 0; index < tokens.length; index++) {
@@ -72,12 +96,12 @@
   }
 
   function scoredWindow(score, entry) {
-    const tokens = tokensOf(entry);
+    const tokens = entry.tokens;
     const box = element("div", "window scored");
-    box.dataset.windowId = String(entry.id);
-    box.dataset.scoreId = String(score.id);
+    box.dataset.windowId = String(entry.window_id);
+    box.dataset.scoreId = String(score.meta.id);
     const head = element("div", "window-head",
-      "window " + entry.id + " \u00b7 " + entry.split + " \u00b7 max true " + short(peak(entry.true)));
+      "window " + entry.window_id + " \u00b7 " + entry.split + " \u00b7 max true " + short(peak(entry.true)));
     if (entry.error) {
       head.appendChild(element("span", "badge warn", "not simulated: " + entry.error));
     }
@@ -85,10 +109,10 @@
     const pair = element("div", "pair");
     const truth = element("div", "side");
     truth.appendChild(element("div", "side-label", "true"));
-    truth.appendChild(heatMap(tokens, entry.true, data.scale, "true", "true"));
+    truth.appendChild(heatMap(tokens, entry.true, scale, "true", "true"));
     const simulated = element("div", "side");
     simulated.appendChild(element("div", "side-label", "simulated (0\u201310)"));
-    simulated.appendChild(heatMap(tokens, entry.sim, SIMULATED_SCALE, "simulated", "sim"));
+    simulated.appendChild(heatMap(tokens, entry.simulated, SIMULATED_SCALE, "simulated", "sim"));
     pair.appendChild(truth);
     pair.appendChild(simulated);
     box.appendChild(pair);
@@ -105,13 +129,14 @@
       return;
     }
     data.scores.forEach(function (score, index) {
+      const meta = score.meta;
       const details = element("details", "score-windows");
-      details.dataset.scoreId = String(score.id);
+      details.dataset.scoreId = String(meta.id);
       const summary = element("summary");
-      summary.appendChild(element("span", "summary-text", score.explanation));
+      summary.appendChild(element("span", "summary-text", meta.explanation));
       summary.appendChild(element("span", "meta",
-        " \u2014 " + score.method + ", simulated by " + score.simulator + ", score " +
-        (score.score === null ? "n/a" : score.score.toFixed(3)) + ", " + score.windows.length + " windows"));
+        " \u2014 " + meta.method + ", simulated by " + meta.simulator + ", score " +
+        (meta.score === null ? "n/a" : meta.score.toFixed(3)) + ", " + score.windows.length + " windows"));
       details.appendChild(summary);
       let drawn = false;
       function draw() {
@@ -147,7 +172,7 @@
       const group = element("div", "record-group");
       group.dataset.group = name;
       group.appendChild(element("h3", null, GROUP_TITLES[name] + " (" + windows.length + " of " +
-        data.recorded[name] + ")"));
+        data.records.recorded[name] + ")"));
       for (const entry of windows) {
         const box = element("div", "window record");
         box.dataset.windowId = String(entry.id);
@@ -155,11 +180,11 @@
         if (entry.shown) {
           head.appendChild(element("span", "badge", "shown to the explainer"));
         }
-        if (entry.scored) {
+        if (scoredIds.has(entry.id)) {
           head.appendChild(element("span", "badge", "scored"));
         }
         box.appendChild(head);
-        box.appendChild(heatMap(tokensOf(entry), entry.act, data.scale, "activation", "true"));
+        box.appendChild(heatMap(data.records.tokens[String(entry.id)] || [], entry.act, scale, "activation", "true"));
         group.appendChild(box);
       }
       target.appendChild(group);
