@@ -234,7 +234,7 @@ class FakeOpenAIServer:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._vocabulary: dict[str, int] = {}
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._httpd = _QuietHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._httpd.daemon_threads = True
         # A short poll interval makes close() (which waits for the serve loop to notice) take milliseconds.
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02},
@@ -469,6 +469,17 @@ class FakeOpenAIServer:
 
 
 _NO_FAULT = Fault(FaultKind.SLOW, delay=0.0)
+
+
+class _QuietHTTPServer(ThreadingHTTPServer):
+    """Clients that drop a connection (timeouts, closing keep-alive sockets) are normal, not worth a traceback on
+    stderr, where tests check what the CLI prints."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        import sys
+
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 def _best(distribution: Mapping[str, float], top_k: int) -> list[tuple[str, float]]:

@@ -22,7 +22,7 @@ from neuron_explainer.pipeline import RunConfig, run_pipeline
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
 from neuron_records import corpus_windows  # noqa: E402
-from test_e2e_loopback import competent_model  # noqa: E402
+from scripted_llm import competent_model  # noqa: E402
 
 WORDS = ["the", "of", "and", "to", "a", "in", "is", "that", "for", "be", "as", "with"]
 

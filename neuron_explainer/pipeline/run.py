@@ -28,7 +28,7 @@ from neuron_explainer.db import (Database, RecordingRef, RunStatus, explanation_
                                  score_config_key)
 from neuron_explainer.errors import UserError
 from neuron_explainer.explain import Failure, LayerNgramResponses, NgramConfig, SplitConfig
-from neuron_explainer.llm import LLMBackend, ResponseCache, UsageLedger, make_backend
+from neuron_explainer.llm import CacheMode, LLMBackend, ResponseCache, UsageLedger, make_backend
 from neuron_explainer.pipeline.config import RunConfig, parse_deadline
 from neuron_explainer.pipeline.explainers import ExplainerJob, make_explainer_jobs
 from neuron_explainer.scoring import ScoreConfig, score_explanation
@@ -195,7 +195,9 @@ class Pipeline:
         self.run_id: int | None = None
         self.recording: RecordingRef | None = None
         self._backends: dict[str, LLMBackend] = {}
-        self._cache = ResponseCache.for_database(config.db)
+        # A retry asks again: replaying the cached answer that failed (empty, misaligned) would fail the same way.
+        self._cache = ResponseCache.for_database(config.db,
+                                                 mode=CacheMode.REFRESH if config.retry_failed else CacheMode.USE)
         self._subject: Any = None
         self._layer_ngrams: dict[int, LayerNgramResponses] = {}
 

@@ -1,0 +1,178 @@
+"""SIGKILL at seeded random moments of a run (while recording, while LLM calls are in flight, while results are
+being committed), each followed by the same run again: the database ends equal to an uninterrupted run's, passes
+PRAGMA integrity_check, and a recording killed mid-way is never used as complete.
+
+The killed runs are forked from this test process (already past its imports), so a trial costs the work itself,
+not an interpreter start-up; the resumes run in this process, as a fresh `run` would.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import random
+import signal
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from neuron_explainer.activations import RecordStore
+from neuron_explainer.errors import UserError
+from neuron_explainer.pipeline import RunConfig, recording_directory, run_pipeline
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+from fake_openai_server import FakeOpenAIServer  # noqa: E402
+from fault.conftest import integrity, results_snapshot, rows, word_store  # noqa: E402
+from neuron_records import corpus_windows  # noqa: E402
+from scripted_llm import competent_model  # noqa: E402
+
+LLM_TRIALS = 7
+DB_TRIALS = 7
+RECORDING_TRIALS = 6
+NEURONS = 10
+POLL_S = 0.002
+
+
+def _run_and_exit(config: RunConfig, single_thread: bool) -> None:
+    """The body of a forked run: run, then leave without running the parent's exit handlers."""
+    code = 0
+    try:
+        if single_thread:
+            import torch
+
+            # The parent may have used torch's thread pool; a forked child must not rely on its workers.
+            torch.set_num_threads(1)
+        run_pipeline(config, progress=False)
+    except BaseException:  # noqa: BLE001 - the exit code is all the parent looks at
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _kill_when(config: RunConfig, ready: Callable[[], bool], *, single_thread: bool = False,
+               extra_delay_s: float = 0.0, limit_s: float = 60.0) -> int | None:
+    """Fork a run, SIGKILL it once `ready()` holds (plus `extra_delay_s`); returns its exit code (-9 if killed)."""
+    process = multiprocessing.get_context("fork").Process(target=_run_and_exit, args=(config, single_thread))
+    process.start()
+    deadline = time.monotonic() + limit_s
+    while process.is_alive() and not ready() and time.monotonic() < deadline:
+        time.sleep(POLL_S)
+    if extra_delay_s:
+        time.sleep(extra_delay_s)
+    if process.is_alive():
+        os.kill(process.pid, signal.SIGKILL)
+    process.join()
+    return process.exitcode
+
+
+def _count(db: Path, query: str) -> int:
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05) as connection:
+            return int(connection.execute(query).fetchone()[0])
+    except sqlite3.Error:
+        return 0  # not created yet, or mid-creation
+
+
+@pytest.fixture(scope="module")
+def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return word_store(tmp_path_factory.mktemp("kill-words"), neurons=NEURONS, words=NEURONS)
+
+
+def _llm_config(store: Path, db: Path, spec: str) -> RunConfig:
+    return RunConfig(db=f"sqlite:///{db}", records=str(store), explainers=("token-pairs",), simulator="generated",
+                     llm=spec, concurrency=4, score_top_windows=2, score_random_windows=2, explain_windows=6)
+
+
+def test_sigkill_during_llm_calls_and_db_writes_then_resume(small_store: Path, tmp_path: Path) -> None:
+    with FakeOpenAIServer(responder=competent_model) as server:
+        spec = server.backend_spec("competent", "timeout=10&attempts=3&backoff=0.01")
+        reference = tmp_path / "reference.db"
+        assert run_pipeline(_llm_config(small_store, reference, spec), progress=False).status == "completed"
+        expected = results_snapshot(reference)
+        assert len(expected["scores"]) == NEURONS
+        total_requests = server.count()
+        landed = 0
+        for trial in range(LLM_TRIALS + DB_TRIALS):
+            rng = random.Random(1000 + trial)
+            db = tmp_path / f"killed-{trial}.db"
+            config = _llm_config(small_store, db, spec)
+            if trial < LLM_TRIALS:
+                # While requests are in flight: once the server has seen a seeded share of the night's requests.
+                server.reset()
+                threshold = rng.randint(total_requests // 10, total_requests * 8 // 10)
+                exit_code = _kill_when(config, lambda: server.count() >= threshold)
+            else:
+                # While results are committed: right after the n-th score row appears, at a seeded few ms later.
+                threshold = rng.randint(1, NEURONS - 2)
+                exit_code = _kill_when(config, lambda: _count(db, "select count(*) from scores") >= threshold,
+                                       extra_delay_s=rng.uniform(0.0, 0.03))
+            landed += exit_code == -signal.SIGKILL
+            assert integrity(db) == [("ok",)]
+            resumed = run_pipeline(config, progress=False)
+            assert resumed.status == "completed", trial
+            assert results_snapshot(db) == expected, trial
+            assert integrity(db) == [("ok",)]
+            if exit_code == -signal.SIGKILL:
+                # The killed run is not left `running`: the resume found its process gone and closed it.
+                statuses = rows(db, "select status, coalesce(error, '') from runs order by id")
+                assert statuses[0][0] == "completed" and statuses[1][0] == "failed", statuses
+                assert "abandoned" in statuses[1][1]
+    assert landed >= (LLM_TRIALS + DB_TRIALS) - 2, f"only {landed} kills landed mid-run"
+
+
+@pytest.fixture(scope="module")
+def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    text = "\n\n".join("".join(window) for window in corpus_windows(count=300, length=32))
+    path = tmp_path_factory.mktemp("kill-corpus") / "corpus.txt"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _record_config(model: Path, corpus: Path, root: Path, db: Path) -> RunConfig:
+    return RunConfig(db=f"sqlite:///{db}", model=str(model), corpus=str(corpus), layers="all",
+                     records_root=str(root), ctx=16, windows=600, top_k=12, random=12, neurons="0-1:0-5",
+                     explainers=("ngram",), simulator="lexical", concurrency=2, explain_windows=4,
+                     score_top_windows=3, score_random_windows=3, dtype="float32", device="cpu")
+
+
+def test_sigkill_while_recording_never_leaves_a_store_that_looks_complete(tiny_llama: Path, corpus_file: Path,
+                                                                           tmp_path: Path) -> None:
+    reference_config = _record_config(tiny_llama, corpus_file, tmp_path / "reference-records",
+                                      tmp_path / "reference.db")
+    assert run_pipeline(reference_config, progress=False).status == "completed"
+    expected = results_snapshot(tmp_path / "reference.db")
+    assert len(expected["scores"]) == 12
+    for trial in range(RECORDING_TRIALS):
+        rng = random.Random(2000 + trial)
+        root = tmp_path / f"records-{trial}"
+        db = tmp_path / f"killed-{trial}.db"
+        config = _record_config(tiny_llama, corpus_file, root, db)
+        target = recording_directory(config)
+        wanted_bytes = rng.randint(1, 40) * 16 * 8 * 4  # a seeded number of batches of 8 windows written
+
+        def recording_under_way() -> bool:
+            staging = list(root.glob(f".{target.name}.partial-*/tokens.partial.bin")) if root.exists() else []
+            return any(path.stat().st_size >= wanted_bytes for path in staging if path.exists())
+
+        exit_code = _kill_when(config, recording_under_way, single_thread=True)
+        assert exit_code == -signal.SIGKILL, "the recording finished before the kill"
+        # Killed mid-way: nothing at the target, only a staging directory that no reader will open.
+        assert not target.exists()
+        assert list(root.glob(f".{target.name}.partial-*"))
+        with pytest.raises(UserError):
+            RecordStore.open(target)
+        for staging in root.glob(f".{target.name}.partial-*"):
+            with pytest.raises(UserError, match="incomplete|no record store|manifest"):
+                RecordStore.open(staging)
+        resumed = run_pipeline(config, progress=False)
+        assert resumed.status == "completed"
+        assert RecordStore.open(target).manifest.complete
+        assert not list(root.glob(f".{target.name}.partial-*")), "the dead writer's staging directory was left"
+        assert results_snapshot(db) == expected, trial
+        assert integrity(db) == [("ok",)]
