@@ -307,12 +307,13 @@ def test_eval_against_a_loopback_server_counts_tokens_and_recovers_concepts(tmp_
     with FakeOpenAIServer(responder=scripted_model) as server:
         spec = server.backend_spec("scripted")
         config = PlantedEvalConfig(
-            methods=tuple(parse_methods(["token-pairs"], ["generated"], [spec])), planted=str(small_suite_file),
+            methods=tuple(parse_methods(["token-pairs"], [None], [spec])), planted=str(small_suite_file),
             store=str(tmp_path / "store"), limit=2,
             recording=PlantedRecordingConfig(tokenizer=tiny_tokenizer, windows=600, window_length=32))
         report = run_planted_eval(config)
     (method,) = report.methods
-    assert method.backend == spec and method.summary.neurons == 2
+    # A chat server without prompt logprobs gets the generated-output simulator by default.
+    assert method.backend == spec and method.simulator == "generated" and method.summary.neurons == 2
     results = {result.name: result for result in method.neurons}
     assert results["digits"].explanation == "digits and numbers" and results["digits"].recovered
     assert results["digits"].score > 0.8 and results["digits"].shuffled < 0.2
@@ -362,8 +363,9 @@ def test_unknown_methods_and_missing_backends_are_user_errors():
         parse_methods(["token-pairs"], [None], [None])
     methods = parse_methods(["ngram", "token-pairs"], [None], ["local:default", "openai:gpt-4o-mini"])
     assert [method.label for method in methods] == [
-        "ngram / all-at-once / local:default", "token-pairs / all-at-once / local:default",
-        "ngram / generated / openai:gpt-4o-mini", "token-pairs / generated / openai:gpt-4o-mini"]
+        "ngram / default / local:default", "token-pairs / default / local:default",
+        "ngram / default / openai:gpt-4o-mini", "token-pairs / default / openai:gpt-4o-mini"]
+    assert parse_methods(["ngram"], [None], [None])[0].label == "ngram / lexical / none"
 
 
 # --- the built-in suite on the default model's tokenizer (slow: converts the bundled model once) ------------------

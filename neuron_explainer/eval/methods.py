@@ -36,8 +36,8 @@ class Method:
 
     explainer: ExplainerKind
     """How explanations are written."""
-    simulator: SimulatorKind
-    """How they are scored."""
+    simulator: SimulatorKind | None
+    """How they are scored; None = the best the backend allows (decided when the backend is built)."""
     llm: str | None = None
     """Backend spec for the LLM-based parts (None when neither explainer nor simulator needs one)."""
 
@@ -45,7 +45,7 @@ class Method:
     def needs_llm(self) -> bool:
         """True when the explainer or the simulator calls an LLM."""
         return (self.explainer in (ExplainerKind.TOKEN_PAIRS, ExplainerKind.SASC)
-                or self.simulator in (SimulatorKind.ALL_AT_ONCE, SimulatorKind.GENERATED))
+                or self.simulator in (None, SimulatorKind.ALL_AT_ONCE, SimulatorKind.GENERATED))
 
     @property
     def backend_label(self) -> str:
@@ -53,16 +53,20 @@ class Method:
         return self.llm if self.needs_llm and self.llm else "none"
 
     @property
+    def simulator_label(self) -> str:
+        """The simulator as reported (`default` until the backend decides it)."""
+        return self.simulator.value if self.simulator is not None else "default"
+
+    @property
     def label(self) -> str:
         """`explainer / simulator / backend`."""
-        return f"{self.explainer.value} / {self.simulator.value} / {self.backend_label}"
+        return f"{self.explainer.value} / {self.simulator_label} / {self.backend_label}"
 
 
 def parse_methods(explainers: Sequence[str], simulators: Sequence[str | None],
                   llms: Sequence[str | None]) -> list[Method]:
     """Every combination of the given explainers, simulators and backends (a simulator of None = the best the
-    backend allows); UserError for unknown names or a method that needs an LLM without one."""
-    from neuron_explainer.simulate.factory import default_simulator_kind
+    backend allows, lexical without one); UserError for unknown names or a method that needs an LLM without one."""
     from neuron_explainer.llm.factory import parse_backend_spec
 
     methods: list[Method] = []
@@ -76,8 +80,9 @@ def parse_methods(explainers: Sequence[str], simulators: Sequence[str | None],
                 names = ", ".join(kind.value for kind in ExplainerKind)
                 raise UserError(f"unknown explainer {explainer_name!r}: choose one of {names}") from None
             for simulator_name in simulators:
+                simulator: SimulatorKind | None
                 if simulator_name is None:
-                    simulator = _default_simulator(llm) if llm else default_simulator_kind(None)
+                    simulator = None if llm else SimulatorKind.LEXICAL
                 else:
                     try:
                         simulator = SimulatorKind(simulator_name)
@@ -86,22 +91,11 @@ def parse_methods(explainers: Sequence[str], simulators: Sequence[str | None],
                         raise UserError(f"unknown simulator {simulator_name!r}: choose one of {names}") from None
                 method = Method(explainer, simulator, llm)
                 if method.needs_llm and not llm:
-                    raise UserError(f"{method.explainer.value} / {method.simulator.value} needs an LLM backend "
+                    raise UserError(f"{method.explainer.value} / {method.simulator_label} needs an LLM backend "
                                     "(--llm, e.g. local:default or openai:gpt-4o-mini)")
                 if method not in methods:
                     methods.append(method)
     return methods
-
-
-def _default_simulator(llm: str) -> SimulatorKind:
-    # Chat APIs without prompt logprobs get the generated simulator; everything else the all-at-once one.
-    from neuron_explainer.llm.factory import BackendKind, parse_backend_spec
-
-    spec = parse_backend_spec(llm)
-    if spec.kind is BackendKind.LOCAL or spec.options.get("slots") or spec.options.get("prompt_logprobs") \
-            or spec.options.get("echo"):
-        return SimulatorKind.ALL_AT_ONCE
-    return SimulatorKind.GENERATED
 
 
 @dataclass(frozen=True)
@@ -162,6 +156,8 @@ class _Context:
     backend: Any
     ledger: Any
     simulator: Any
+    method: Method
+    """The method with its simulator decided."""
 
 
 async def _with_context(method: Method, records: Mapping[NeuronId, NeuronRecord],
@@ -173,7 +169,8 @@ async def _with_context(method: Method, records: Mapping[NeuronId, NeuronRecord]
     backend = make_backend(method.llm, ledger=ledger) if method.needs_llm and method.llm else None
     try:
         simulator = make_simulator(method.simulator, backend)
-        return await body(_Context(records=records, backend=backend, ledger=ledger, simulator=simulator))
+        return await body(_Context(records=records, backend=backend, ledger=ledger, simulator=simulator,
+                                   method=replace(method, simulator=simulator.kind)))
     finally:
         if backend is not None:
             await backend.aclose()
@@ -243,8 +240,8 @@ async def explain_and_score(method: Method, records: Mapping[NeuronId, NeuronRec
         seconds = time.perf_counter() - started
         product = _snapshot(context.ledger)
         if concept_texts is None:
-            return MethodRun(method=method, explanations=explanations, scores=scores, product_usage=product,
-                             seconds=seconds)
+            return MethodRun(method=context.method, explanations=explanations, scores=scores,
+                             product_usage=product, seconds=seconds)
 
         shuffled = shuffled_explanations({result.neuron: result.text for result in explained}, seed=split.seed)
         quick = replace(score_config, bootstrap_samples=0)
@@ -259,7 +256,7 @@ async def explain_and_score(method: Method, records: Mapping[NeuronId, NeuronRec
                 return neuron, ceiling.metrics.pearson if isinstance(ceiling, Score) else NAN, baselines
 
         outcomes = await asyncio.gather(*(references(neuron) for neuron in neurons))
-        return MethodRun(method=method, explanations=explanations, scores=scores, product_usage=product,
+        return MethodRun(method=context.method, explanations=explanations, scores=scores, product_usage=product,
                          reference_usage=_snapshot(context.ledger).minus(product),
                          ceilings={neuron: ceiling for neuron, ceiling, _ in outcomes},
                          baselines={neuron: baselines for neuron, _, baselines in outcomes}, seconds=seconds)

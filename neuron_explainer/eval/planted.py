@@ -237,7 +237,7 @@ def method_report(run: MethodRun, suite: PlantedSuite, indices: Sequence[int], *
     count = max(len(results), 1)
     usage: Usage = run.product_usage
     return MethodReport(
-        explainer=run.method.explainer.value, simulator=run.method.simulator.value,
+        explainer=run.method.explainer.value, simulator=run.method.simulator_label,
         backend=run.method.backend_label, summary=summarise(results, good_score=good_score),
         categories={name: summarise(items, good_score=good_score) for name, items in categories.items()},
         prompt_tokens_per_neuron=usage.prompt_tokens / count,
