@@ -7,6 +7,7 @@ Errors users can cause surface as UserError: one line on stderr, exit code 2 (NE
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -459,6 +460,83 @@ def _cmd_eval_real(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run(commands: argparse._SubParsersAction) -> None:
+    from neuron_explainer.pipeline.config import RunConfig
+
+    parser = commands.add_parser(
+        "run", help="the nightly run: record if needed, then explain, simulate and score; resumable",
+        description="Every key of the TOML config is also a flag; flags win. Re-running the same command skips "
+                    "finished work and resumes interrupted work.")
+    parser.add_argument("--config", default=None, help="TOML file with run settings (keys as the flags below)")
+    parser.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
+    parser.add_argument("--ngram-mode", choices=["in-context", "isolated"], default=None,
+                        help="where sasc/ngram explainers read n-gram responses (default in-context: free after "
+                             "recording; isolated: one cached sweep of the subject model per layer, as in SASC)")
+    for item in dataclasses.fields(RunConfig):
+        if item.name == "extra":
+            continue
+        flag = "--" + item.name.replace("_", "-")
+        doc = _field_doc(RunConfig, item.name)
+        if item.name == "explainers":
+            parser.add_argument("--explainer", "--explainers", dest="explainers", default=None,
+                                help=f"{doc} Comma-separated.")
+        elif isinstance(item.default, bool):
+            parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=None, help=doc)
+        else:
+            kind = {"int": int, "float": float}.get(str(item.type).split(" ")[0].replace("|", "").strip(), str)
+            parser.add_argument(flag, dest=item.name, type=kind, default=None, help=doc)
+    parser.set_defaults(handler=_cmd_run)
+
+
+def _field_doc(owner: type, name: str) -> str:
+    """The one-line docstring under a dataclass field (read from the source, for --help)."""
+    import inspect
+
+    lines = inspect.getsource(owner).splitlines()
+    for index, line in enumerate(lines):
+        if line.strip().startswith(f"{name}:") and index + 1 < len(lines):
+            return lines[index + 1].strip().strip('"')
+    return ""
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from neuron_explainer.pipeline import RunProgress, config_field_names, load_config, run_pipeline
+
+    overrides = {name: getattr(args, name) for name in config_field_names()}
+    config = load_config(args.config, overrides)
+    if args.ngram_mode is not None:
+        config = dataclasses.replace(config, extra={**config.extra, "ngram_mode": args.ngram_mode})
+    bar = tqdm(total=0, unit="neuron", desc="neurons", disable=None, dynamic_ncols=True)
+
+    def on_progress(progress: RunProgress) -> None:
+        bar.total = progress.total
+        bar.set_postfix(failed=progress.failed, tokens=progress.tokens, cost=f"${progress.cost_usd:.4f}",
+                        refresh=False)
+        bar.update(progress.done - bar.n)
+
+    try:
+        summary = run_pipeline(config, on_progress=on_progress)
+    finally:
+        bar.close()
+    if args.json:
+        print_json(summary.as_dict())
+    else:
+        print(f"run {summary.run_id}: {summary.status}"
+              + (f" ({summary.stop_reason})" if summary.stop_reason else ""))
+        print(f"  records   {summary.records}")
+        print(f"  neurons   {summary.selected} selected, {summary.done} processed, {summary.skipped} already done")
+        print(f"  results   {summary.explained} explained, {summary.scored} scored, {summary.failed} failed")
+        print(f"  usage     {summary.prompt_tokens} prompt + {summary.completion_tokens} completion tokens, "
+              f"${summary.cost_usd:.4f}")
+        if summary.mean_score is not None:
+            print(f"  score     mean {summary.mean_score:.3f}, median {summary.median_score:.3f} "
+                  f"(Pearson, held-out top + random windows)")
+        print(f"  took      {summary.seconds:.1f} s")
+    return 0
+
+
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
     _add_record,
@@ -470,6 +548,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_explain,
     _add_score,
     _add_eval,
+    _add_run,
 ]
 
 
