@@ -3,6 +3,7 @@ recorder's own writer), and the evaluation run offline, through a loopback OpenA
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -322,6 +323,48 @@ def test_eval_against_a_loopback_server_counts_tokens_and_recovers_concepts(tmp_
     assert method.prompt_tokens_per_neuron > 100 and method.completion_tokens_per_neuron > 10
     assert method.cost_per_neuron_usd is None and method.reference_tokens > 0
     assert results["digits"].prompt_tokens > 0
+
+
+def scripted_sasc_model(body: dict) -> str:
+    """Answers SASC's summary and sentence prompts like a capable LLM: a theme for the listed n-grams, then
+    sentences that do (or do not) involve it."""
+    request = body["messages"][-1]["content"]
+    nouns = ["garden", "river", "teacher", "window", "forest", "letter", "violin", "harbour", "kitchen", "meadow"]
+    if "nothing to do with" in request:
+        return "\n".join(f"{index}. A quiet {noun} waited under grey skies." for index, noun in enumerate(nouns, 1))
+    if "Write" in request:
+        if "number" in request:
+            return "\n".join(f"{index}. The {noun} shop sold {index * 7} apples and {index + 3} pears."
+                             for index, noun in enumerate(nouns, 1))
+        return "\n".join(f"{index}. The {noun} is near the sea." for index, noun in enumerate(nouns, 1))
+    # The n-grams are the longest paragraph of the prompt, one per line.
+    entries = max((block.strip().splitlines() for block in request.split("\n\n")), key=len)
+    # The strongest entries come first; the theme is what most of the first few share.
+    with_digits = sum(any(character.isdigit() for character in entry) for entry in entries[:5])
+    return "numbers and digits" if with_digits >= 3 else f'the word "{entries[0].split()[-1]}"'
+
+
+def test_sasc_scores_its_candidates_on_the_planted_rules_themselves(tmp_path, tiny_tokenizer, small_suite_file):
+    from neuron_explainer.activations import RecordStore
+    from neuron_explainer.eval import Method, PlantedSubject, explain_and_score, load_tokenizer
+    from neuron_explainer.explain import ExplainerKind, Explanation
+    from neuron_explainer.simulate import SimulatorKind
+    from neuron_explainer.subject.neurons import NeuronId
+
+    suite = load_suite(small_suite_file)
+    config = PlantedRecordingConfig(tokenizer=tiny_tokenizer, windows=600, window_length=32)
+    store = RecordStore.open(build_planted_store(suite, config, out_dir=tmp_path / "store").path)
+    digits = NeuronId(0, 1)
+    with FakeOpenAIServer(responder=scripted_sasc_model) as server:
+        method = Method(ExplainerKind.SASC, SimulatorKind.LEXICAL, server.backend_spec("scripted"))
+        run = asyncio.run(explain_and_score(method, {digits: store.load_neuron(0, 1)},
+                                            subject=PlantedSubject(suite, load_tokenizer(tiny_tokenizer))))
+    explanation = run.explanations[digits]
+    assert isinstance(explanation, Explanation) and explanation.text == "numbers and digits"
+    assert suite.neurons[1].checker.passes(explanation.text)
+    # The planted digits neuron fires on the sentences full of numbers and not on the contrast sentences.
+    assert explanation.extra["synthetic_score"] > 1.0
+    assert run.product_usage.prompt_tokens > 0 and run.product_usage.calls >= 3
 
 
 def test_eval_planted_command_writes_json_and_reports_bad_files_in_one_line(tmp_path, tiny_tokenizer,

@@ -165,17 +165,20 @@ class PlantedModelIdentity:
 
 
 class PlantedSubject:
-    """Stands in for `subject.Subject` where SASC reads neuron responses: the planted rules applied to the
-    tokens of any text, so synthetic texts are scored against the true concept."""
+    """Stands in for `subject.Subject` where SASC reads neuron responses (`encode`, `activations`, `tokenizer`,
+    `special_tokens`, `model`, `loaded`, `dtype`, `neurons_per_layer`): the planted rules applied to the tokens of
+    any text, so synthetic texts and isolated n-grams are scored against the true concept."""
 
     def __init__(self, suite: PlantedSuite, tokenizer: Any) -> None:
-        from neuron_explainer.subject.subject import token_strings
+        from neuron_explainer.subject.subject import SpecialTokens, token_strings
 
         self.suite = suite
         self.tokenizer = tokenizer
         self.vocab = token_strings(tokenizer)
         # SASC keys a per-model lock on this attribute; the planted rules are their own "model".
         self.model = self
+        # Planted rules read the text tokens only: nothing is wrapped around them.
+        self.special_tokens = SpecialTokens(prefix=(), suffix=())
         # The n-gram response cache is keyed by model id and fingerprint: suite content and tokenizer together.
         fingerprint = hashlib.sha256(f"{suite.content_hash}:{_vocab_hash(self.vocab)}".encode()).hexdigest()
         self.loaded = PlantedModelIdentity(model_id=suite.model_id, fingerprint=fingerprint)
