@@ -19,7 +19,13 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python scripts/demo.py
+	$(BIN)/neuron-explainer run --config scripts/demo.toml
+	@echo
+	@echo "Best explanations (neuron-explainer query --db sqlite:///neurons.db):"
+	$(BIN)/neuron-explainer query --db sqlite:///neurons.db --sort score --limit 10
+	$(BIN)/neuron-explainer export --db sqlite:///neurons.db --format html --out site
+	@echo
+	@echo "Viewer: open file://$(CURDIR)/site/index.html, or run: $(BIN)/neuron-explainer serve site"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
