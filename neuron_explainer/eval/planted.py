@@ -99,6 +99,8 @@ class GroupSummary:
     """Neurons evaluated."""
     explained: int
     """Neurons with an explanation."""
+    undefined: int
+    """Explained neurons whose score is undefined (e.g. the simulator predicted a constant)."""
     recovered: int
     """Neurons whose explanation passes the checker."""
     recovery_rate: float
@@ -193,7 +195,9 @@ def summarise(results: Sequence[NeuronResult], *, good_score: float = GOOD_SCORE
     recovered = sum(result.recovered for result in results)
     good = sum(result.recovered and result.score > good_score for result in results)
     return GroupSummary(
-        neurons=count, explained=sum(result.explanation is not None for result in results), recovered=recovered,
+        neurons=count, explained=sum(result.explanation is not None for result in results),
+        undefined=sum(result.explanation is not None and not math.isfinite(result.score) for result in results),
+        recovered=recovered,
         recovery_rate=recovered / count if count else NAN, good=good, good_rate=good / count if count else NAN,
         mean_score=_mean([result.score for result in results]),
         median_score=_median([result.score for result in results]),
@@ -284,14 +288,16 @@ def format_planted_report(report: PlantedReport, *, neurons: bool = False) -> st
     lines = [f"planted suite {report.suite} ({report.suite_source}), store {report.store}: {report.windows} "
              f"windows of {report.corpus} cut by the {report.tokenizer} tokenizer", ""]
     header = ["explainer", "simulator", "backend", "neurons", "recovered", f"good(>{report.good_score:g})",
-              "mean", "median", "ceiling", "shuffled", "empty", "tokens/neuron", "usd/neuron", "s/neuron"]
+              "mean", "median", "undefined", "ceiling", "shuffled", "empty", "tokens/neuron", "usd/neuron",
+              "s/neuron"]
     rows = []
     for method in report.methods:
         summary = method.summary
         cost = "-" if method.cost_per_neuron_usd is None else f"{method.cost_per_neuron_usd:.5f}"
         rows.append([method.explainer, method.simulator, method.backend, str(summary.neurons),
                      percent(summary.recovery_rate), percent(summary.good_rate), number(summary.mean_score),
-                     number(summary.median_score), number(summary.ceiling_mean), number(summary.shuffled_mean),
+                     number(summary.median_score), str(summary.undefined), number(summary.ceiling_mean),
+                     number(summary.shuffled_mean),
                      number(summary.empty_mean),
                      f"{method.prompt_tokens_per_neuron + method.completion_tokens_per_neuron:.0f}", cost,
                      number(method.seconds_per_neuron)])
