@@ -102,9 +102,14 @@ class ResponseCache:
             return
         document = json.dumps(response, ensure_ascii=False)
         with self._lock:
-            self._connect().execute(
-                "INSERT OR REPLACE INTO responses (key, backend, model, created_at, response) VALUES (?, ?, ?, ?, ?)",
-                (key, backend, model, time.time(), document))
+            try:
+                self._connect().execute(
+                    "INSERT OR REPLACE INTO responses (key, backend, model, created_at, response) VALUES (?, ?, ?, ?, ?)",
+                    (key, backend, model, time.time(), document))
+            except sqlite3.OperationalError as exc:
+                # The answer is in hand (and paid for): a cache that cannot store it (full disk, read-only file)
+                # costs a repeat call later, never this call.
+                logger.warning("could not store an answer in the response cache %s: %s", self.path, exc)
 
     def clear(self, *, backend: str | None = None, model: str | None = None) -> int:
         """Delete stored answers (all, or those of one backend and/or model); returns how many."""

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 MAX_LOCAL_TOP_LOGPROBS = 20
+SLOT_BATCHES_PER_CALL = 4
 
 
 class LocalBackend(LLMBackend):
@@ -65,6 +66,7 @@ class LocalBackend(LLMBackend):
         self.scorer = SlotScorer(self.loaded.model, self.loaded.tokenizer, batch_size=batch_size)
         """The batched, prefix-cached slot scorer."""
         self._lock = threading.Lock()
+        self._last_slot_tokens = 0
         dtype_name = str(next(self.loaded.model.parameters()).dtype).removeprefix("torch.")
         self._identity = {"backend": "local", "model": self.model, "fingerprint": self.loaded.fingerprint,
                           "dtype": dtype_name}
@@ -211,15 +213,23 @@ class LocalBackend(LLMBackend):
                     self._record("slots", 0, 0, 0.0, from_cache=True)
                     continue
             pending.append(index)
-        if pending:
+        # A few batches per worker-thread call: cancelling the caller takes effect between chunks.
+        chunk_size = self.batch_size * SLOT_BATCHES_PER_CALL
+        for start in range(0, len(pending), chunk_size):
+            chunk = pending[start: start + chunk_size]
             started = time.monotonic()
-            scored = await self._in_thread(self.scorer.score, [prompts[index] for index in pending], list(candidates))
-            for index, distributions in zip(pending, scored):
+            scored = await self._in_thread(self._score_chunk, [prompts[index] for index in chunk], list(candidates))
+            for index, distributions in zip(chunk, scored):
                 results[index] = distributions
                 if keys[index] is not None and self.cache is not None:
                     self.cache.put(keys[index], distributions, backend=self.name, model=self.model)
-            self._record("slots", self.scorer.last_prompt_tokens, 0, time.monotonic() - started, from_cache=False)
+            self._record("slots", self._last_slot_tokens, 0, time.monotonic() - started, from_cache=False)
         return [result if result is not None else [] for result in results]
+
+    def _score_chunk(self, prompts: list[SlotPrompt], candidates: list[str]) -> list[list[dict[str, float]]]:
+        scored = self.scorer.score(prompts, candidates)
+        self._last_slot_tokens = self.scorer.last_prompt_tokens
+        return scored
 
     def _record(self, operation: str, prompt_tokens: int, completion_tokens: int, latency: float, *,
                 from_cache: bool) -> None:
