@@ -36,7 +36,7 @@ from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, ExplanationRow, Fa
                                         SubjectModelRow)
 from neuron_explainer.db.query import ExplanationQuery, ResultRow, run_query
 from neuron_explainer.db.schema import SCHEMA_VERSION, has_search_index, prepare_schema, upgrade_step
-from neuron_explainer.db.writer import BatchApplier, Writer
+from neuron_explainer.db.writer import BatchApplier, DatabaseWriteError, Writer
 from neuron_explainer.errors import UserError
 from neuron_explainer.explain.types import ExplainerKind, Explanation, Failure, Polarity
 from neuron_explainer.simulate.types import Metrics, Score, ScoredWindow, SimulatorKind, WindowSplit
@@ -464,6 +464,34 @@ def _db_error_message(error: DBAPIError) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
+def _write_refused(where: str, error: BaseException) -> UserError | None:
+    """A one-line UserError when the database refused a write for a reason only the user can fix, else None."""
+    cause = error.__cause__ if isinstance(error, DatabaseWriteError) and error.__cause__ is not None else error
+    text = _db_error_message(cause) if isinstance(cause, DBAPIError) else str(cause)
+    lowered = text.lower()
+    if "readonly" in lowered or "read-only" in lowered:
+        problem = "it is read-only (check the permissions of the file and its directory)"
+    elif "disk is full" in lowered or "no space" in lowered or "could not extend" in lowered:
+        problem = "the disk is full (free some space)"
+    elif "disk i/o error" in lowered:
+        problem = "the disk reported an I/O error"
+    else:
+        return None
+    return UserError(f"cannot write to {where}: {problem}; nothing finished was lost, run the same command again "
+                     f"to resume ({text})")
+
+
+@contextlib.contextmanager
+def _user_facing_write_errors(where: str) -> Iterator[None]:
+    try:
+        yield
+    except (DatabaseWriteError, DBAPIError) as exc:
+        refused = _write_refused(where, exc)
+        if refused is None:
+            raise
+        raise refused from None
+
+
 # --- the database ------------------------------------------------------------------------------------------
 
 
@@ -485,6 +513,13 @@ class Database:
         except DBAPIError as exc:
             write_engine.dispose()
             self._read_engine.dispose()
+            refused = _write_refused(self.where, exc)
+            if refused is not None:
+                raise refused from None
+            if url.get_backend_name() == "sqlite" and "unable to open" in _db_error_message(exc):
+                raise UserError(f"cannot open {self.where} for writing: SQLite needs to write the file and create "
+                                "its -wal and -shm files beside it (check the permissions of the file and its "
+                                "directory, and free space)") from None
             if url.get_backend_name() == "sqlite":
                 raise UserError(f"{self.where} is not a usable SQLite database: {_db_error_message(exc)}") from None
             raise UserError(f"cannot open {self.where}: {_db_error_message(exc)}") from None
@@ -525,8 +560,16 @@ class Database:
         self.close()
 
     def flush(self, timeout: float | None = None) -> None:
-        """Commit every queued write now; raises DatabaseWriteError if any could not be written."""
-        self._writer.flush(timeout)
+        """Commit every queued write now; raises DatabaseWriteError if any could not be written (a UserError when
+        the file is read-only or the disk is full)."""
+        with _user_facing_write_errors(self.where):
+            self._writer.flush(timeout)
+
+    def check_writes(self) -> None:
+        """Raise at once (without waiting for queued writes) if a write has failed since the last check or flush;
+        a UserError when the file is read-only or the disk is full, so a long run stops instead of working on."""
+        with _user_facing_write_errors(self.where):
+            self._writer.check()
 
     def close(self) -> None:
         """Flush, release a still-held run lock (marking its run failed), stop the writer, close connections."""
@@ -539,7 +582,8 @@ class Database:
                 self.finish_run(self._run_id, RunStatus.FAILED, error="closed without finishing the run")
         finally:
             try:
-                self._writer.close()
+                with _user_facing_write_errors(self.where):
+                    self._writer.close()
             finally:
                 self._read_engine.dispose()
 
@@ -583,7 +627,8 @@ class Database:
             run_lock.attach_run(connection, owner=self._lock_owner, run_id=run_id)
             return int(run_id)
 
-        self._run_id = self._writer.call(start).result()
+        with _user_facing_write_errors(self.where):
+            self._run_id = self._writer.call(start).result()
         self._writer.set_periodic(self._heartbeat, lock_ttl_s / 3)
         return self._run_id
 
@@ -607,11 +652,16 @@ class Database:
 
         try:
             self._writer.set_periodic(None)
-            self._writer.flush()
+            self.flush()
         finally:
-            self._writer.call(finish).result()
-            if run_id == self._run_id:
-                self._run_id = None
+            try:
+                with _user_facing_write_errors(self.where):
+                    self._writer.call(finish).result()
+            finally:
+                # Whether or not the row could be written: the next run takes over the lock of a process that
+                # is gone, and a second attempt from close() would fail the same way.
+                if run_id == self._run_id:
+                    self._run_id = None
 
     def lock_holder(self) -> run_lock.LockHolder | None:
         """Who holds the run lock now (None when free)."""

@@ -131,6 +131,10 @@ class Writer:
         barrier.future.result(timeout)
         self._raise_errors()
 
+    def check(self) -> None:
+        """Raise DatabaseWriteError now if a record failed since the last check or flush (does not wait)."""
+        self._raise_errors()
+
     def close(self, timeout: float | None = None) -> None:
         """Commit everything queued, stop the thread; raise DatabaseWriteError for records that failed."""
         if self._closed:
@@ -263,7 +267,9 @@ class Writer:
             try:
                 outcomes = self._apply(entries)
             except Exception as exc:  # noqa: BLE001 - reported through the future and flush()
-                logger.error("could not write %s: %s", type(entries[0].record).__name__, exc)
+                # One line: SQLAlchemy's message continues with the SQL, its parameters and a help link.
+                logger.error("could not write %s: %s", type(entries[0].record).__name__,
+                             (str(exc).strip().splitlines() or [type(exc).__name__])[0])
                 outcomes = [exc]
             self._settle(entries, outcomes)
             return

@@ -3,7 +3,9 @@ and snapshots of what a results database holds."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import random
 import re
 import sqlite3
@@ -125,7 +127,7 @@ class FaultMix:
 
 def rows(db: Path, query: str, parameters: Sequence[object] = ()) -> list[tuple]:
     """Sorted result rows of a read-only query on a SQLite file."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as connection:
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
         return sorted(connection.execute(query, parameters).fetchall())
 
 
@@ -189,3 +191,21 @@ def run_cli(argv: Sequence[str]) -> int:
         for handler in root.handlers[:]:
             if handler not in before:
                 root.removeHandler(handler)
+
+
+def _cli_and_exit(argv: Sequence[str]) -> None:
+    code = 1
+    try:
+        code = run_cli(argv)
+    finally:
+        os._exit(code)
+
+
+def run_cli_in_new_process(argv: Sequence[str]) -> int:
+    """`run_cli(argv)` in a forked process (a new pid, as a command run later is); returns its exit code."""
+    import multiprocessing
+
+    process = multiprocessing.get_context("fork").Process(target=_cli_and_exit, args=(list(argv),))
+    process.start()
+    process.join()
+    return process.exitcode

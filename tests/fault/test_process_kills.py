@@ -8,6 +8,7 @@ not an interpreter start-up; the resumes run in this process, as a fresh `run` w
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import random
@@ -73,7 +74,7 @@ def _count(db: Path, query: str) -> int:
     if not db.exists():
         return 0
     try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05) as connection:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05)) as connection:
             return int(connection.execute(query).fetchone()[0])
     except sqlite3.Error:
         return 0  # not created yet, or mid-creation
