@@ -133,7 +133,8 @@ def test_key_is_sent_but_never_stored_logged_or_shown(fake_openai: FakeOpenAISer
                                                       caplog: pytest.LogCaptureFixture) -> None:
     key = "sk-proj-SECRETxyz0123456789"
     monkeypatch.setenv("OPENAI_API_KEY", key)
-    caplog.set_level(logging.DEBUG)
+    for name in (None, "openai", "httpx2", "httpcore2", "neuron_explainer"):
+        caplog.set_level(logging.DEBUG, logger=name)
     cache = ResponseCache(tmp_path / "cache.sqlite")
     ledger = UsageLedger()
     backend = make_backend(fake_openai.backend_spec(), cache=cache, ledger=ledger, retry=FAST_RETRY)
@@ -155,6 +156,8 @@ def test_key_is_sent_but_never_stored_logged_or_shown(fake_openai: FakeOpenAISer
         assert secret not in caplog.text
         assert secret not in str(raised.value)
     assert "OPENAI_API_KEY" in str(raised.value)
+    # The debug logs of our retries and of the SDK's requests were captured, and are clean.
+    assert "retrying" in caplog.text and "Sending HTTP Request" in caplog.text
 
 
 def test_loopback_server_needs_no_key_but_openai_does(fake_openai: FakeOpenAIServer) -> None:
