@@ -400,8 +400,8 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     planted.add_argument("--explain-windows", type=int, default=10, help="top windows shown to the explainer")
     planted.add_argument("--score-top-windows", type=int, default=10, help="held-out top windows scored")
     planted.add_argument("--score-random-windows", type=int, default=10, help="random windows scored")
-    planted.add_argument("--calibrate-windows", type=int, default=5,
-                         help="top and random windows (each) for calibration")
+    planted.add_argument("--db", default=None,
+                         help="keep the run's results in this database (default: a temporary one per method)")
     planted.add_argument("--concurrency", type=int, default=8, help="neurons processed at once")
     planted.add_argument("--details", action="store_true", help="also list every neuron's explanation (table)")
     planted.add_argument("--format", choices=["table", "json"], default="table")
@@ -430,8 +430,7 @@ def _cmd_eval_planted(args: argparse.Namespace) -> int:
         methods=tuple(methods), planted=args.planted, store=args.store, limit=args.limit,
         only=tuple(item for item in _comma_list(args.only) if item), concurrency=args.concurrency,
         split=SplitConfig(seed=args.seed, explain_top=args.explain_windows, score_top=args.score_top_windows,
-                          score_random=args.score_random_windows, calibrate_top=args.calibrate_windows,
-                          calibrate_random=args.calibrate_windows),
+                          score_random=args.score_random_windows), db=args.db,
         recording=PlantedRecordingConfig(tokenizer=args.tokenizer, corpus=args.corpus, windows=args.windows,
                                          window_length=args.ctx, seed=args.seed))
     report = run_planted_eval(config, progress=sys.stderr.isatty())

@@ -437,8 +437,7 @@ def test_local_default_backend_runs_the_planted_eval(tmp_path):
     # A small split: on 2 CPU cores each simulated window costs the 135M model about a second.
     config = PlantedEvalConfig(methods=tuple(parse_methods(["token-pairs"], [None], ["local:default"])),
                                store=str(tmp_path / "store"), only=("digits",),
-                               split=SplitConfig(explain_top=5, score_top=3, score_random=3, calibrate_top=1,
-                                                 calibrate_random=1),
+                               split=SplitConfig(explain_top=5, score_top=3, score_random=3),
                                recording=PlantedRecordingConfig(windows=1500))
     report = run_planted_eval(config)
     (method,) = report.methods

@@ -3,11 +3,11 @@
 Planted neurons: `load_suite(path | None)` reads a suite (`PlantedSuite`, TOML; None = data/planted/builtin.toml),
 `build_planted_store` writes its record store over real corpus windows with the recorder's own writer,
 `run_planted_eval(PlantedEvalConfig)` evaluates explainer x simulator x backend combinations (`parse_methods`)
-into a `PlantedReport` (`format_planted_report` for text). Real neurons: `run_real_eval(records, db)` ->
+through the nightly run (`run_method`) into a `PlantedReport` (`format_planted_report` for text). Real neurons: `run_real_eval(records, db)` ->
 `RealReport` (`format_real_report`). `write_json` saves either report's `as_dict()`.
 """
 
-from neuron_explainer.eval.methods import Method, MethodRun, explain_and_score, parse_methods
+from neuron_explainer.eval.methods import Method, MethodRun, explain_and_score, parse_methods, run_method
 from neuron_explainer.eval.planted import (GOOD_SCORE, MethodReport, NeuronResult, PlantedEvalConfig, PlantedReport,
                                            format_planted_report, run_planted_eval)
 from neuron_explainer.eval.real import RealReport, format_real_report, run_real_eval
@@ -22,5 +22,5 @@ __all__ = [
     "PlantedNeuron", "PlantedRecordingConfig", "PlantedReport", "PlantedStore", "PlantedSubject", "PlantedSuite",
     "RealReport", "Rule", "RuleKind", "build_planted_store", "explain_and_score", "format_planted_report",
     "format_real_report", "load_suite", "load_tokenizer", "parse_methods", "parse_suite", "planted_activations",
-    "run_planted_eval", "run_real_eval", "write_json",
+    "run_method", "run_planted_eval", "run_real_eval", "write_json",
 ]

@@ -1,11 +1,11 @@
 """Running one method (explainer x simulator x backend) over neurons of a record store, as the product does.
 
-`explain_and_score` is the product path: the same explain and score library calls the `explain` / `score`
-commands and the nightly run make, on the same record store format, so the evaluation measures the product
-rather than a copy of it. `reference_scores` adds what only an evaluation needs: the simulator's score of the
-true concept (the ceiling), of another neuron's explanation (shuffled, the floor) and of an empty explanation.
-Token counts and cost come from the backend's usage ledger, measured separately for the product's calls and for
-the evaluation's extra calls.
+`run_method` sends the neurons through the nightly run itself (`pipeline.run_pipeline` on the given record store,
+into a results database), then reads the stored explanations and scores back, so the evaluation measures the
+product rather than a copy of it. SASC on planted neurons needs a stand-in subject model; until the run accepts
+one, SASC goes through `explain_and_score`, the same explain and score library calls the run makes.
+`reference_scores` adds what only an evaluation needs: the simulator's score of the true concept (the ceiling),
+of another neuron's explanation (shuffled, the floor) and of an empty explanation, with usage counted apart.
 """
 
 from __future__ import annotations
@@ -13,15 +13,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from neuron_explainer.activations.records import NeuronRecord
 from neuron_explainer.errors import UserError
 from neuron_explainer.explain.splits import SplitConfig
-from neuron_explainer.explain.types import ExplainerKind, Explanation, Failure
+from neuron_explainer.explain.types import ExplainerKind, Explanation, Failure, Polarity
 from neuron_explainer.simulate.types import Score, SimulatorKind
 from neuron_explainer.subject.neurons import NeuronId
 
@@ -150,7 +152,7 @@ class MethodRun:
 
 @dataclass
 class _Context:
-    """What a method run shares: records, backend, simulator."""
+    """What an in-process method run shares: records, backend, simulator."""
 
     records: Mapping[NeuronId, NeuronRecord]
     backend: Any
@@ -211,19 +213,15 @@ async def _explain(context: _Context, method: Method, neurons: Sequence[NeuronId
 
 
 async def explain_and_score(method: Method, records: Mapping[NeuronId, NeuronRecord], *,
-                            split: SplitConfig = SplitConfig(), subject: Any = None, concept_texts:
-                            Mapping[NeuronId, str] | None = None, concurrency: int = 8,
+                            split: SplitConfig = SplitConfig(), subject: Any = None, concurrency: int = 8,
                             progress: bool = False) -> MethodRun:
-    """Explain and score every neuron of `records` with `method`; with `concept_texts`, also score each neuron's
-    true concept (ceiling), another neuron's explanation (shuffled) and an empty explanation.
+    """Explain and score every neuron of `records` with `method` through the library calls the run makes.
 
     `subject` answers SASC's synthetic texts (a `Subject`, or a `PlantedSubject` for planted stores).
     """
-    from neuron_explainer.scoring import (ScoreConfig, compute_baselines, score_explanation, score_explanations,
-                                          shuffled_explanations)
+    from neuron_explainer.scoring import ScoreConfig, score_explanations
 
     neurons = sorted(records)
-    score_config = ScoreConfig(split=split)
 
     async def body(context: _Context) -> MethodRun:
         started = time.perf_counter()
@@ -235,33 +233,145 @@ async def explain_and_score(method: Method, records: Mapping[NeuronId, NeuronRec
             scores[result.neuron] = result
 
         explained = [result for result in explanations.values() if isinstance(result, Explanation)]
-        await score_explanations(context.records.__getitem__, explained, context.simulator, config=score_config,
-                                 concurrency=concurrency, on_result=collect, progress=progress)
-        seconds = time.perf_counter() - started
-        product = _snapshot(context.ledger)
-        if concept_texts is None:
-            return MethodRun(method=context.method, explanations=explanations, scores=scores,
-                             product_usage=product, seconds=seconds)
+        await score_explanations(context.records.__getitem__, explained, context.simulator,
+                                 config=ScoreConfig(split=split), concurrency=concurrency, on_result=collect,
+                                 progress=progress)
+        return MethodRun(method=context.method, explanations=explanations, scores=scores,
+                         product_usage=_snapshot(context.ledger), seconds=time.perf_counter() - started)
 
-        shuffled = shuffled_explanations({result.neuron: result.text for result in explained}, seed=split.seed)
-        quick = replace(score_config, bootstrap_samples=0)
+    return await _with_context(method, records, body)
+
+
+def _run_config(method: Method, store: str, neurons: Sequence[NeuronId], *, split: SplitConfig, db: str,
+                concurrency: int) -> Any:
+    from neuron_explainer.pipeline import RunConfig
+
+    if (split.calibrate_top, split.calibrate_random) != (SplitConfig.calibrate_top, SplitConfig.calibrate_random):
+        raise UserError("the nightly run calibrates on the default number of windows; leave calibrate sizes unset")
+    llm = {"llm": method.llm} if method.llm else {}
+    return RunConfig(db=db, records=store, explainers=(method.explainer.value,),
+                     simulator=method.simulator.value if method.simulator else None, seed=split.seed,
+                     explain_windows=split.explain_top, score_top_windows=split.score_top,
+                     score_random_windows=split.score_random, neurons=",".join(str(neuron) for neuron in neurons),
+                     concurrency=concurrency, **llm)
+
+
+def _stored_results(db: str, *, model_id: str, neurons: Sequence[NeuronId], method: Method, seed: int
+                    ) -> tuple[dict[NeuronId, Explanation | Failure], dict[NeuronId, Score | Failure]]:
+    """The newest stored explanation of `method` per neuron (positive side, this split seed) and its newest
+    score by the method's simulator (any simulator when it is left to the backend)."""
+    from neuron_explainer.db import open_database
+
+    explanations: dict[NeuronId, Explanation | Failure] = {}
+    scores: dict[NeuronId, Score | Failure] = {}
+    with open_database(db, create=False) as database:
+        for neuron in neurons:
+            stored = [item for detail in database.neuron_details(neuron, model=model_id)
+                      for item in detail.explanations
+                      if item.explanation.method is method.explainer and item.explanation.split_seed == seed
+                      and item.explanation.polarity is Polarity.POSITIVE]
+            if not stored:
+                explanations[neuron] = Failure(neuron, "explain", f"no explanation stored in {db} (see its failures)")
+                continue
+            newest = max(stored, key=lambda item: item.id)
+            explanations[neuron] = newest.explanation
+            matching = [item for item in newest.scores
+                        if method.simulator is None or item.score.simulator is method.simulator]
+            scores[neuron] = (max(matching, key=lambda item: item.id).score if matching
+                              else Failure(neuron, "score", f"no score stored in {db} (see its failures)"))
+    return explanations, scores
+
+
+def _price_of(items: Sequence[Explanation | Score]) -> float | None:
+    """Estimated USD of the calls that made these results (in-process and LLM-free ones are free); None when a
+    model has no price."""
+    from neuron_explainer.llm import PriceTable
+
+    table = PriceTable.load()
+    total = 0.0
+    for item in items:
+        backend, model = ((item.explainer_backend, item.explainer_model) if isinstance(item, Explanation)
+                          else (item.simulator_backend, item.simulator_model))
+        if backend == "none" or backend.startswith("local:") or item.prompt_tokens + item.completion_tokens == 0:
+            continue
+        price = table.price(model)
+        if price is None:
+            return None
+        total += price.cost(item.prompt_tokens, item.completion_tokens, 0)
+    return total
+
+
+def _via_pipeline(method: Method, store: str, neurons: Sequence[NeuronId], *, model_id: str, split: SplitConfig,
+                  db: str | None, concurrency: int, progress: bool) -> MethodRun:
+    from neuron_explainer.pipeline import run_pipeline
+
+    with tempfile.TemporaryDirectory(prefix="eval-run-") as scratch:
+        url = db or f"sqlite:///{Path(scratch) / 'results.db'}"
+        summary = run_pipeline(_run_config(method, store, neurons, split=split, db=url, concurrency=concurrency),
+                               progress=progress)
+        explanations, scores = _stored_results(url, model_id=model_id, neurons=neurons, method=method,
+                                               seed=split.seed)
+    made = [item for item in (*explanations.values(), *scores.values()) if isinstance(item, (Explanation, Score))]
+    simulators = {item.simulator for item in scores.values() if isinstance(item, Score)}
+    resolved = replace(method, simulator=simulators.pop()) if len(simulators) == 1 else method
+    usage = Usage(prompt_tokens=sum(item.prompt_tokens for item in made),
+                  completion_tokens=sum(item.completion_tokens for item in made), cost_usd=_price_of(made),
+                  calls=0)
+    return MethodRun(method=resolved, explanations=explanations, scores=scores, product_usage=usage,
+                     seconds=summary.seconds)
+
+
+async def reference_scores(method: Method, records: Mapping[NeuronId, NeuronRecord],
+                           explanations: Mapping[NeuronId, Explanation | Failure], concept_texts: Mapping[NeuronId, str],
+                           *, split: SplitConfig, concurrency: int = 8
+                           ) -> tuple[dict[NeuronId, float], dict[NeuronId, dict[str, float]], Usage]:
+    """Per neuron: the pooled Pearson of its true concept (ceiling) and its `shuffled` / `empty` baselines, by
+    `method`'s simulator on the same split; and the LLM usage these extra scores cost."""
+    from neuron_explainer.scoring import ScoreConfig, compute_baselines, score_explanation, shuffled_explanations
+
+    neurons = sorted(records)
+    texts = {neuron: result.text for neuron, result in explanations.items() if isinstance(result, Explanation)}
+    shuffled = shuffled_explanations(texts, seed=split.seed)
+    quick = ScoreConfig(split=split, bootstrap_samples=0)
+
+    async def body(context: _Context) -> tuple[dict[NeuronId, float], dict[NeuronId, dict[str, float]], Usage]:
         semaphore = asyncio.Semaphore(max(1, concurrency))
 
-        async def references(neuron: NeuronId) -> tuple[NeuronId, float, dict[str, float]]:
+        async def one(neuron: NeuronId) -> tuple[NeuronId, float, dict[str, float]]:
             async with semaphore:
-                record = context.records[neuron]
+                record = records[neuron]
                 ceiling = await score_explanation(record, concept_texts[neuron], context.simulator, config=quick)
                 baselines = await compute_baselines(record, context.simulator, config=quick,
                                                     shuffled_explanation=shuffled.get(neuron))
                 return neuron, ceiling.metrics.pearson if isinstance(ceiling, Score) else NAN, baselines
 
-        outcomes = await asyncio.gather(*(references(neuron) for neuron in neurons))
-        return MethodRun(method=context.method, explanations=explanations, scores=scores, product_usage=product,
-                         reference_usage=_snapshot(context.ledger).minus(product),
-                         ceilings={neuron: ceiling for neuron, ceiling, _ in outcomes},
-                         baselines={neuron: baselines for neuron, _, baselines in outcomes}, seconds=seconds)
+        outcomes = await asyncio.gather(*(one(neuron) for neuron in neurons))
+        return ({neuron: ceiling for neuron, ceiling, _ in outcomes},
+                {neuron: baselines for neuron, _, baselines in outcomes}, _snapshot(context.ledger))
 
     return await _with_context(method, records, body)
+
+
+def run_method(method: Method, store: str, neurons: Sequence[NeuronId], *, split: SplitConfig = SplitConfig(),
+               subject: Any = None, concept_texts: Mapping[NeuronId, str] | None = None, db: str | None = None,
+               concurrency: int = 8, progress: bool = False) -> MethodRun:
+    """Evaluate `method` on `neurons` of the record store at `store`: the product's explanations and scores, and
+    with `concept_texts` the ceiling and baseline scores. Results go to `db` (a temporary database when None)."""
+    from neuron_explainer.activations import RecordStore
+
+    opened = RecordStore.open(store)
+    records = {neuron: opened.load_neuron(neuron.layer, neuron.neuron) for neuron in neurons}
+    if method.explainer is ExplainerKind.SASC:
+        run = asyncio.run(explain_and_score(method, records, split=split, subject=subject, concurrency=concurrency,
+                                            progress=progress))
+    else:
+        run = _via_pipeline(method, store, neurons, model_id=opened.manifest.model_id, split=split, db=db,
+                            concurrency=concurrency, progress=progress)
+    if concept_texts is None:
+        return run
+    ceilings, baselines, usage = asyncio.run(reference_scores(run.method, records, run.explanations, concept_texts,
+                                                              split=split, concurrency=concurrency))
+    return replace(run, ceilings=ceilings, baselines=baselines, reference_usage=usage)
 
 
 def score_value(result: Score | Failure | None) -> float:

@@ -8,14 +8,13 @@ neuron, and the same per category, so it shows where cheap methods fail.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from neuron_explainer.eval.methods import Method, MethodRun, Usage, explain_and_score, score_value
+from neuron_explainer.eval.methods import Method, MethodRun, Usage, run_method, score_value
 from neuron_explainer.eval.store import PLANTED_LAYER, PlantedRecordingConfig, PlantedSubject, build_planted_store
 from neuron_explainer.eval.suite import PlantedSuite, load_suite
 from neuron_explainer.eval.tables import clip, json_ready, number, percent, table
@@ -46,7 +45,9 @@ class PlantedEvalConfig:
     only: tuple[str, ...] = ()
     """Evaluate only these neurons or categories (all when empty)."""
     split: SplitConfig = field(default_factory=SplitConfig)
-    """Window split (explain / calibrate / score)."""
+    """Window split (explain / score; calibration sizes stay at the nightly run's defaults)."""
+    db: str | None = None
+    """Results database the run writes (None: a temporary one per method)."""
     concurrency: int = 8
     """Neurons processed at once."""
     good_score: float = GOOD_SCORE
@@ -265,14 +266,12 @@ def run_planted_eval(config: PlantedEvalConfig, *, progress: bool = False) -> Pl
                                   progress=progress)
     store = RecordStore.open(planted.path)
     neurons = [NeuronId(PLANTED_LAYER, index) for index in indices]
-    records = {neuron: store.load_neuron(neuron.layer, neuron.neuron) for neuron in neurons}
     concepts = {neuron: suite.neurons[neuron.neuron].concept for neuron in neurons}
     subject = PlantedSubject(suite, tokenizer)
     reports = []
     for method in config.methods:
-        run = asyncio.run(explain_and_score(method, records, split=config.split, subject=subject,
-                                            concept_texts=concepts, concurrency=config.concurrency,
-                                            progress=progress))
+        run = run_method(method, str(planted.path), neurons, split=config.split, subject=subject,
+                         concept_texts=concepts, db=config.db, concurrency=config.concurrency, progress=progress)
         reports.append(method_report(run, suite, indices, good_score=config.good_score))
     return PlantedReport(
         suite=suite.name, suite_source=suite.source, suite_hash=suite.content_hash[:16], store=str(planted.path),
