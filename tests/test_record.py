@@ -338,7 +338,9 @@ def test_recording_is_deterministic_and_reused(tmp_path, tiny_llama, text_corpus
     assert manifest_matches(first.manifest, config)
     assert not manifest_matches(first.manifest, RecordConfig(**{**config.__dict__, "seed": 1}))
     assert not manifest_matches(first.manifest, RecordConfig(**{**config.__dict__, "layers": "0-1"}))
-    assert manifest_matches(first.manifest, RecordConfig(**{**config.__dict__, "batch_size": 3}))
+    assert manifest_matches(first.manifest, RecordConfig(**{**config.__dict__, "batch_size": 3, "dtype": "fp32"}))
+    assert not manifest_matches(first.manifest, RecordConfig(**{**config.__dict__, "dtype": "bfloat16"}))
+    assert not manifest_matches(first.manifest, config, model_fingerprint="other")
     changed = record(RecordConfig(**{**config.__dict__, "seed": 1}), tmp_path / "a", progress=False)
     assert not changed.reused and changed.manifest.seed == 1
 

@@ -22,14 +22,20 @@ from typing import Any
 import numpy as np
 
 from neuron_explainer.activations.accumulate import RecordingAccumulator
-from neuron_explainer.activations.store import MANIFEST_FILE, Manifest, RecordStore, StoreWriter
+from neuron_explainer.activations.store import (
+    MANIFEST_FILE,
+    RUN_ONLY_CONFIG_FIELDS,
+    Manifest,
+    RecordStore,
+    StoreWriter,
+)
 from neuron_explainer.errors import UserError
 from neuron_explainer.subject.neurons import parse_layers
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOWS = 2000
-_RUN_ONLY_CONFIG_FIELDS = frozenset({"device", "batch_size", "dtype", "layers"})
+_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 class RecordPolarity(str, Enum):
@@ -119,11 +125,16 @@ class RecordSummary:
 
 def manifest_matches(manifest: Manifest, config: RecordConfig, *, model_fingerprint: str | None = None,
                      corpus_hash: str | None = None, compute_dtype: str | None = None) -> bool:
-    """True when a complete store answers `config` (fingerprint, corpus hash and dtype checked when given)."""
+    """True when a complete store answers `config`.
+
+    Compares every content-defining field of the request; fingerprint and corpus hash only when given (they
+    need the model and corpus at hand), dtype when given or when the config names one (`auto` resolves per
+    machine). Device and batch size never matter.
+    """
     if not manifest.complete:
         return False
-    requested = {key: value for key, value in config.as_dict().items() if key not in _RUN_ONLY_CONFIG_FIELDS}
-    recorded = {key: value for key, value in manifest.config.items() if key not in _RUN_ONLY_CONFIG_FIELDS}
+    requested = {key: value for key, value in config.as_dict().items() if key not in RUN_ONLY_CONFIG_FIELDS}
+    recorded = {key: value for key, value in manifest.config.items() if key not in RUN_ONLY_CONFIG_FIELDS}
     if requested != recorded:
         return False
     try:
@@ -131,6 +142,8 @@ def manifest_matches(manifest: Manifest, config: RecordConfig, *, model_fingerpr
             return False
     except UserError:
         return False
+    if compute_dtype is None and config.dtype != "auto":
+        compute_dtype = _DTYPE_NAMES.get(config.dtype, config.dtype)
     checks = ((model_fingerprint, manifest.model_fingerprint), (corpus_hash, manifest.corpus_hash),
               (compute_dtype, manifest.compute_dtype))
     return all(wanted is None or wanted == recorded_value for wanted, recorded_value in checks)
@@ -257,7 +270,7 @@ def _accumulate_into_store(target: Path, manifest: Manifest, batches: Iterable[n
             raise UserError(f"corpus {manifest.corpus_spec!r} yields no window of {config.window_length} tokens: "
                             "its documents are all shorter; use a smaller --ctx or --pack")
         if accumulator.has_nan():
-            raise UserError("the model produced NaN activations (float16 overflow?); try --dtype float32")
+            raise UserError("the model produced NaN or infinite activations (float16 overflow?); try --dtype float32")
         if accumulator.windows < config.windows:
             logger.info("the corpus ran out after %d of %d windows", accumulator.windows, config.windows)
         random_window_ids = accumulator.random_window_ids()

@@ -54,7 +54,9 @@ _FLOAT16_MAX = float(np.finfo(np.float16).max)
 # Fields that describe a run rather than what was recorded; they do not enter the recording id.
 _RUN_ONLY_FIELDS = frozenset({"created_at", "complete", "elapsed_seconds", "device", "tool_version", "recording_id",
                               "activation_dtypes"})
-_RUN_ONLY_CONFIG_FIELDS = frozenset({"device", "batch_size"})
+# Config fields that do not change the content, or whose resolved values are identity fields of their own
+# (`layers` -> Manifest.layers, `dtype` -> Manifest.compute_dtype).
+RUN_ONLY_CONFIG_FIELDS = frozenset({"device", "batch_size", "dtype", "layers"})
 
 
 @dataclass(frozen=True)
@@ -123,7 +125,7 @@ class Manifest:
     def identity(self) -> dict[str, Any]:
         """The fields that define what was recorded (the input of recording_id)."""
         values = {key: value for key, value in asdict(self).items() if key not in _RUN_ONLY_FIELDS}
-        values["config"] = {key: value for key, value in self.config.items() if key not in _RUN_ONLY_CONFIG_FIELDS}
+        values["config"] = {key: value for key, value in self.config.items() if key not in RUN_ONLY_CONFIG_FIELDS}
         return values
 
     def with_recording_id(self) -> "Manifest":
@@ -287,6 +289,7 @@ class RecordStore:
         self._arrays: dict[tuple[int, str], np.ndarray] = {}
         self._vocab: list[str] | None = None
         self._tokens: np.ndarray | None = None
+        self._random_ids: np.ndarray | None = None
 
     @classmethod
     def open(cls, path: Path | str) -> "RecordStore":
@@ -352,7 +355,9 @@ class RecordStore:
     @property
     def random_window_ids(self) -> np.ndarray:
         """The shared random sample, ascending window ids."""
-        return np.load(self.path / RANDOM_WINDOWS_FILE)
+        if self._random_ids is None:
+            self._random_ids = np.load(self.path / RANDOM_WINDOWS_FILE)
+        return self._random_ids
 
     def neurons(self) -> list[NeuronId]:
         """Every recorded neuron."""
