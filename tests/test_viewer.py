@@ -305,3 +305,11 @@ def test_serve_command_runs_until_interrupted(site: Path) -> None:
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=10) == 0
     assert main(["serve", str(site / "assets")]) == 2
+
+
+def test_an_empty_database_gives_an_empty_site(tmp_path: Path) -> None:
+    with open_database(str(tmp_path / "empty.db")) as database:
+        result = export(database, "html", tmp_path / "site")
+    assert result.rows == 0 and any("no scored explanations match" in note for note in result.notes)
+    assert index_data(tmp_path / "site")["rows"] == []
+    assert "0 explained neurons" in (tmp_path / "site" / "index.html").read_text(encoding="utf-8")

@@ -32,4 +32,5 @@ def export_html(database: Database, out: Path, query: ExplanationQuery, *,
     return ExportResult("html", (summary.index,), summary.neurons, tuple(notes))
 
 
-__all__ = ["SITE_MARKER", "SiteOptions", "SiteSummary", "build_site", "export_html", "make_server", "serve_site", "site_url"]
+__all__ = ["SITE_MARKER", "SiteOptions", "SiteSummary", "build_site", "export_html", "make_server", "serve_site",
+           "site_url"]

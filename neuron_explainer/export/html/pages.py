@@ -66,7 +66,8 @@ def render_page(context: PageContext, *, title: str, root: str, kind: str, body:
     """A complete page; `body` must already be escaped HTML, `scripts` are src paths relative to the site root."""
     return Template(asset_text("page.html")).substitute(
         version=escape(context.version), title=escape(title), root=escape(root), page_kind=escape(kind),
-        crumbs=_links(crumbs, " › "), neighbours=_links(neighbours, " "), body=body, generated=escape(context.generated),
+        crumbs=_links(crumbs, " › "), neighbours=_links(neighbours, " "), body=body,
+        generated=escape(context.generated),
         scripts="\n".join(f'<script src="{escape(root + src)}"></script>' for src in scripts))
 
 

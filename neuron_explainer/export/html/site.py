@@ -79,7 +79,7 @@ class SiteOptions:
     threshold: float = GOOD_SCORE
     """Score from which a neuron counts as well explained (layer overviews)."""
     jobs: int = 0
-    """Processes writing neuron pages (0: one per CPU, up to MAX_AUTO_JOBS, for sites of PARALLEL_FROM
+    """Processes writing neuron pages (0: one per idle CPU, up to MAX_AUTO_JOBS, for sites of PARALLEL_FROM
     neurons or more; else 1)."""
     progress: bool = True
     """Show a progress bar on a terminal."""
@@ -178,7 +178,10 @@ def _prepare_target(out: Path) -> Path:
     if not out.parent.exists():
         raise UserError(f"cannot create {out}: directory {out.parent} does not exist")
     staging = out.parent / f".{out.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
-    staging.mkdir()
+    try:
+        staging.mkdir()
+    except OSError as exc:
+        raise UserError(f"cannot create {out}: {exc.strerror or exc}") from None
     return staging
 
 
@@ -525,7 +528,9 @@ def _jobs(options: SiteOptions, neurons: int) -> int:
     # Worker start-up (imports, opening the database) costs about a second; small sites are faster in-process.
     if neurons < PARALLEL_FROM:
         return 1
-    return max(1, min(os.cpu_count() or 1, MAX_AUTO_JOBS))
+    # Only CPUs that are idle now help: on a busy machine extra processes just compete with each other.
+    idle = (os.cpu_count() or 1) - os.getloadavg()[0]
+    return max(1, min(int(idle), MAX_AUTO_JOBS))
 
 
 def _neuron_pages(database: Database, staging: Path, options: SiteOptions, context: pages.PageContext,

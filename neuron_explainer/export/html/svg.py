@@ -42,7 +42,8 @@ def score_histogram(scores: Sequence[float], *, threshold: float, bins: int = 40
         bar_height = count / peak * plot_height
         start = low + index * (high - low) / bins
         end = start + (high - low) / bins
-        parts.append(f'<rect class="bar" x="{left + index * bar_width + 0.5:.1f}" y="{top + plot_height - bar_height:.1f}" '
+        parts.append(f'<rect class="bar" x="{left + index * bar_width + 0.5:.1f}" '
+                     f'y="{top + plot_height - bar_height:.1f}" '
                      f'width="{max(bar_width - 1, 0.5):.1f}" height="{bar_height:.1f}" fill="{_BAR}" '
                      f'data-count="{count}"><title>{start:.2f} to {end:.2f}: {count}</title></rect>')
     axis_y = top + plot_height
