@@ -82,7 +82,10 @@ def _open_out(out: str | Path) -> IO[str]:
     path = Path(out)
     if path.parent and not path.parent.exists():
         raise UserError(f"cannot write {path}: directory {path.parent} does not exist")
-    return path.open("w", encoding="utf-8")
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _summary(out: str | Path, neurons: int, batch: BatchSummary) -> CommandSummary:
@@ -105,11 +108,12 @@ def run_explain(records: str | Path, neurons: str, *, llm: str, out: str | Path,
     `simulator` (default: the best the backend allows).
     """
     from neuron_explainer.activations import RecordStore
-    from neuron_explainer.llm import make_backend
+    from neuron_explainer.llm import check_backend, make_backend
     from neuron_explainer.simulate import make_simulator
 
     if polarity not in POLARITY_CHOICES:
         raise UserError(f"unknown polarity {polarity!r}: use positive, negative or both")
+    check_backend(llm)
     store = RecordStore.open(records)
     selected = select_neurons(neurons, layers=store.layers, neurons_per_layer=store.neurons_per_layer)
 
@@ -158,9 +162,11 @@ def run_score(records: str | Path, neurons: str, *, explanations: str | Path, ou
     """Score the explanations (from `explain`'s JSONL) of the selected neurons; write JSONL to `out`.
     Shuffled baselines draw other neurons' explanations from the whole file, selected or not."""
     from neuron_explainer.activations import RecordStore
-    from neuron_explainer.llm import make_backend
+    from neuron_explainer.llm import check_backend, make_backend
     from neuron_explainer.simulate import make_simulator
 
+    if llm:
+        check_backend(llm)
     store = RecordStore.open(records)
     selected = set(select_neurons(neurons, layers=store.layers, neurons_per_layer=store.neurons_per_layer))
     every = read_explanations(explanations)

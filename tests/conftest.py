@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 
 from fake_openai_server import fake_openai  # noqa: F401 - registers the loopback OpenAI server fixture
+
+# Set before any test imports transformers: huggingface_hub reads it once, at import, and session fixtures (the
+# tiny models) run before the per-test fixture below; without it an unknown model id is looked up on the hub.
+os.environ["HF_HUB_OFFLINE"] = "1"
 from tiny_models import make_tiny_model
 
 

@@ -319,5 +319,6 @@ class RecordingAccumulator:
         return self.layers.pop(layer).summary(self.windows, random_order, self.token_reservoir.filled)
 
     def has_nan(self) -> bool:
-        """True when some activation seen so far was NaN (it poisons the running sums)."""
-        return any(bool(accumulator.total.isnan().any()) for accumulator in self.layers.values())
+        """True when some activation seen so far was NaN or infinite (either poisons the running sums: the sum of
+        squares stays non-finite once one is seen)."""
+        return any(not bool(accumulator.total_squares.isfinite().all()) for accumulator in self.layers.values())

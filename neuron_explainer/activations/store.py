@@ -166,12 +166,16 @@ class StoreWriter:
         if self.target.is_dir() and any(self.target.iterdir()) and not (self.target / MANIFEST_FILE).is_file():
             raise UserError(f"refusing to write into {self.target}: it is a non-empty directory that is not a "
                             "record store")
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale_staging(self.target)
         name = f".{self.target.name}.partial-{os.getpid()}-{secrets.token_hex(4)}"
         self.staging = self.target.parent / name
-        self.staging.mkdir()
-        self._raw_tokens = open(self.staging / _RAW_TOKENS_FILE, "wb")
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_staging(self.target)
+            self.staging.mkdir()
+            self._raw_tokens = open(self.staging / _RAW_TOKENS_FILE, "wb")
+        except OSError as exc:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            raise UserError(f"cannot write the record store {self.target}: {exc.strerror or exc}") from None
         self.window_length: int | None = None
         self.num_windows = 0
         self.activation_dtypes: dict[str, str] = {}

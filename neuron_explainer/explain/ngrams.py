@@ -40,7 +40,7 @@ import numpy as np
 from neuron_explainer.activations.records import NeuronRecord, Window
 from neuron_explainer.errors import UserError
 from neuron_explainer.explain.splits import SplitConfig, oriented_record, split_neuron
-from neuron_explainer.explain.types import Explanation, ExplainerKind, Polarity
+from neuron_explainer.explain.types import Explanation, ExplainerKind, Failure, Polarity
 from neuron_explainer.paths import cache_dir
 from neuron_explainer.subject.neurons import NeuronId
 
@@ -346,8 +346,13 @@ def _window_ngram_spans(tokens: Sequence[str], config: NgramConfig) -> Iterable[
                 yield ngram, int(token_at[span[0][1]]), int(token_at[span[-1][2] - 1])
 
 
-def explain_ngram(ngrams: NeuronNgrams, *, top: int = 5, split_seed: int = 0) -> Explanation:
-    """The LLM-free baseline explanation: the neuron's strongest n-grams quoted, e.g. `"foo", "bar baz"`."""
+def explain_ngram(ngrams: NeuronNgrams, *, top: int = 5, split_seed: int = 0) -> Explanation | Failure:
+    """The LLM-free baseline explanation: the neuron's strongest n-grams quoted, e.g. `"foo", "bar baz"`.
+
+    A Failure when no n-gram makes the neuron fire (a dead neuron): its "strongest" n-grams would be arbitrary.
+    """
+    if not any(value > 0 for value in ngrams.top_responses):
+        return Failure(ngrams.neuron, "explain", f"no {ngrams.polarity.value} activation in the explain windows")
     shown = ngrams.top_ngrams[:top]
     return Explanation(
         neuron=ngrams.neuron, text=", ".join(f'"{ngram}"' for ngram in shown), method=ExplainerKind.NGRAM,

@@ -44,8 +44,15 @@ def atomic_text_file(path: Path, *, newline: str | None = None) -> Iterator[IO[s
         raise UserError(f"cannot write {path}: directory {path.parent} does not exist")
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with temporary.open("w", encoding="utf-8", newline=newline) as handle:
+        handle = temporary.open("w", encoding="utf-8", newline=newline)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
+    try:
+        with handle:
             yield handle
         temporary.replace(path)
+    except OSError as exc:
+        # A full disk or a file system gone read-only mid-write: the old file (if any) is left as it was.
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}") from None
     finally:
         temporary.unlink(missing_ok=True)

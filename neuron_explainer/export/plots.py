@@ -46,7 +46,10 @@ def export_plots(database: Database, out: Path, query: ExplanationQuery) -> Expo
         raise UserError(f"{out} is a file; plots go into a directory")
     if not out.parent.exists():
         raise UserError(f"cannot create {out}: directory {out.parent} does not exist")
-    out.mkdir(exist_ok=True)
+    try:
+        out.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create {out}: {exc.strerror or exc}") from None
     best_query = dataclasses.replace(query, limit=None, best_per_neuron=True)
     best = [row for row in database.iter_query(best_query) if math.isfinite(row.score)]
     if not best:

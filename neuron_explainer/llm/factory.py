@@ -13,7 +13,7 @@ from neuron_explainer.llm.base import LLMBackend
 from neuron_explainer.llm.cache import ResponseCache
 from neuron_explainer.llm.ledger import UsageLedger
 from neuron_explainer.llm.limits import RateLimits
-from neuron_explainer.llm.openai_backend import OpenAIBackend, OpenAISettings, SlotMode
+from neuron_explainer.llm.openai_backend import OpenAIBackend, OpenAISettings, SlotMode, missing_key_error
 from neuron_explainer.llm.retry import RetryPolicy
 
 SPEC_HELP = ("use openai:MODEL, openai:MODEL@http://HOST:PORT/v1, local:HF_ID_OR_DIR, local:FILE.gguf or "
@@ -75,6 +75,18 @@ def parse_backend_spec(spec: str) -> BackendSpec:
     if not rest:
         raise UserError(f"LLM backend {spec!r} names no model: {SPEC_HELP}")
     return BackendSpec(kind=kind, model=rest, url=url, options=options)
+
+
+def check_backend(spec: str) -> None:
+    """Fail now where the first call would: a malformed spec, or an api.openai.com backend without its API key.
+    Loads no model and sends nothing, so a run can check its flags before it does any work."""
+    parsed = parse_backend_spec(spec)
+    if parsed.kind is not BackendKind.OPENAI:
+        return
+    settings = OpenAISettings(model=parsed.model, base_url=parsed.url or os.environ.get("OPENAI_BASE_URL") or None,
+                              key_env=parsed.options.get("key_env", "OPENAI_API_KEY"))
+    if settings.is_official and not os.environ.get(settings.key_env, "").strip():
+        raise missing_key_error(settings.key_env)
 
 
 def make_backend(spec: str, *, concurrency: int | None = None, rpm: float | None = None, tpm: float | None = None,

@@ -96,6 +96,12 @@ class OpenAISettings:
         return host == OFFICIAL_HOST_SUFFIX or host.endswith("." + OFFICIAL_HOST_SUFFIX)
 
 
+def missing_key_error(key_env: str) -> UserError:
+    """What an api.openai.com backend without its key says (at the first call, or before any work)."""
+    return UserError(f"{key_env} is not set: export your OpenAI API key, or use an OpenAI-compatible server with "
+                     "--llm openai:MODEL@http://HOST:PORT/v1")
+
+
 def display_url(url: str) -> str:
     """`url` without any user:password part, safe for names, logs and cache keys."""
     parts = urlsplit(url)
@@ -149,8 +155,7 @@ class OpenAIBackend(LLMBackend):
         if key:
             return key
         if self.settings.is_official:
-            raise UserError(f"{self.settings.key_env} is not set: export your OpenAI API key, or use an "
-                            f"OpenAI-compatible server with --llm openai:MODEL@http://HOST:PORT/v1")
+            raise missing_key_error(self.settings.key_env)
         return PLACEHOLDER_KEY
 
     def _loop_state(self) -> _LoopState:

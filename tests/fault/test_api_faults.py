@@ -15,7 +15,7 @@ from neuron_explainer.pipeline import RunConfig, run_pipeline
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from fake_openai_server import FakeOpenAIServer, Fault, RecordedRequest  # noqa: E402
-from fault.conftest import (ANSWER_FAULTS, FAST_OPTIONS, FATAL_FAULTS, TRANSIENT_FAULTS, FaultMix,  # noqa: E402
+from fault_harness import (ANSWER_FAULTS, FAST_OPTIONS, FATAL_FAULTS, TRANSIENT_FAULTS, FaultMix,  # noqa: E402
                             frequent_words, results_snapshot, rows, run_cli)
 from neuron_records import corpus_windows  # noqa: E402
 from scripted_llm import competent_model  # noqa: E402

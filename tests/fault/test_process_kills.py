@@ -27,7 +27,7 @@ from neuron_explainer.pipeline import RunConfig, recording_directory, run_pipeli
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
-from fault.conftest import integrity, results_snapshot, rows, word_store  # noqa: E402
+from fault_harness import integrity, results_snapshot, rows, word_store  # noqa: E402
 from neuron_records import corpus_windows  # noqa: E402
 from scripted_llm import competent_model  # noqa: E402
 

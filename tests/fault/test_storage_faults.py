@@ -10,55 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import sqlite3
-import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from fault.conftest import integrity, results_snapshot, rows, run_cli, run_cli_in_new_process  # noqa: E402
-
-
-@contextlib.contextmanager
-def read_only(path: Path) -> Iterator[None]:
-    """Make `path` (a file or a directory) unwritable for this process, whatever its privileges."""
-    if os.geteuid() != 0:
-        mode = path.stat().st_mode
-        path.chmod(mode & ~0o222)
-        try:
-            yield
-        finally:
-            path.chmod(mode)
-        return
-    if shutil.which("chattr") is None:
-        pytest.skip("running as root, where chmod does not stop writes, and chattr is not installed")
-    made = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"running as root, where chmod does not stop writes, and chattr +i is refused here: "
-                    f"{made.stderr.strip()}")
-    try:
-        yield
-    finally:
-        subprocess.run(["chattr", "-i", str(path)], check=True)
-
-
-@contextlib.contextmanager
-def small_disk(mount_point: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of `size` mounted at `mount_point` (skips where mounting is not permitted)."""
-    mount_point.mkdir()
-    made = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mount_point)],
-                          capture_output=True, text=True)
-    if made.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill (needs root and CAP_SYS_ADMIN): {made.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+from fault_harness import (integrity, read_only, results_snapshot, rows, run_cli, run_cli_in_new_process,  # noqa: E402
+                           small_disk)
 
 
 def _close_wal(db: Path) -> None:
