@@ -224,9 +224,10 @@ def neuron_page(context: PageContext, *, model_id: str, fingerprint: str, layer:
             "</section>"
             f"<section><h2>Activation statistics</h2>{_stats_table(stats)}</section>"
             f"<section><h2>Explanations</h2>{_explanations(rows)}</section>"
-            "<section id=scored-section><h2>Scored windows</h2><p class=note>Held-out windows each score was "
-            "computed on: true activations (left) and the simulator's 0–10 predictions (right). Hover a token for "
-            "its value.</p><div id=scored></div></section>"
+            "<section id=scored-section><h2>Scored windows</h2><p class=note>The windows stored with each score "
+            "(held-out windows it was computed on and calibration windows, labelled by split): true activations "
+            "(left) and the simulator's 0–10 predictions (right). Hover a token for its value.</p>"
+            "<div id=scored></div></section>"
             "<section id=record-section><h2>Recorded windows</h2>"
             f"<p class=note>{escape(record_note)}</p><div id=records></div></section>"
             f'<script type="application/json" id="neuron-data">{data_json}</script>')
