@@ -168,11 +168,19 @@ class ResultRow:
         for name in self.__dataclass_fields__:
             if name == "neuron":
                 continue
-            value = getattr(self, name)
-            if isinstance(value, float) and not math.isfinite(value):
-                value = None
-            out[name] = value
+            out[name] = _finite_or_none(getattr(self, name))
         return out
+
+
+def _finite_or_none(value: Any) -> Any:
+    """NaN and infinities become None, also inside dicts and lists (baselines hold NaN when undefined)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite_or_none(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(item) for item in value]
+    return value
 
 
 _scores = ScoreRow.__table__
