@@ -5,8 +5,9 @@ Throughput: the same batches run through (a) a bare forward pass truncated at th
 batch by batch and alternating which goes first, so machine load hits both alike. The ratio
 record throughput / bare throughput should be >= 0.90.
 
-Memory: the full `record` command runs in a fresh subprocess for N and 4N windows; peak RSS should agree within
-10% (the recorder keeps nothing per window in memory).
+Memory: `record` runs in a fresh subprocess for N and 4N windows; the peak resident set of the recording itself
+(the high-water mark is reset after the model loads) should agree within 10%: the recorder keeps nothing per
+window in memory.
 
 Dtype: bare forward tokens/s in float32 vs bfloat16 on the same batches, interleaved.
 
@@ -25,24 +26,22 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
-def _batches(subject, windows: int, batch_size: int, length: int) -> list:
+def _batches(subject: Any, windows: int, batch_size: int) -> list:
     from neuron_explainer.corpus import open_corpus, window_batches
 
     corpus = open_corpus("python-docs")
-    return list(window_batches(corpus.documents(), subject.tokenizer, length=length, max_windows=windows,
+    return list(window_batches(corpus.documents(), subject.tokenizer, length=64, max_windows=windows,
                                batch_size=batch_size))
 
 
-def throughput(model: str, layers: list[int], windows: int, batch_size: int, dtype: str) -> dict:
+def throughput(subject: Any, layers: list[int], batches: list) -> dict:
     """Interleaved bare-forward vs record-step timing over the same batches."""
     from neuron_explainer.activations.accumulate import RecordingAccumulator
     from neuron_explainer.activations.recorder import record_batch
-    from neuron_explainer.subject import Subject
 
-    subject = Subject.load(model, dtype=dtype)
-    batches = _batches(subject, windows, batch_size, 64)
     accumulator = RecordingAccumulator({layer: subject.neurons_per_layer for layer in layers}, positions=64,
                                        top_k=40, random_k=40, quantile_tokens=2048, both=False, seed=0)
     deepest = max(layers)
@@ -71,15 +70,11 @@ def throughput(model: str, layers: list[int], windows: int, batch_size: int, dty
             "record_windows_per_s": count / record_seconds, "throughput_ratio": bare_seconds / record_seconds}
 
 
-def dtype_speed(model: str, layers: list[int], windows: int, batch_size: int) -> dict:
-    """Bare forward tokens/s in float32 and bfloat16 on the same batches, interleaved."""
-    from neuron_explainer.subject import Subject
-
-    subjects = {name: Subject.load(model, dtype=name) for name in ("float32", "bfloat16")}
-    batches = _batches(subjects["float32"], windows, batch_size, 64)
-    seconds = {name: [] for name in subjects}
+def dtype_speed(subjects: dict[str, Any], layers: list[int], batches: list) -> dict:
+    """Bare forward tokens/s per dtype on the same batches, interleaved."""
+    seconds: dict[str, list[float]] = {name: [] for name in subjects}
     deepest = max(layers)
-    for name, subject in subjects.items():
+    for subject in subjects.values():
         subject.forward_only(batches[0], deepest_layer=deepest)
     for index, batch in enumerate(batches):
         order = list(subjects) if index % 2 == 0 else list(reversed(subjects))
@@ -95,7 +90,7 @@ def dtype_speed(model: str, layers: list[int], windows: int, batch_size: int) ->
 
 
 def peak_memory(model: str, layer_spec: str, windows: int, batch_size: int) -> float:
-    """Peak RSS (MiB) of a full `record` run in a fresh process."""
+    """Peak RSS (MiB) of a `record` run, in a fresh process, counted from after the model has loaded."""
     with tempfile.TemporaryDirectory() as directory:
         output = subprocess.run(
             [sys.executable, __file__, "--memory-child", "--model", model, "--layers", layer_spec,
@@ -106,10 +101,22 @@ def peak_memory(model: str, layer_spec: str, windows: int, batch_size: int) -> f
 
 def memory_child(args: argparse.Namespace) -> None:
     from neuron_explainer.activations import RecordConfig, record
+    from neuron_explainer.subject import Subject
 
-    record(RecordConfig(model=args.model, layers=args.layers, windows=args.windows, batch_size=args.batch_size),
-           args.out, progress=False)
-    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    subject = Subject.load(args.model, dtype=args.dtype)
+    # Loading a checkpoint briefly holds two copies of the weights; reset the high-water mark so the figure is
+    # the recording's own peak (Linux: writing 5 to clear_refs resets VmHWM).
+    resettable = Path("/proc/self/clear_refs").exists()
+    if resettable:
+        Path("/proc/self/clear_refs").write_text("5")
+    record(RecordConfig(model=args.model, layers=args.layers, windows=args.windows, batch_size=args.batch_size,
+                        dtype=args.dtype), args.out, progress=False, subject=subject)
+    if resettable:
+        status = Path("/proc/self/status").read_text()
+        peak_kib = next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmHWM:"))
+        print(peak_kib / 1024)
+    else:
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def main() -> None:
@@ -119,8 +126,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=640, help="windows for the throughput comparison")
     parser.add_argument("--memory-windows", type=int, default=256, help="N for the N vs 4N memory comparison")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--dtype", default="float32", help="dtype of the throughput comparison")
-    parser.add_argument("--quick", action="store_true", help="small sizes (under a minute)")
+    parser.add_argument("--dtype", default="float32", help="dtype of the throughput and memory runs")
+    parser.add_argument("--quick", action="store_true", help="small sizes (about a minute on 2 idle cores)")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-dtype", action="store_true")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
@@ -129,34 +136,36 @@ def main() -> None:
     if args.memory_child:
         memory_child(args)
         return
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.disable_progress_bar()
-    from neuron_explainer.subject import describe_model, parse_layers
+    from neuron_explainer.subject import Subject, describe_model, parse_layers
 
     if args.quick:
-        args.windows, args.memory_windows = 160, 64
+        args.windows, args.memory_windows = 96, 32
     info = describe_model(args.model)
     layers = parse_layers(args.layers, info.num_layers)
+    subject = Subject.load(args.model, dtype=args.dtype)
+    batches = _batches(subject, args.windows, args.batch_size)
     result: dict = {"bench": "record", "model": args.model, "layers": args.layers, "dtype": args.dtype,
                     "batch_size": args.batch_size, "threads": _threads()}
-    figures = throughput(args.model, layers, args.windows, args.batch_size, args.dtype)
+    figures = throughput(subject, layers, batches)
     result.update(figures)
     print(f"record vs bare forward ({figures['windows']} windows, layers {args.layers}, {args.dtype}): "
           f"{figures['record_windows_per_s']:.1f} vs {figures['bare_windows_per_s']:.1f} windows/s, "
           f"ratio {figures['throughput_ratio']:.3f} (target >= 0.90)")
     if not args.skip_dtype:
-        speeds = dtype_speed(args.model, layers, min(args.windows, 320), args.batch_size)
+        subjects = {name: subject if args.dtype == name else Subject.load(args.model, dtype=name)
+                    for name in ("float32", "bfloat16")}
+        speeds = dtype_speed(subjects, layers, batches[:max(2, len(batches) // 2)])
         result.update(speeds)
         print(f"bare forward: float32 {speeds['float32_tokens_per_s']:.0f} tok/s, bfloat16 "
               f"{speeds['bfloat16_tokens_per_s']:.0f} tok/s (bf16 speed-up {speeds['bf16_speedup']:.2f}x)")
+        del subjects
+    del subject, batches
     if not args.skip_memory:
         small = peak_memory(args.model, args.layers, args.memory_windows, args.batch_size)
         large = peak_memory(args.model, args.layers, 4 * args.memory_windows, args.batch_size)
         result.update({"memory_windows": args.memory_windows, "peak_rss_mib_n": small, "peak_rss_mib_4n": large,
                        "memory_ratio": large / small})
-        print(f"peak RSS: {small:.0f} MiB for {args.memory_windows} windows, {large:.0f} MiB for "
+        print(f"peak RSS while recording: {small:.0f} MiB for {args.memory_windows} windows, {large:.0f} MiB for "
               f"{4 * args.memory_windows} (ratio {large / small:.3f}, target <= 1.10)")
     print(json.dumps({key: round(value, 4) if isinstance(value, float) else value for key, value in result.items()}))
 
@@ -168,4 +177,5 @@ def _threads() -> int:
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     main()

@@ -186,7 +186,7 @@ def record(config: RecordConfig, out_dir: Path | str, *, progress: bool = True, 
     path = _accumulate_into_store(
         target, manifest, batches, feed, neurons={layer: subject.neurons_per_layer for layer in layers},
         config=config, device=subject.loaded.device, vocab=lambda: token_strings(subject.tokenizer),
-        progress=progress, started=started)
+        progress=progress)
     return RecordSummary(path=path, manifest=RecordStore.open(path).manifest, reused=False,
                          seconds=time.perf_counter() - started)
 
@@ -245,16 +245,17 @@ def record_activations(target: Path | str, *, token_ids: np.ndarray, vocab: Sequ
 
     return _accumulate_into_store(Path(target), manifest, batches, feed,
                                   neurons={layer: manifest.neurons_per_layer for layer in activations},
-                                  config=config, device="cpu", vocab=lambda: list(vocab), progress=False,
-                                  started=time.perf_counter())
+                                  config=config, device="cpu", vocab=lambda: list(vocab), progress=False)
 
 
 def _accumulate_into_store(target: Path, manifest: Manifest, batches: Iterable[np.ndarray],
                            feed: Callable[[np.ndarray, RecordingAccumulator], None], *, neurons: Mapping[int, int],
                            config: RecordConfig, device: Any,
-                           vocab: Callable[[], Sequence[str]], progress: bool, started: float) -> Path:
+                           vocab: Callable[[], Sequence[str]], progress: bool) -> Path:
+    """The streaming pass and the store; the manifest's elapsed_seconds covers exactly this."""
     from tqdm import tqdm
 
+    started = time.perf_counter()
     accumulator = RecordingAccumulator(
         neurons, positions=config.window_length, top_k=config.top_k, random_k=config.random_k,
         quantile_tokens=config.quantile_sample_tokens, both=RecordPolarity(config.polarity) is RecordPolarity.BOTH,

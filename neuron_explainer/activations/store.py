@@ -110,7 +110,7 @@ class Manifest:
     created_at: str = ""
     """ISO-8601 UTC time the store was finalised."""
     elapsed_seconds: float = 0.0
-    """Wall time of the recording."""
+    """Wall time of the streaming pass and writing the store (not model loading)."""
     tool_version: str = __version__
     """neuron-explainer version that wrote the store."""
     recording_id: str = ""

@@ -172,7 +172,8 @@ def load_config(location: str) -> Any:
     from transformers import AutoConfig
 
     try:
-        return AutoConfig.from_pretrained(location)
+        with _quiet_transformers():
+            return AutoConfig.from_pretrained(location)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load model {location!r}: not a local model directory and not reachable on the "
                         f"Hugging Face hub ({_first_line(exc)})") from None
@@ -203,19 +204,23 @@ def _load_hf(location: str, torch_dtype: Any, *, causal_lm: bool) -> tuple[Any, 
 @contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Hide transformers' loading bars and load reports (an unused LM head is expected when loading the
-    backbone), so commands print only their own output and errors stay one line; -vv shows them."""
+    backbone) and the hub client's retry warnings, so commands print only their own output and errors stay
+    one line; -vv shows them."""
     from transformers.utils import logging as hf_logging
 
     if logger.isEnabledFor(logging.DEBUG):
         yield
         return
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hub_logger = logging.getLogger("huggingface_hub")
+    verbosity, bars, hub_level = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled(), hub_logger.level
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    hub_logger.setLevel(logging.ERROR)
     try:
         yield
     finally:
         hf_logging.set_verbosity(verbosity)
+        hub_logger.setLevel(hub_level)
         if bars:
             hf_logging.enable_progress_bar()
 
