@@ -122,11 +122,11 @@ def test_a_bad_key_or_empty_account_stops_the_run_with_one_line(word_store_200: 
                                                                 capsys: pytest.CaptureFixture[str]) -> None:
     db = tmp_path / "night.db"
     with FakeOpenAIServer(responder=competent_model) as server:
-        # Healthy for the first 40 requests, then every request fails the fatal way (as a revoked key would).
-        server.fault_policy = lambda request: FATAL_FAULTS[fatal]() if request.index >= 40 else None
+        # Healthy for the first 20 requests, then every request fails the fatal way (as a revoked key would).
+        server.fault_policy = lambda request: FATAL_FAULTS[fatal]() if request.index >= 20 else None
         spec = server.backend_spec("competent", FAST_OPTIONS)
         flags = ["run", "--records", str(word_store_200), "--db", f"sqlite:///{db}", "--explainer", "token-pairs",
-                 "--simulator", "generated", "--llm", spec, "--neurons", "0:0-39", "--concurrency", "4",
+                 "--simulator", "generated", "--llm", spec, "--neurons", "0:0-11", "--concurrency", "4",
                  "--score-top-windows", "2", "--score-random-windows", "2", "--explain-windows", "6"]
         assert run_cli(flags) == 2
         err = capsys.readouterr().err
@@ -137,7 +137,7 @@ def test_a_bad_key_or_empty_account_stops_the_run_with_one_line(word_store_200: 
         assert all(line.startswith("WARNING ") for line in logged)  # log lines (a missing price), no traceback
         # Stopped at once: no failure rows were written for the neurons it never got to, and few requests followed.
         assert rows(db, "select count(*) from failures") == [(0,)]
-        assert requests_when_stopped < 40 + 4 * 6 * 2
+        assert requests_when_stopped < 20 + 4 * 6 * 2
         [(status, error)] = rows(db, "select status, error from runs")
         assert status == "failed" and expected in error
 
@@ -146,7 +146,7 @@ def test_a_bad_key_or_empty_account_stops_the_run_with_one_line(word_store_200: 
         server.fault_policy = None
         assert run_cli(flags) == 0
     after = results_snapshot(db)
-    assert set(stored_before["scores"]) <= set(after["scores"]) and len(after["scores"]) == 40
+    assert set(stored_before["scores"]) <= set(after["scores"]) and len(after["scores"]) == 12
     assert [status for (status,) in rows(db, "select status from runs order by id")] == ["completed", "failed"]
 
 

@@ -34,7 +34,7 @@ from scripted_llm import competent_model  # noqa: E402
 LLM_TRIALS = 7
 DB_TRIALS = 7
 RECORDING_TRIALS = 6
-NEURONS = 10
+NEURONS = 6
 POLL_S = 0.002
 
 
@@ -137,7 +137,7 @@ def corpus_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _record_config(model: Path, corpus: Path, root: Path, db: Path) -> RunConfig:
     return RunConfig(db=f"sqlite:///{db}", model=str(model), corpus=str(corpus), layers="all",
-                     records_root=str(root), ctx=16, windows=600, top_k=12, random=12, neurons="0-1:0-5",
+                     records_root=str(root), ctx=16, windows=320, top_k=12, random=12, neurons="0-1:0-5",
                      explainers=("ngram",), simulator="lexical", concurrency=2, explain_windows=4,
                      score_top_windows=3, score_random_windows=3, dtype="float32", device="cpu")
 
@@ -155,7 +155,7 @@ def test_sigkill_while_recording_never_leaves_a_store_that_looks_complete(tiny_l
         db = tmp_path / f"killed-{trial}.db"
         config = _record_config(tiny_llama, corpus_file, root, db)
         target = recording_directory(config)
-        wanted_bytes = rng.randint(1, 40) * 16 * 8 * 4  # a seeded number of batches of 8 windows written
+        wanted_bytes = rng.randint(1, 20) * 8 * 16 * 4  # 8 to 160 windows of 16 int32 token ids written
 
         def recording_under_way() -> bool:
             staging = list(root.glob(f".{target.name}.partial-*/tokens.partial.bin")) if root.exists() else []
