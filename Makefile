@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow install bench clean
+.PHONY: demo test test-slow install browser bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,7 +27,13 @@ demo: $(STAMP)
 	@echo
 	@echo "Viewer: open file://$(CURDIR)/site/index.html, or run: $(BIN)/neuron-explainer serve site"
 
-test: $(STAMP)
+# Debian's Chromium drives the viewer's browser tests; without it (no root, no apt) those tests skip.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1; } || \
+	  echo "chromium is not installable here: the browser tests will be skipped"
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)

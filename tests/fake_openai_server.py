@@ -224,6 +224,7 @@ class FakeOpenAIServer:
         self.requests: list[RecordedRequest] = []
         self.max_in_flight = 0
         self.answered = 0
+        self._epoch = 0
         """Complete normal answers sent (what a provider bills; faults and cut-off bodies excluded)."""
         self.answered_prompt_tokens = 0
         """Prompt tokens reported in those answers."""
@@ -269,6 +270,8 @@ class FakeOpenAIServer:
             self._faults.clear()
             self.max_in_flight = 0
             self.answered = self.answered_prompt_tokens = self.answered_completion_tokens = 0
+            # Slow answers to requests from before the reset must not count as answers after it.
+            self._epoch += 1
 
     # -- inspection ----------------------------------------------------------------------------------------------
     def count(self, path: str | None = None) -> int:
@@ -323,9 +326,11 @@ class FakeOpenAIServer:
         with self._lock:
             self._in_flight -= 1
 
-    def _delivered(self, answer: dict[str, Any]) -> None:
+    def _delivered(self, answer: dict[str, Any], epoch: int) -> None:
         usage = answer.get("usage") or {}
         with self._lock:
+            if epoch != self._epoch:
+                return
             self.answered += 1
             self.answered_prompt_tokens += int(usage.get("prompt_tokens") or 0)
             self.answered_completion_tokens += int(usage.get("completion_tokens") or 0)
@@ -509,13 +514,14 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             except ValueError:
                 body = None
             headers = {name.lower(): value for name, value in self.headers.items()}
+            epoch = server._epoch
             request, fault = server._record(self.path, body, headers)
             try:
-                self._handle(request, fault)
+                self._handle(request, fault, epoch)
             finally:
                 server._done()
 
-        def _handle(self, request: RecordedRequest, fault: Fault | None) -> None:
+        def _handle(self, request: RecordedRequest, fault: Fault | None, epoch: int) -> None:
             if request.path not in ("/v1/chat/completions", "/v1/completions"):
                 self._send_json(404, {"error": {"message": f"no route {request.path}", "type": "invalid_request_error",
                                                 "code": "not_found", "param": None}})
@@ -563,7 +569,7 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
                 self.close_connection = True
                 return
             self._send_raw(200, answer, "application/json")
-            server._delivered(payload)
+            server._delivered(payload, epoch)
 
         def _send_json(self, status: int, payload: dict[str, Any], headers: Mapping[str, str] | None = None) -> None:
             self._send_raw(status, json.dumps(payload).encode(), "application/json", headers)

@@ -82,6 +82,18 @@ def test_new_simulator_rescores_without_re_explaining(store: Path, tmp_path: Pat
     assert [row[0] for row in _rows(db, "select distinct simulator from scores")] == ["generated", "lexical"]
 
 
+def test_rescore_replaces_scores_without_duplicates(store: Path, tmp_path: Path) -> None:
+    db = tmp_path / "n.db"
+    run_pipeline(_config(store, db, neurons="0:0-3"), progress=False)
+    before = _rows(db, "select explanation_id, run_id from scores")
+    summary = run_pipeline(_config(store, db, neurons="0:0-3", rescore=True), progress=False)
+    after = _rows(db, "select explanation_id, run_id from scores")
+    assert (summary.explained, summary.scored) == (0, 4)
+    assert [row[0] for row in after] == [row[0] for row in before]
+    assert {row[1] for row in before} == {1} and {row[1] for row in after} == {summary.run_id} == {2}
+    assert _rows(db, "select count(*) from score_windows") == [(4,)]
+
+
 def test_limit_and_sample(store: Path, tmp_path: Path) -> None:
     db = tmp_path / "n.db"
     limited = run_pipeline(_config(store, db, limit=5), progress=False)

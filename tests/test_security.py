@@ -71,7 +71,11 @@ def test_a_night_with_a_sentinel_key_writes_it_nowhere(tmp_path: Path, monkeypat
         server.fault_policy = lambda request: Fault.http_status(401, code="invalid_api_key", message=echo)
         assert run_cli([*night, "--rescore"]) == 2
     assert run_cli(["query", "--db", f"sqlite:///{db}", "--format", "json"]) == 0
-    assert run_cli(["show", "0:1", "--db", f"sqlite:///{db}", "--records", str(store), "--format", "json"]) == 0
+    # Which neuron drew the refused request depends on scheduling: show one that was explained.
+    [(layer, neuron)] = rows(db, "select n.layer, n.neuron from explanations e join neurons n on n.id = e.neuron_id "
+                                 "order by n.neuron limit 1")
+    assert run_cli(["show", f"{layer}:{neuron}", "--db", f"sqlite:///{db}", "--records", str(store),
+                    "--format", "json"]) == 0
     for format_name, out in (("csv", "x.csv"), ("jsonl", "x.jsonl"), ("latex", "x.tex"), ("markdown", "x.md"),
                              ("html", "site"), ("plots", "plots")):
         assert run_cli(["export", "--db", f"sqlite:///{db}", "--format", format_name, "--out",

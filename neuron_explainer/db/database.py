@@ -806,6 +806,27 @@ class Database:
         with self._read_engine.connect() as connection:
             return {NeuronId(row.layer, row.neuron) for row in connection.execute(statement)}
 
+    def delete_scores(self, *, explanation_key: str, score_key: str, neurons: Iterable[NeuronId]) -> int:
+        """Remove the scores (and their window details) of these neurons' explanations under `explanation_key`
+        stored under `score_key`, so they can be scored afresh (`run --rescore`); returns how many."""
+        wanted = {(neuron.layer, neuron.neuron) for neuron in neurons}
+        s, e, n = ScoreRow.__table__, ExplanationRow.__table__, NeuronRow.__table__
+        w = ScoreWindowsRow.__table__
+
+        def delete(connection: Connection) -> int:
+            rows = connection.execute(
+                select(s.c.id, n.c.layer, n.c.neuron)
+                .select_from(s.join(e, e.c.id == s.c.explanation_id).join(n, n.c.id == s.c.neuron_id))
+                .where(e.c.config_key == explanation_key, s.c.config_key == score_key)).all()
+            ids = [row.id for row in rows if (row.layer, row.neuron) in wanted]
+            for chunk in _chunks(ids):
+                connection.execute(w.delete().where(w.c.score_id.in_(list(chunk))))
+                connection.execute(s.delete().where(s.c.id.in_(list(chunk))))
+            return len(ids)
+
+        self.flush()
+        return self._writer.call(delete).result()
+
     def failed_neurons(self, *, stage: str, config_key: str) -> set[NeuronId]:
         """Neurons with a recorded failure at `stage` under `config_key` (in any run; subtract what succeeded)."""
         f = FailureRow.__table__

@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING, Any
 from neuron_explainer.activations import NeuronRecord
 from neuron_explainer.db import explanation_config_key
 from neuron_explainer.errors import UserError
-from neuron_explainer.explain import (ExplainConfig, ExplainerKind, Explanation, Failure, NgramConfig, NgramMode,
-                                      Polarity, SascConfig, explain_neuron, explain_ngram, explain_sasc,
+from neuron_explainer.explain import (ExplainConfig, ExplainerKind, Explanation, Failure, NeuronNgrams, NgramConfig,
+                                      NgramMode, Polarity, SascConfig, explain_neuron, explain_ngram, explain_sasc,
                                       load_prompt_files)
 from neuron_explainer.explain.ngrams import in_context_ngrams_for_record
 from neuron_explainer.explain.sasc import sasc_prompt_files
@@ -61,14 +61,19 @@ def make_explainer_jobs(pipeline: Pipeline, simulator: Simulator) -> list[Explai
         polarities.append(Polarity.NEGATIVE)
     jobs = []
     for name in config.explainers:
-        try:
-            method = ExplainerKind(name)
-        except ValueError:
-            names = ", ".join(kind.value for kind in ExplainerKind)
-            raise UserError(f"unknown explainer {name!r}: choose one of {names}") from None
+        method = explainer_kind(name)
         for polarity in polarities:
             jobs.append(_job(pipeline, simulator, method, polarity))
     return jobs
+
+
+def explainer_kind(name: str) -> ExplainerKind:
+    """The explainer a configured name means (UserError naming the choices)."""
+    try:
+        return ExplainerKind(name)
+    except ValueError:
+        names = ", ".join(kind.value for kind in ExplainerKind)
+        raise UserError(f"unknown explainer {name!r}: choose one of {names}") from None
 
 
 def _job(pipeline: Pipeline, simulator: Simulator, method: ExplainerKind, polarity: Polarity) -> ExplainerJob:
@@ -102,7 +107,7 @@ def _job(pipeline: Pipeline, simulator: Simulator, method: ExplainerKind, polari
         ngrams_for = _ngram_source(pipeline, ngram_mode, ngram_config, polarity)
 
         async def explain(record: NeuronRecord) -> Explanation | Failure:
-            return explain_ngram(ngrams_for(record), split_seed=split.seed)
+            return explain_ngram(await ngrams_for(record), split_seed=split.seed)
 
     else:
         backend = pipeline.backend(config.llm)
@@ -114,7 +119,7 @@ def _job(pipeline: Pipeline, simulator: Simulator, method: ExplainerKind, polari
         ngrams_for = _ngram_source(pipeline, ngram_mode, ngram_config, polarity)
 
         async def explain(record: NeuronRecord) -> Explanation | Failure:
-            return await explain_sasc(ngrams_for(record), pipeline.subject(), backend, config=sasc_config,
+            return await explain_sasc(await ngrams_for(record), pipeline.subject(), backend, config=sasc_config,
                                       split_seed=split.seed)
 
     manifest = pipeline.store.manifest
@@ -126,14 +131,13 @@ def _job(pipeline: Pipeline, simulator: Simulator, method: ExplainerKind, polari
 
 
 def _ngram_source(pipeline: Pipeline, mode: NgramMode, ngram_config: NgramConfig,
-                  polarity: Polarity) -> Callable[[NeuronRecord], Any]:
+                  polarity: Polarity) -> Callable[[NeuronRecord], Awaitable[NeuronNgrams]]:
     """Where a neuron's n-grams come from: its own explain windows (in-context, free) or the cached isolated sweep."""
-    if mode is NgramMode.IN_CONTEXT:
-        return lambda record: in_context_ngrams_for_record(record, split=pipeline.split, polarity=polarity,
-                                                           config=ngram_config)
 
-    def isolated(record: NeuronRecord) -> Any:
-        layer_responses = pipeline.isolated_ngrams(record.neuron.layer, ngram_config)
+    async def ngrams_for(record: NeuronRecord) -> NeuronNgrams:
+        if mode is NgramMode.IN_CONTEXT:
+            return in_context_ngrams_for_record(record, split=pipeline.split, polarity=polarity, config=ngram_config)
+        layer_responses = await pipeline.isolated_ngrams(record.neuron.layer, ngram_config)
         return layer_responses.for_neuron(record.neuron.neuron, top_k=ngram_config.top_k, polarity=polarity)
 
-    return isolated
+    return ngrams_for

@@ -28,11 +28,11 @@ from neuron_explainer.db import (Database, RecordingRef, RunStatus, explanation_
                                  score_config_key)
 from neuron_explainer.errors import UserError
 from neuron_explainer.explain import Failure, LayerNgramResponses, NgramConfig, SplitConfig
-from neuron_explainer.llm import CacheMode, LLMBackend, ResponseCache, UsageLedger, make_backend
+from neuron_explainer.llm import CacheMode, LLMBackend, ResponseCache, UsageLedger, check_backend, make_backend
 from neuron_explainer.pipeline.config import RunConfig, parse_deadline
-from neuron_explainer.pipeline.explainers import ExplainerJob, make_explainer_jobs
+from neuron_explainer.pipeline.explainers import ExplainerJob, explainer_kind, make_explainer_jobs
 from neuron_explainer.scoring import ScoreConfig, score_explanation
-from neuron_explainer.simulate import Score, Simulator, make_simulator
+from neuron_explainer.simulate import Score, Simulator, SimulatorKind, make_simulator
 from neuron_explainer.subject.neurons import NeuronId, parse_neuron_spec
 
 logger = logging.getLogger(__name__)
@@ -195,11 +195,13 @@ class Pipeline:
         self.run_id: int | None = None
         self.recording: RecordingRef | None = None
         self._backends: dict[str, LLMBackend] = {}
-        # A retry asks again: replaying the cached answer that failed (empty, misaligned) would fail the same way.
-        self._cache = ResponseCache.for_database(config.db,
-                                                 mode=CacheMode.REFRESH if config.retry_failed else CacheMode.USE)
+        # A retry or a rescore asks again: a cached answer would fail, or score, exactly the same way.
+        fresh = config.retry_failed or config.rescore
+        self._cache = ResponseCache.for_database(config.db, mode=CacheMode.REFRESH if fresh else CacheMode.USE)
         self._subject: Any = None
         self._layer_ngrams: dict[int, LayerNgramResponses] = {}
+        self._ngram_lock = asyncio.Lock()
+        self._selected_layers: set[int] = set()
 
     # --- backends ------------------------------------------------------------------------------------------
 
@@ -227,29 +229,34 @@ class Pipeline:
                                          hook_template=manifest.config.get("hook_template"))
         return self._subject
 
-    def isolated_ngrams(self, layer: int, ngram_config: NgramConfig) -> LayerNgramResponses:
-        """Every neuron's response to every corpus n-gram read alone, one cached sweep per layer."""
-        if layer not in self._layer_ngrams:
-            from neuron_explainer.corpus import open_corpus
-            from neuron_explainer.explain import isolated_ngram_responses
+    async def isolated_ngrams(self, layer: int, ngram_config: NgramConfig) -> LayerNgramResponses:
+        """Every neuron's response to every corpus n-gram read alone: one cached sweep covering all of the run's
+        layers (computed once, off the event loop; later layers come from the same pass)."""
+        async with self._ngram_lock:
+            if layer not in self._layer_ngrams:
+                from neuron_explainer.corpus import open_corpus
+                from neuron_explainer.explain import isolated_ngram_responses
 
-            manifest = self.store.manifest
-            texts = list(open_corpus(manifest.corpus_spec,
-                                     text_field=manifest.config.get("text_field", "text")).documents())
-            self._layer_ngrams.update(isolated_ngram_responses(self.subject(), [layer], texts, ngram_config,
-                                                               progress=True))
+                manifest = self.store.manifest
+                texts = list(open_corpus(manifest.corpus_spec,
+                                         text_field=manifest.config.get("text_field", "text")).documents())
+                layers = sorted((self._selected_layers | {layer}) - set(self._layer_ngrams))
+                self._layer_ngrams.update(await asyncio.to_thread(
+                    isolated_ngram_responses, self.subject(), layers, texts, ngram_config, progress=True))
         return self._layer_ngrams[layer]
 
     async def aclose(self) -> None:
-        """Release backends."""
+        """Release backends and the response cache file."""
         for backend in self._backends.values():
             await backend.aclose()
+        self._cache.close()
 
     # --- the run ---------------------------------------------------------------------------------------------
 
     async def run(self, neurons: list[NeuronId]) -> RunSummary:
         """Process `neurons`; returns the summary (the run row is finished by the caller's context)."""
         started = time.monotonic()
+        self._selected_layers = {neuron.layer for neuron in neurons}
         manifest = self.store.manifest
         self.recording = self.database.register_recording(
             model_id=manifest.model_id, fingerprint=manifest.model_fingerprint, path=str(self.store.path),
@@ -327,6 +334,8 @@ class Pipeline:
                 await self._process(neuron, jobs, simulator, score_keys)
                 self.tally.done += 1
                 self._persist_ledger()
+                # A full disk or read-only file stops the night here, not after every neuron has been paid for.
+                self.database.check_writes()
                 if self.on_progress is not None:
                     totals = self.ledger.totals()
                     self.on_progress(RunProgress(done=self.tally.done, total=total, failed=self.tally.failed,
@@ -372,6 +381,10 @@ class Pipeline:
                 continue
             if self.config.baselines:
                 score = await self._with_baselines(record_, score, simulator, job)
+            if self.config.rescore:
+                # Replaced only now that the new score exists: an interrupted rescore loses nothing.
+                await asyncio.to_thread(self.database.delete_scores, explanation_key=job.key,
+                                        score_key=score_keys[job.key], neurons=[neuron])
             self.database.record_score(self.recording, score, explanation_key=job.key,
                                        config_key=score_keys[job.key], run_id=self.run_id)
             self.tally.scored += 1
@@ -398,9 +411,31 @@ async def _run_then_close(pipeline: Pipeline, neurons: list[NeuronId]) -> RunSum
         await pipeline.aclose()
 
 
+def check_inputs(config: RunConfig) -> None:
+    """Check what needs no work: explainer and simulator names, backend specs and API keys, and (with `records`)
+    the record store and the neuron selection. A run does this before it creates its database, so a mistyped
+    flag costs no model load and leaves nothing behind."""
+    needs_llm = False
+    for name in config.explainers:
+        needs_llm |= explainer_kind(name).value in ("token-pairs", "sasc")
+    if needs_llm:
+        check_backend(config.llm)
+    if config.simulator is not None:
+        try:
+            SimulatorKind(config.simulator)
+        except ValueError:
+            names = ", ".join(kind.value for kind in SimulatorKind)
+            raise UserError(f"unknown simulator {config.simulator!r}: choose one of {names}") from None
+    if config.simulator not in ("lexical", "embedding"):
+        check_backend(config.simulator_llm or config.llm)
+    if config.records is not None:
+        select_neurons(RecordStore.open(config.records), config)
+
+
 def run_pipeline(config: RunConfig, *, progress: bool = True,
                  on_progress: ProgressCallback | None = None) -> RunSummary:
     """Run one night: record or reuse, then every unit of work not yet stored. Resumable at any point."""
+    check_inputs(config)
     with open_database(config.db) as database:
         run_id = database.start_run(config=config.as_dict())
         status, error, summary = RunStatus.FAILED, None, None

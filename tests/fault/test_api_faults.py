@@ -56,7 +56,7 @@ def test_thirty_percent_faults_lose_nothing_and_duplicate_nothing(word_store_200
     poisoned = f'Description: the word "{frequent_words(corpus_windows(count=400, length=24), 40)[7]}"'
 
     def policy(request: RecordedRequest) -> Fault | None:
-        if mix.enabled and poisoned in request.body["messages"][-1]["content"]:
+        if mix.enabled and isinstance(request.body, dict) and poisoned in request.body["messages"][-1]["content"]:
             return Fault.server_error(503)
         return mix(request)
 
