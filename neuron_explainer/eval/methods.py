@@ -271,14 +271,16 @@ def _stored_results(db: str, *, model_id: str, neurons: Sequence[NeuronId], meth
                       if item.explanation.method is method.explainer and item.explanation.split_seed == seed
                       and item.explanation.polarity is Polarity.POSITIVE]
             if not stored:
-                explanations[neuron] = Failure(neuron, "explain", f"no explanation stored in {db} (see its failures)")
+                explanations[neuron] = Failure(neuron, "explain", "the run stored no explanation (a failure; keep "
+                                                                  "the results with --db to read why)")
                 continue
             newest = max(stored, key=lambda item: item.id)
             explanations[neuron] = newest.explanation
             matching = [item for item in newest.scores
                         if method.simulator is None or item.score.simulator is method.simulator]
             scores[neuron] = (max(matching, key=lambda item: item.id).score if matching
-                              else Failure(neuron, "score", f"no score stored in {db} (see its failures)"))
+                              else Failure(neuron, "score", "the run stored no score (a failure; keep the results "
+                                                            "with --db to read why)"))
     return explanations, scores
 
 
