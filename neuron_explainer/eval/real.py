@@ -366,16 +366,18 @@ def format_real_report(report: RealReport) -> str:
     for group in report.groups:
         lines += ["", f"{group.group}: gap (matched - shuffled) {number(group.gap)} = {number(group.matched_mean)} "
                       f"- {number(group.shuffled_mean)} over {group.gap_neurons} neurons"]
-        rows = [[str(layer), str(item.count), f"{100 * group.coverage.get(layer, 0):.0f}%", number(item.mean),
+        rows = [[str(layer), str(item.count), str(item.undefined), f"{100 * group.coverage.get(layer, 0):.0f}%",
+                 number(item.mean),
                  number(item.median), number(item.p10), number(item.p90),
                  number(item.fraction_above_half), number(item.mean_top), number(item.mean_random)]
                 for layer, item in group.layers.items()]
         overall = group.overall
-        rows.append(["all", str(overall.count), "", number(overall.mean), number(overall.median),
+        rows.append(["all", str(overall.count), str(overall.undefined), "", number(overall.mean),
+                     number(overall.median),
                      number(overall.p10), number(overall.p90), number(overall.fraction_above_half),
                      number(overall.mean_top), number(overall.mean_random)])
-        lines += table(["layer", "scored", "coverage", "mean", "median", "p10", "p90", ">=0.5", "top-only",
-                         "random-only"], rows)
+        lines += table(["layer", "scored", "undefined", "coverage", "mean", "median", "p10", "p90", ">=0.5",
+                        "top-only", "random-only"], rows)
     if report.agreement:
         lines += ["", "agreement between methods (Spearman across neurons)"]
         lines += table(["method", "method", "neurons", "spearman"],
