@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import importlib.metadata
 import json
 import os
 import platform
@@ -86,13 +87,16 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         info.setdefault("cpu", platform.processor())
-    probe = ("import json, torch; print(json.dumps({'torch': torch.__version__, 'threads': torch.get_num_threads(),"
-             " 'gpu': torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}))")
     try:
-        completed = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
-        info.update(json.loads(completed.stdout.strip().splitlines()[-1]))
-    except (subprocess.TimeoutExpired, json.JSONDecodeError, IndexError):
-        info["torch"] = "unknown"
+        info["torch"] = importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        info["torch"] = "not installed"
+    # Without importing torch (seconds): the NVIDIA driver lists its GPUs.
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout.strip()
+        info["gpu"] = "; ".join(listed.splitlines()) or None
+    except (OSError, subprocess.TimeoutExpired):
+        info["gpu"] = None
     try:
         info["commit"] = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
                                         capture_output=True, text=True, timeout=10).stdout.strip()
@@ -101,10 +105,10 @@ def machine() -> dict[str, Any]:
     return info
 
 
-def discover(only: set[str], skip: set[str]) -> list[Path]:
+def discover(directory: Path, only: set[str], skip: set[str]) -> list[Path]:
     """The bench scripts to run (by the name after `bench_`)."""
     scripts = []
-    for path in sorted(SCRIPTS.glob("bench_*.py")):
+    for path in sorted(directory.glob("bench_*.py")):
         name = path.stem.removeprefix("bench_")
         if name == "all" or (only and name not in only) or name in skip:
             continue
@@ -210,21 +214,23 @@ def render(results: list[dict[str, Any]], info: dict[str, Any], *, quick: bool) 
         "absolute figures.", "",
         "## Machine", "",
         f"- measured {when}, commit {info.get('commit', 'unknown')}",
-        f"- CPU: {info.get('cpu', 'unknown')}, {info.get('cpu_count')} cores"
-        f" (torch threads: {info.get('threads', 'unknown')}); memory {info.get('memory_gib', '?')} GiB; GPU: {gpu}",
+        f"- CPU: {info.get('cpu', 'unknown')}, {info.get('cpu_count')} cores; memory {info.get('memory_gib', '?')} GiB;"
+        f" GPU: {gpu}",
         f"- {info.get('platform')}, Python {info.get('python')}, torch {info.get('torch')}", "",
         "## Figures with a target", "",
         "| benchmark | figure | value | target | met |", "|---|---|---|---|---|",
     ]
-    by_bench = {result["figures"]["bench"]: result for result in results if "figures" in result}
+    # A script is bench_NAME.py; its JSON names the same bench (a failed script has no JSON to ask).
+    by_bench = {result["script"].removesuffix(".py").removeprefix("bench_"): result for result in results}
+    by_bench.update({result["figures"]["bench"]: result for result in results if "figures" in result})
     for target in TARGETS:
         result = by_bench.get(target.bench)
-        value = _lookup(result["figures"], target.key) if result else None
+        value = _lookup(result["figures"], target.key) if result and "figures" in result else None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             met = "yes" if target.met(float(value)) else "**no**"
             lines.append(f"| {target.bench} | {target.label} | {_cell(value)} | {target.target} | {met} |")
         else:
-            why = "not run" if result is None else "not reported"
+            why = "not run" if result is None else "failed" if "figures" not in result else "not reported"
             lines.append(f"| {target.bench} | {target.label} | ({why}) | {target.target} | - |")
     lines += ["", "## Runs", "", "| script | seconds | peak RSS (MiB) | status |", "|---|---|---|---|"]
     for result in results:
@@ -247,11 +253,12 @@ def main() -> int:
                         help="seconds per benchmark (default 600 with --quick, 7200 without)")
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown report to write")
     parser.add_argument("--json", default=None, help="also write every result to this JSON file")
+    parser.add_argument("--scripts", default=str(SCRIPTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     only = {name.strip() for name in args.only.split(",") if name.strip()}
     skip = {name.strip() for name in args.skip.split(",") if name.strip()}
     timeout = args.timeout or (600.0 if args.quick else 7200.0)
-    scripts = discover(only, skip)
+    scripts = discover(Path(args.scripts), only, skip)
     if not scripts:
         print("no benchmark scripts selected", file=sys.stderr)
         return 2
