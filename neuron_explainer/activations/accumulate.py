@@ -141,8 +141,11 @@ class TopK:
         self.slots[subset] = new_slots
         local_row, position = entering.nonzero(as_tuple=True)
         neuron_index = local_row if every_row else rows[local_row]
-        self.activations[neuron_index, new_slots[local_row, position]] = \
-            activations[batch_offset[local_row, position], :, neuron_index]
+        entering_rows = activations[batch_offset[local_row, position], :, neuron_index]
+        # index_copy_ on the flattened [neuron * k + slot, position] view copies whole rows; a two-index
+        # assignment computes an offset per element and was the costliest step of the merge.
+        flat_index = neuron_index * k + new_slots[local_row, position]
+        self.activations.view(-1, self.activations.shape[-1]).index_copy_(0, flat_index, entering_rows)
 
     def result(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """(window ids [neurons, count], activations [neurons, count, positions]) in rank order."""
