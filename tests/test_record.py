@@ -296,11 +296,11 @@ def test_recording_a_tiny_model_matches_brute_force(tmp_path, tiny_llama, text_c
 
     config = RecordConfig(model=str(tiny_llama), corpus=str(text_corpus), layers="0-1", window_length=16,
                           windows=50, top_k=6, random_k=5, batch_size=8, polarity=RecordPolarity.BOTH,
-                          store_dtype="float32")
+                          store_dtype="float32", dtype="float32")
     summary = record(config, tmp_path / "records", progress=False)
     store = RecordStore.open(summary.path)
     assert store.num_windows == 50 and store.layers == (0, 1)
-    subject = Subject.load(str(tiny_llama))
+    subject = Subject.load(str(tiny_llama), dtype="float32")
     token_ids = np.concatenate(list(window_batches(open_corpus(str(text_corpus)).documents(), subject.tokenizer,
                                                    length=16, max_windows=50, batch_size=50)))
     np.testing.assert_array_equal(store.token_ids, token_ids)
