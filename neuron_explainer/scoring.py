@@ -430,7 +430,6 @@ async def score_explanations(load_record: Callable[[NeuronId], NeuronRecord], ex
         for (method, polarity), texts in groups.items():
             for neuron, text in shuffled_explanations(texts, seed=config.split.seed).items():
                 shuffled[(method, polarity, neuron)] = text
-    counts = {"succeeded": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
     def unit(explanation: Explanation) -> Callable[[], Awaitable[Score | Failure]]:
         async def run() -> Score | Failure:
@@ -445,15 +444,5 @@ async def score_explanations(load_record: Callable[[NeuronId], NeuronRecord], ex
             return outcome
         return run
 
-    def collect(result: Score | Failure) -> None:
-        if isinstance(result, Score):
-            counts["succeeded"] += 1
-            counts["prompt_tokens"] += result.prompt_tokens
-            counts["completion_tokens"] += result.completion_tokens
-        else:
-            counts["failed"] += 1
-        on_result(result)
-
-    await run_units([unit(explanation) for explanation in explanations], concurrency=concurrency,
-                    on_result=collect, description="score", progress=progress)
-    return BatchSummary(**counts)
+    return await run_units([unit(explanation) for explanation in explanations], concurrency=concurrency,
+                           on_result=on_result, description="score", progress=progress)

@@ -39,6 +39,7 @@ from neuron_explainer import __version__
 from neuron_explainer.activations.accumulate import QUANTILE_PROBABILITIES, STATS_COLUMNS, LayerSummary
 from neuron_explainer.activations.records import NeuronRecord, NeuronStats, Window
 from neuron_explainer.errors import UserError
+from neuron_explainer.processes import process_alive
 from neuron_explainer.subject.neurons import NeuronId
 
 logger = logging.getLogger(__name__)
@@ -278,7 +279,7 @@ def remove_stale_staging(target: Path) -> None:
         pid_text = rest.split("-", 1)[0]
         if kind not in ("partial", "old") or not pid_text.isdigit() or not candidate.is_dir():
             continue
-        if int(pid_text) != os.getpid() and _process_alive(int(pid_text)):
+        if int(pid_text) != os.getpid() and process_alive(int(pid_text)):
             continue
         logger.info("removing leftover %s", candidate)
         shutil.rmtree(candidate, ignore_errors=True)
@@ -457,13 +458,3 @@ def _move_into_place(staging: Path, target: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

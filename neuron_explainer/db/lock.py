@@ -20,6 +20,7 @@ from sqlalchemy.exc import IntegrityError
 from neuron_explainer.db.codec import utc_iso
 from neuron_explainer.db.models import RunLockRow, RunRow
 from neuron_explainer.errors import UserError
+from neuron_explainer.processes import process_alive
 
 LOCK_ROW_ID = 1
 
@@ -45,19 +46,6 @@ class LockHolder:
 def this_host() -> str:
     """The host name recorded in locks and runs."""
     return socket.gethostname()
-
-
-def process_alive(pid: int) -> bool:
-    """Whether a process with this id exists on this host."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _holder(row: Row[Any]) -> LockHolder:

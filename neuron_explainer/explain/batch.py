@@ -34,12 +34,14 @@ class BatchSummary:
 
 
 async def run_units(units: Sequence[Callable[[], Awaitable[ResultT]]], *, concurrency: int,
-                    on_result: Callable[[ResultT], None], description: str, progress: bool = True) -> None:
+                    on_result: Callable[[ResultT], None], description: str, progress: bool = True) -> BatchSummary:
     """Await every unit with at most `concurrency` in flight, calling `on_result` as each finishes (in the
-    event loop thread, so the callback may write a file without locking)."""
+    event loop thread, so the callback may write a file without locking); returns the counts (a Failure is a
+    failed unit, anything else a success whose `prompt_tokens` / `completion_tokens` are added up)."""
     from tqdm import tqdm
 
     semaphore = asyncio.Semaphore(max(1, concurrency))
+    counts = {"succeeded": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0}
 
     async def guarded(unit: Callable[[], Awaitable[ResultT]]) -> ResultT:
         async with semaphore:
@@ -47,8 +49,16 @@ async def run_units(units: Sequence[Callable[[], Awaitable[ResultT]]], *, concur
 
     with tqdm(total=len(units), desc=description, unit="neuron", disable=not progress) as bar:
         for finished in asyncio.as_completed([guarded(unit) for unit in units]):
-            on_result(await finished)
+            result = await finished
+            if isinstance(result, Failure):
+                counts["failed"] += 1
+            else:
+                counts["succeeded"] += 1
+                counts["prompt_tokens"] += getattr(result, "prompt_tokens", 0)
+                counts["completion_tokens"] += getattr(result, "completion_tokens", 0)
+            on_result(result)
             bar.update(1)
+    return BatchSummary(**counts)
 
 
 async def explain_neurons(load_record: Callable[[NeuronId], NeuronRecord], neurons: Sequence[NeuronId],
@@ -57,8 +67,6 @@ async def explain_neurons(load_record: Callable[[NeuronId], NeuronRecord], neuro
                           ranker_factory: RankerFactory | None = None, concurrency: int = 8,
                           on_result: Callable[[Explanation | Failure], None], progress: bool = True) -> BatchSummary:
     """Explain every neuron for every polarity; `ranker_factory` is required when `config.candidates > 1`."""
-    counts = {"succeeded": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0}
-
     def unit(neuron: NeuronId, polarity: Polarity) -> Callable[[], Awaitable[Explanation | Failure]]:
         async def run() -> Explanation | Failure:
             record = load_record(neuron)
@@ -67,15 +75,6 @@ async def explain_neurons(load_record: Callable[[NeuronId], NeuronRecord], neuro
             return await explain_neuron(record, backend, config=unit_config, ranker=ranker)
         return run
 
-    def collect(result: Explanation | Failure) -> None:
-        if isinstance(result, Explanation):
-            counts["succeeded"] += 1
-            counts["prompt_tokens"] += result.prompt_tokens
-            counts["completion_tokens"] += result.completion_tokens
-        else:
-            counts["failed"] += 1
-        on_result(result)
-
     units = [unit(neuron, polarity) for neuron in neurons for polarity in polarities]
-    await run_units(units, concurrency=concurrency, on_result=collect, description="explain", progress=progress)
-    return BatchSummary(**counts)
+    return await run_units(units, concurrency=concurrency, on_result=on_result, description="explain",
+                           progress=progress)
