@@ -201,9 +201,9 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def render(results: list[dict[str, Any]], info: dict[str, Any], *, quick: bool) -> str:
+def render(results: list[dict[str, Any]], info: dict[str, Any], *, quick: bool, when: str | None = None) -> str:
     """docs/benchmarks.md."""
-    when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = when or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     gpu = info.get("gpu") or "none"
     lines = [
         "# Benchmarks", "",
@@ -211,7 +211,8 @@ def render(results: list[dict[str, Any]], info: dict[str, Any], *, quick: bool) 
         f"{'with `--quick` (small sizes)' if quick else '(full sizes)'} and collects each one's final JSON line. "
         "Regenerate with `.venv/bin/python scripts/bench_all.py" + (" --quick" if quick else "") + "`. "
         "Ratios are measured side by side within one run, so they hold across machines better than the "
-        "absolute figures.", "",
+        "absolute figures." + (" Quick sizes check that every benchmark runs; the targets are meant for full-size "
+                               "runs, and small sizes understate speed-ups." if quick else ""), "",
         "## Machine", "",
         f"- measured {when}, commit {info.get('commit', 'unknown')}",
         f"- CPU: {info.get('cpu', 'unknown')}, {info.get('cpu_count')} cores; memory {info.get('memory_gib', '?')} GiB;"
@@ -253,8 +254,16 @@ def main() -> int:
                         help="seconds per benchmark (default 600 with --quick, 7200 without)")
     parser.add_argument("--out", default=str(REPO / "docs" / "benchmarks.md"), help="markdown report to write")
     parser.add_argument("--json", default=None, help="also write every result to this JSON file")
+    parser.add_argument("--from-json", default=None,
+                        help="write the report from a JSON file saved with --json instead of running anything")
     parser.add_argument("--scripts", default=str(SCRIPTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        Path(args.out).write_text(render(saved["results"], saved["machine"], quick=saved["quick"],
+                                         when=saved.get("measured_at")), encoding="utf-8")
+        print(f"wrote {args.out}")
+        return 0
     only = {name.strip() for name in args.only.split(",") if name.strip()}
     skip = {name.strip() for name in args.skip.split(",") if name.strip()}
     timeout = args.timeout or (600.0 if args.quick else 7200.0)
@@ -263,6 +272,7 @@ def main() -> int:
         print("no benchmark scripts selected", file=sys.stderr)
         return 2
     info = machine()
+    measured_at = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     results = []
     for path in scripts:
         print(f"running {path.name}{' --quick' if args.quick else ''} ...", flush=True)
@@ -270,9 +280,9 @@ def main() -> int:
         status = result.get("error", "ok")
         print(f"  {result['seconds']} s, peak {result['peak_rss_mib']} MiB: {status}", flush=True)
         results.append(result)
-    Path(args.out).write_text(render(results, info, quick=args.quick), encoding="utf-8")
+    Path(args.out).write_text(render(results, info, quick=args.quick, when=measured_at), encoding="utf-8")
     print(f"wrote {args.out}")
-    summary = {"bench": "all", "quick": args.quick, "machine": info, "results": results}
+    summary = {"bench": "all", "quick": args.quick, "measured_at": measured_at, "machine": info, "results": results}
     if args.json:
         Path(args.json).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     print(json.dumps(summary))

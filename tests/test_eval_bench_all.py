@@ -58,3 +58,8 @@ def test_bench_all_collects_results_targets_failures_and_timeouts(tmp_path):
     assert "| llm | local slot simulator: batched + prefix-cached vs naive | (not run) |" in report
     assert "| nested.windows_per_s | 12.5 |" in report
     assert "| bench_db.py |" in report and "database exploded" in report
+
+    again = tmp_path / "again.md"
+    subprocess.run([sys.executable, str(BENCH_ALL), "--from-json", str(results), "--out", str(again)], check=True,
+                   capture_output=True, timeout=60)
+    assert again.read_text() == report
