@@ -111,13 +111,7 @@ class Usage:
     cost_usd: float | None = 0.0
     """Estimated cost; None when some call's model has no price."""
     calls: int = 0
-    """LLM calls (cache hits included)."""
-
-    def minus(self, other: "Usage") -> "Usage":
-        """This cumulative usage less an earlier snapshot."""
-        cost = None if self.cost_usd is None or other.cost_usd is None else self.cost_usd - other.cost_usd
-        return Usage(self.prompt_tokens - other.prompt_tokens, self.completion_tokens - other.completion_tokens,
-                     cost, self.calls - other.calls)
+    """LLM calls, cache hits included (0 for results read back from a database, which keeps them per run)."""
 
 
 def _snapshot(ledger: Any) -> Usage:
@@ -317,8 +311,7 @@ def _via_pipeline(method: Method, store: str, neurons: Sequence[NeuronId], *, mo
     simulators = {item.simulator for item in scores.values() if isinstance(item, Score)}
     resolved = replace(method, simulator=simulators.pop()) if len(simulators) == 1 else method
     usage = Usage(prompt_tokens=sum(item.prompt_tokens for item in made),
-                  completion_tokens=sum(item.completion_tokens for item in made), cost_usd=_price_of(made),
-                  calls=0)
+                  completion_tokens=sum(item.completion_tokens for item in made), cost_usd=_price_of(made))
     return MethodRun(method=resolved, explanations=explanations, scores=scores, product_usage=usage,
                      seconds=summary.seconds)
 

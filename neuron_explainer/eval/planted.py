@@ -1,7 +1,7 @@
 """`eval planted`: how well each method recovers neurons whose concept is known.
 
 Build (or reuse) the planted record store, run every requested explainer x simulator x backend on it through the
-product's explain and score calls, and report per method: recovery rate (the checker passes), mean and median
+nightly run, and report per method: recovery rate (the checker passes), mean and median
 score, the ceiling (score of the true concept), the floors (shuffled and empty explanations), tokens and cost per
 neuron, and the same per category, so it shows where cheap methods fail.
 """
