@@ -117,7 +117,7 @@ def test_in_context_ngrams_of_the_negative_side_read_the_bottom_windows() -> Non
 
 
 def test_ngram_explainer_quotes_the_top_ngrams() -> None:
-    windows = [_window(3, ["alpha", " beta", " gamma"], [5.0, 1.0, 0.0])]
+    windows = [_window(3, ["alpha", " beta", " gamma", " delta"], [5.0, 3.0, 2.8, 1.0])]
     ngrams = in_context_ngram_responses(NeuronId(1, 2), windows, NgramConfig(max_order=1))
     explanation = explain_ngram(ngrams, top=2, split_seed=4)
     assert explanation.text == '"alpha", "beta"'
@@ -129,6 +129,15 @@ def test_ngram_explainer_quotes_the_top_ngrams() -> None:
     assert explanation.extra["ngrams"] == ["alpha", "beta"]
     json.dumps(explanation.parameters)
     json.dumps(explanation.extra)
+
+
+def test_ngram_explainer_keeps_the_minimal_ngram_and_drops_weak_ones() -> None:
+    # "the" fires; every phrase containing it ties with it and says less; "cat" is below half of the strongest.
+    windows = [_window(0, ["the", " cat", " sat", " on", " the", " mat"], [4.0, 1.0, 0.0, 0.0, 4.0, 0.0])]
+    ngrams = in_context_ngram_responses(NeuronId(0, 0), windows, NgramConfig(max_order=3))
+    explanation = explain_ngram(ngrams)
+    assert explanation.text == '"the"'
+    assert explanation.parameters["relative_floor"] == 0.5 and explanation.parameters["subsumption"] == 0.9
 
 
 CORPUS = ["The quick brown fox jumps over the lazy dog.", "Numbers like 1, 2, 10 and 2024 appear in text.",

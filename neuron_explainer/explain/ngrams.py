@@ -346,20 +346,41 @@ def _window_ngram_spans(tokens: Sequence[str], config: NgramConfig) -> Iterable[
                 yield ngram, int(token_at[span[0][1]]), int(token_at[span[-1][2] - 1])
 
 
-def explain_ngram(ngrams: NeuronNgrams, *, top: int = 5, split_seed: int = 0) -> Explanation | Failure:
+NGRAM_EXPLANATION_DEFAULTS = {"top": 10, "relative_floor": 0.5, "subsumption": 0.9}
+"""How the LLM-free explanation picks n-grams (recorded in its parameters)."""
+
+
+def explain_ngram(ngrams: NeuronNgrams, *, top: int = 10, relative_floor: float = 0.5, subsumption: float = 0.9,
+                  split_seed: int = 0) -> Explanation | Failure:
     """The LLM-free baseline explanation: the neuron's strongest n-grams quoted, e.g. `"foo", "bar baz"`.
 
-    A Failure when no n-gram makes the neuron fire (a dead neuron): its "strongest" n-grams would be arbitrary.
+    Only n-grams within `relative_floor` of the strongest response are shown (at most `top`), and an n-gram is
+    skipped when a shorter n-gram inside it already reaches `subsumption` of its response: a response is the max
+    over an n-gram's tokens, so every phrase containing the firing word ties with the word itself, and quoting
+    five phrases around one word would say less than the word. A Failure when no n-gram makes the neuron fire
+    (a dead neuron): its "strongest" n-grams would be arbitrary.
     """
     if not any(value > 0 for value in ngrams.top_responses):
         return Failure(ngrams.neuron, "explain", f"no {ngrams.polarity.value} activation in the explain windows")
-    shown = ngrams.top_ngrams[:top]
+    strongest = max(ngrams.top_responses)
+    response_of = dict(zip(ngrams.top_ngrams, ngrams.top_responses))
+    shown: list[tuple[str, float]] = []
+    for ngram, value in zip(ngrams.top_ngrams, ngrams.top_responses):
+        if value < relative_floor * strongest or len(shown) == top:
+            break
+        words = ngram.split()
+        inner = (" ".join(words[start:start + length]) for length in range(1, len(words))
+                 for start in range(len(words) - length + 1))
+        if any(response_of.get(part, float("-inf")) >= subsumption * value for part in inner):
+            continue
+        shown.append((ngram, value))
     return Explanation(
-        neuron=ngrams.neuron, text=", ".join(f'"{ngram}"' for ngram in shown), method=ExplainerKind.NGRAM,
+        neuron=ngrams.neuron, text=", ".join(f'"{ngram}"' for ngram, _ in shown), method=ExplainerKind.NGRAM,
         polarity=ngrams.polarity, explainer_backend="none", explainer_model="none", prompt_hash="none",
-        parameters={**ngrams.parameters, "top": top}, source_window_ids=ngrams.window_ids, split_seed=split_seed,
+        parameters={**ngrams.parameters, "top": top, "relative_floor": relative_floor, "subsumption": subsumption},
+        source_window_ids=ngrams.window_ids, split_seed=split_seed,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        extra={"ngrams": list(shown), "responses": [round(value, 6) for value in ngrams.top_responses[:top]],
+        extra={"ngrams": [ngram for ngram, _ in shown], "responses": [round(value, 6) for _, value in shown],
                "std_over_ngrams": _json_float(ngrams.std), "ngram_source": ngrams.source},
     )
 

@@ -13,7 +13,7 @@ from neuron_explainer.errors import UserError
 from neuron_explainer.explain import (ExplainConfig, ExplainerKind, Explanation, Failure, NeuronNgrams, NgramConfig,
                                       NgramMode, Polarity, SascConfig, explain_neuron, explain_ngram, explain_sasc,
                                       load_prompt_files)
-from neuron_explainer.explain.ngrams import in_context_ngrams_for_record
+from neuron_explainer.explain.ngrams import NGRAM_EXPLANATION_DEFAULTS, in_context_ngrams_for_record
 from neuron_explainer.explain.sasc import sasc_prompt_files
 from neuron_explainer.explain.token_pairs import PROMPT_FILES as TOKEN_PAIR_PROMPTS
 from neuron_explainer.scoring import ScoreConfig, calibrate_ranker
@@ -103,7 +103,8 @@ def _job(pipeline: Pipeline, simulator: Simulator, method: ExplainerKind, polari
             return await explain_neuron(record, backend, config=explain_config, ranker=ranker)
 
     elif method is ExplainerKind.NGRAM:
-        parameters = {**split.as_dict(), **ngram_config.identity(), "mode": ngram_mode.value, "top": 5}
+        parameters = {**split.as_dict(), **ngram_config.identity(), "mode": ngram_mode.value,
+                      **NGRAM_EXPLANATION_DEFAULTS}
         ngrams_for = _ngram_source(pipeline, ngram_mode, ngram_config, polarity)
 
         async def explain(record: NeuronRecord) -> Explanation | Failure:
