@@ -168,14 +168,17 @@ def test_eval_real_command(results, capsys):
 
 def test_report_arithmetic_on_hand_made_results():
     def item(layer: int, neuron: int, group: str, seed: int, score: float, shuffled: float = math.nan,
-             text: str = "x") -> ScoredExplanation:
+             text: str = "x", order: int = 0) -> ScoredExplanation:
         return ScoredExplanation(neuron=NeuronId(layer, neuron), group=group, simulator="lexical", split_seed=seed,
-                                 text=text, score=score, score_top=score, score_random=0.0, shuffled=shuffled)
+                                 text=text, score=score, score_top=score, score_random=0.0, shuffled=shuffled,
+                                 order=order)
 
     items = [item(0, 0, "a", 0, 0.9, 0.1), item(0, 1, "a", 0, 0.5, 0.0), item(1, 0, "a", 0, 0.1, -0.1),
              item(1, 1, "a", 0, math.nan),
              item(0, 0, "a", 1, 0.8, text="y"), item(0, 1, "a", 1, 0.6), item(1, 0, "a", 1, 0.2),
-             item(0, 0, "b", 0, 0.3), item(0, 1, "b", 0, 0.2), item(1, 0, "b", 0, 0.1)]
+             item(0, 0, "b", 0, 0.3), item(0, 1, "b", 0, 0.2), item(1, 0, "b", 0, 0.1),
+             # An older, better result of the same method and seed does not count: the newest one does.
+             item(0, 0, "b", 0, 0.95, order=-1)]
     report = build_real_report(items, model_id="m", records="r", layers=(0, 1), neurons_per_layer=2)
     a, b = report.groups
     assert a.layers[0].mean == pytest.approx(0.7) and a.layers[1].count == 1 and a.layers[1].undefined == 1

@@ -5,6 +5,8 @@ store's subject model: the score distribution per layer, the matched-minus-shuff
 metric), agreement between methods (Spearman correlation across the neurons both scored) and stability (the
 same neuron explained and scored with two split seeds). Shuffled baselines come from the scores when they were
 stored with them (`--baselines`); otherwise they can be computed from the record store with a given simulator.
+When a neuron has several results of one method and split seed (a re-run with new prompts or settings), the
+newest counts.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ class ScoredExplanation:
     """Score of another neuron's explanation on this neuron (NaN when not computed)."""
     split: dict[str, Any] = field(default_factory=dict)
     """The split settings the score was made with (from its stored parameters), for baselines on the same windows."""
+    order: int = 0
+    """Increases with the time the score was stored (its row id): the newest result of a method wins."""
 
 
 @dataclass(frozen=True)
@@ -200,12 +204,13 @@ def spearman(first: Sequence[float], second: Sequence[float]) -> float:
 
 
 def _by_seed(items: Sequence[ScoredExplanation]) -> dict[int, dict[NeuronId, ScoredExplanation]]:
-    """Per split seed, one item per neuron (the best-scoring one when a neuron has several)."""
+    """Per split seed, one item per neuron: the newest, so a method re-run with new settings (prompts, explainer
+    parameters) reports its latest results rather than the best of old and new."""
     result: dict[int, dict[NeuronId, ScoredExplanation]] = {}
     for item in items:
         chosen = result.setdefault(item.split_seed, {})
         current = chosen.get(item.neuron)
-        if current is None or (math.isfinite(item.score) and not item.score <= current.score):
+        if current is None or item.order > current.order:
             chosen[item.neuron] = item
     return result
 
@@ -287,7 +292,8 @@ def load_scored_explanations(db: str, *, model_id: str, layers: Sequence[int] = 
         neuron=row.neuron, group=_group_label(row.method, row.explainer_model, row.simulator, row.simulator_model),
         simulator=row.simulator, split_seed=row.split_seed, text=row.text, score=row.score, score_top=row.pearson_top,
         score_random=row.pearson_random, shuffled=row.baselines.get("shuffled", NAN),
-        split={key: row.score_parameters[key] for key in _SPLIT_KEYS if key in row.score_parameters})
+        split={key: row.score_parameters[key] for key in _SPLIT_KEYS if key in row.score_parameters},
+        order=row.score_id)
         for row in rows if row.polarity == "positive"]
 
 
