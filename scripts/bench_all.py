@@ -75,7 +75,9 @@ TARGETS = (
 def machine() -> dict[str, Any]:
     """What the benchmarks ran on."""
     info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version(),
-                            "cpu_count": os.cpu_count()}
+                            "cpu_count": os.cpu_count(),
+                            # Other work on the machine slows every figure; ratios less so.
+                            "load_average": " / ".join(f"{value:.2f}" for value in os.getloadavg())}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -197,7 +199,11 @@ def _flatten(figures: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]
 
 def _cell(value: Any) -> str:
     if isinstance(value, float):
-        return f"{value:.4g}"
+        if abs(value) >= 1000:
+            return f"{value:,.0f}"
+        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.4g}"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10000:
+        return f"{value:,}"
     return str(value).replace("|", "\\|")
 
 
@@ -217,7 +223,8 @@ def render(results: list[dict[str, Any]], info: dict[str, Any], *, quick: bool, 
         f"- measured {when}, commit {info.get('commit', 'unknown')}",
         f"- CPU: {info.get('cpu', 'unknown')}, {info.get('cpu_count')} cores; memory {info.get('memory_gib', '?')} GiB;"
         f" GPU: {gpu}",
-        f"- {info.get('platform')}, Python {info.get('python')}, torch {info.get('torch')}", "",
+        f"- {info.get('platform')}, Python {info.get('python')}, torch {info.get('torch')}",
+        f"- load average (1 / 5 / 15 min) when the run started: {info.get('load_average', 'not recorded')}", "",
         "## Figures with a target", "",
         "| benchmark | figure | value | target | met |", "|---|---|---|---|---|",
     ]
