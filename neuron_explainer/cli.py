@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 
 EXIT_USER_ERROR = 2
 DEFAULT_DB = "sqlite:///neurons.db"
@@ -143,7 +143,7 @@ def _add_show_record(commands: argparse._SubParsersAction) -> None:
 def _cmd_show_record(args: argparse.Namespace) -> int:
     from neuron_explainer.activations import RecordStore
     from neuron_explainer.activations.display import WindowKind, format_record, record_as_dict
-    from neuron_explainer.subject.neurons import NeuronId
+    from neuron_explainer.core.neurons import NeuronId
 
     neuron = NeuronId.parse(args.neuron)
     record = RecordStore.open(args.records).load_neuron(neuron.layer, neuron.neuron)
@@ -224,9 +224,9 @@ def _add_show(commands: argparse._SubParsersAction) -> None:
 def _cmd_show(args: argparse.Namespace) -> int:
     import shutil
 
+    from neuron_explainer.core.neurons import NeuronId
     from neuron_explainer.db import open_database
     from neuron_explainer.export.terminal import format_neuron_detail, format_source_windows, neuron_detail_as_dict
-    from neuron_explainer.subject.neurons import NeuronId
 
     neuron = NeuronId.parse(args.neuron)
     with open_database(args.db, create=False) as database:

@@ -10,18 +10,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from neuron_explainer.errors import UserError
 from neuron_explainer.activations.records import NeuronRecord
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.neurons import NeuronId, parse_neuron_spec
+from neuron_explainer.core.units import BatchSummary
 from neuron_explainer.explain.api import CandidateRanker, ExplainConfig
-from neuron_explainer.explain.batch import BatchSummary, RankerFactory, explain_neurons
+from neuron_explainer.explain.batch import RankerFactory, explain_neurons
 from neuron_explainer.explain.serialize import explanation_from_dict, explanation_to_dict, failure_to_dict
 from neuron_explainer.explain.splits import SplitConfig
-from neuron_explainer.explain.types import Explanation, Failure, Polarity
+from neuron_explainer.explain.types import Explanation, Polarity
 from neuron_explainer.scoring import ScoreConfig, calibrate_ranker, score_explanations
 from neuron_explainer.simulate.base import Simulator
 from neuron_explainer.simulate.serialize import score_to_dict
 from neuron_explainer.simulate.types import Score
-from neuron_explainer.subject.neurons import NeuronId, parse_neuron_spec
 
 POLARITY_CHOICES = {"positive": (Polarity.POSITIVE,), "negative": (Polarity.NEGATIVE,),
                     "both": (Polarity.POSITIVE, Polarity.NEGATIVE)}

@@ -16,16 +16,17 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from neuron_explainer.activations.records import NeuronRecord, Window
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.neurons import NeuronId
+from neuron_explainer.core.units import BatchSummary, run_units
 from neuron_explainer.explain.api import CandidateRanker
-from neuron_explainer.explain.batch import BatchSummary, run_units
 from neuron_explainer.explain.formatting import MAX_SCALED
 from neuron_explainer.explain.splits import SplitConfig, check_no_leakage, oriented_record, split_neuron
-from neuron_explainer.explain.types import Explanation, Failure, Polarity
+from neuron_explainer.explain.types import Explanation, Polarity
 from neuron_explainer.llm.errors import LLMError
 from neuron_explainer.simulate.base import Simulator, WindowSimulation
 from neuron_explainer.simulate.types import Metrics, Score, ScoredWindow, WindowSplit
-from neuron_explainer.subject.neurons import NeuronId
 
 logger = logging.getLogger(__name__)
 

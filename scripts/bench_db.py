@@ -29,13 +29,13 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from neuron_explainer.core.neurons import NeuronId  # noqa: E402
 from neuron_explainer.db import (LLMCall, ExplanationQuery, explanation_config_key, open_database,  # noqa: E402
                                  score_config_key)
 from neuron_explainer.db.codec import dump_json  # noqa: E402
 from neuron_explainer.db.models import ExplanationRow, NeuronRow, ScoreRow, ScoreWindowsRow  # noqa: E402
 from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity  # noqa: E402
 from neuron_explainer.simulate.types import Metrics, Score, ScoredWindow, SimulatorKind, WindowSplit  # noqa: E402
-from neuron_explainer.subject.neurons import NeuronId  # noqa: E402
 
 TARGET_MS = 200.0
 WORDS = ("python keyword def class function return import module string number list dict tuple token bracket "

@@ -136,7 +136,8 @@ def main() -> None:
     if args.memory_child:
         memory_child(args)
         return
-    from neuron_explainer.subject import Subject, describe_model, parse_layers
+    from neuron_explainer.core.neurons import parse_layers
+    from neuron_explainer.subject import Subject, describe_model
 
     if args.quick:
         args.windows, args.memory_windows = 96, 32

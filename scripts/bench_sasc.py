@@ -19,10 +19,10 @@ import argparse
 import json
 import time
 
+from neuron_explainer.core.paths import cache_dir
 from neuron_explainer.corpus import PYTHON_DOCS, open_corpus
 from neuron_explainer.explain.ngrams import (NgramConfig, extract_ngrams, isolated_ngram_responses,
                                              ngram_word_prefix, text_responses)
-from neuron_explainer.paths import cache_dir
 from neuron_explainer.subject import Subject
 
 

@@ -24,11 +24,11 @@ import numpy as np
 
 from neuron_explainer.activations import LayerSummary, Manifest, RecordStore, write_store
 from neuron_explainer.activations.accumulate import QUANTILE_PROBABILITIES
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.db import ExplanationQuery, explanation_config_key, open_database, score_config_key
 from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity
 from neuron_explainer.export.html import SiteOptions, build_site
 from neuron_explainer.simulate.types import Metrics, Score, ScoredWindow, SimulatorKind, WindowSplit
-from neuron_explainer.subject.neurons import NeuronId
 
 NEURONS_PER_LAYER = 1536
 WINDOW_LENGTH = 64

@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from neuron_explainer.activations.records import NeuronRecord, NeuronStats, Window
-from neuron_explainer.subject.neurons import NeuronId
+from neuron_explainer.core.neurons import NeuronId
 
 _TOKEN = re.compile(r" ?[A-Za-z]+| ?\d{1,3}| ?[^\sA-Za-z\d]| *\n+|\s+")
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from neuron_explainer.activations import record_activations
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fault_harness import read_only, rows, run_cli, word_store  # noqa: E402

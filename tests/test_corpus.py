@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.corpus import PYTHON_DOCS, iter_windows, open_corpus, window_batches
 from neuron_explainer.corpus.python_docs import clean_text, python_docs_file
-from neuron_explainer.errors import UserError
 
 
 @pytest.fixture(scope="module")

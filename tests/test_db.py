@@ -20,11 +20,11 @@ import pytest
 from fixtures.db_factory import (FINGERPRINT, MANIFEST_HASH, MODEL_ID, explain_key, explanation, populate, register,
                                  score, score_key)
 from neuron_explainer.activations.records import NeuronStats
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.db import (SCHEMA_VERSION, DatabaseWriteError, ExplanationQuery, LLMCall, RunStatus,
                                  config_key, explanation_config_key, open_database)
-from neuron_explainer.errors import UserError
-from neuron_explainer.explain.types import Failure
-from neuron_explainer.subject.neurons import NeuronId
 
 FIXTURE_V1 = Path(__file__).parent / "fixtures" / "neurons_v1.db"
 

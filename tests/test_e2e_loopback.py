@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.explain import ExplainConfig, Explanation, explain_neuron
 from neuron_explainer.llm import make_backend
 from neuron_explainer.scoring import ScoreConfig, calibrate_ranker, score_explanations
 from neuron_explainer.simulate import Score, SimulatorKind, make_simulator
-from neuron_explainer.subject.neurons import NeuronId
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
@@ -187,7 +187,7 @@ def test_lost_requests_cost_their_window_and_a_dead_key_stops_the_run(records):
 def test_explainer_turns_a_lost_request_into_a_failure(records):
     from fake_openai_server import Fault
 
-    from neuron_explainer.explain import Failure
+    from neuron_explainer.core.failures import Failure
     from neuron_explainer.llm.retry import RetryPolicy
 
     async def flow():

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.eval import (PlantedEvalConfig, PlantedRecordingConfig, build_planted_store, load_suite,
                                    parse_methods, parse_suite, planted_activations, run_planted_eval)
 from neuron_explainer.eval.suite import BUILTIN_SUITE_PATH
@@ -346,10 +346,10 @@ def scripted_sasc_model(body: dict) -> str:
 
 def test_sasc_scores_its_candidates_on_the_planted_rules_themselves(tmp_path, tiny_tokenizer, small_suite_file):
     from neuron_explainer.activations import RecordStore
+    from neuron_explainer.core.neurons import NeuronId
     from neuron_explainer.eval import Method, PlantedSubject, explain_and_score, load_tokenizer
     from neuron_explainer.explain import ExplainerKind, Explanation
     from neuron_explainer.simulate import SimulatorKind
-    from neuron_explainer.subject.neurons import NeuronId
 
     suite = load_suite(small_suite_file)
     config = PlantedRecordingConfig(tokenizer=tiny_tokenizer, windows=600, window_length=32)

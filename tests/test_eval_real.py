@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.eval import run_real_eval
 from neuron_explainer.eval.real import ScoredExplanation, build_real_report, spearman
-from neuron_explainer.subject.neurons import NeuronId
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_openai_server import FakeOpenAIServer  # noqa: E402

@@ -10,13 +10,15 @@ from pathlib import Path
 import pytest
 
 from neuron_explainer.activations.records import NeuronRecord, NeuronStats, Window
-from neuron_explainer.explain import (ExplainConfig, Explanation, Failure, Polarity, SplitConfig, clean_explanation,
-                                      content_hash, explain_neuron, load_prompt_files, printable_token,
-                                      scale_activation, scale_activations, split_neuron)
+from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.neurons import NeuronId
+from neuron_explainer.core.prompts import content_hash, load_prompt_files
+from neuron_explainer.explain import (ExplainConfig, Explanation, Polarity, SplitConfig, clean_explanation,
+                                      explain_neuron, printable_token, scale_activation, scale_activations,
+                                      split_neuron)
 from neuron_explainer.explain.token_pairs import (PROMPT_FILES, ScaledWindow, build_prompt, estimate_tokens,
                                                  scale_windows)
 from neuron_explainer.llm.base import Capabilities, GenerateResult, Generation, LLMBackend, Message, Usage
-from neuron_explainer.subject.neurons import NeuronId
 
 sys.path.insert(0, str(Path(__file__).parent))
 from neuron_records import digit_activation, planted_record  # noqa: E402

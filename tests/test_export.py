@@ -15,8 +15,8 @@ import pytest
 
 from fixtures.db_factory import populate
 from neuron_explainer.cli import main
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.db import Database, ExplanationQuery, open_database
-from neuron_explainer.errors import UserError
 from neuron_explainer.export import FORMATS, export
 from neuron_explainer.export.escaping import csv_cell, latex_escape, markdown_escape
 from neuron_explainer.export.summary import layer_summaries

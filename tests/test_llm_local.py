@@ -131,7 +131,7 @@ def test_local_answers_are_cached_and_ledgered_at_zero_cost(tiny_llama, tmp_path
 
 
 def test_encoder_models_are_refused(tiny_model_factory) -> None:
-    from neuron_explainer.errors import UserError
+    from neuron_explainer.core.errors import UserError
 
     with pytest.raises(UserError, match="causal"):
         make_backend(f"local:{tiny_model_factory('bert')}")

@@ -9,7 +9,7 @@ import math
 import pytest
 
 from fake_openai_server import Fault, FakeOpenAIServer, Reply, ScriptedToken, fake_tokenize
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.llm import (
     CacheMode,
     LLMFatalError,

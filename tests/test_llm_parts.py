@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.llm import (
     BackendKind,
     LedgerEntry,

@@ -1,6 +1,6 @@
 import pytest
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.subject.loading import load_model, parse_model_spec
 
 

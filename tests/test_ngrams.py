@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 
 from neuron_explainer.activations.records import Window
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.neurons import NeuronId
+from neuron_explainer.core.paths import cache_dir
 from neuron_explainer.explain.ngrams import (
     NgramConfig,
     NgramMode,
@@ -26,8 +28,7 @@ from neuron_explainer.explain.ngrams import (
 )
 from neuron_explainer.explain.splits import SplitConfig, check_no_leakage, split_neuron
 from neuron_explainer.explain.types import ExplainerKind, Polarity
-from neuron_explainer.paths import cache_dir
-from neuron_explainer.subject import NeuronId, Subject
+from neuron_explainer.subject import Subject
 
 sys.path.insert(0, str(Path(__file__).parent))
 from neuron_records import digit_activation, planted_record, word_activation  # noqa: E402

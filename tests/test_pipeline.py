@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from neuron_explainer.activations import record_activations
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.db import open_database
-from neuron_explainer.errors import UserError
 from neuron_explainer.pipeline import RunConfig, run_pipeline
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.db import open_database
 from neuron_explainer.pipeline import RunConfig, run_pipeline
-from neuron_explainer.subject import NeuronId
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_openai_server import FakeOpenAIServer  # noqa: E402

@@ -10,9 +10,9 @@ import pytest
 
 from fixtures.db_factory import explain_key, explanation, populate, register, score, score_key
 from neuron_explainer.cli import main
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.db import Database, ExplanationQuery, open_database
-from neuron_explainer.errors import UserError
-from neuron_explainer.subject.neurons import NeuronId
 
 NAN = float("nan")
 

@@ -22,7 +22,7 @@ from neuron_explainer.activations import (
 )
 from neuron_explainer.activations.accumulate import QUANTILE_PROBABILITIES, RecordingAccumulator, Reservoir
 from neuron_explainer.activations.store import MANIFEST_FILE, remove_stale_staging
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 
 VOCAB = [f"t{index}" for index in range(50)]
 

@@ -14,7 +14,7 @@ import pytest
 
 from neuron_explainer.activations import RecordStore
 from neuron_explainer.cli import main
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 
 
 @pytest.fixture(scope="module")

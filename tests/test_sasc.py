@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.explain.ngrams import NgramConfig, isolated_ngram_responses, text_responses
 from neuron_explainer.explain.sasc import (
     SascConfig,
@@ -22,9 +24,9 @@ from neuron_explainer.explain.sasc import (
     sasc_prompt_files,
     synthetic_score,
 )
-from neuron_explainer.explain.types import ExplainerKind, Explanation, Failure
+from neuron_explainer.explain.types import ExplainerKind, Explanation
 from neuron_explainer.llm import make_backend
-from neuron_explainer.subject import NeuronId, Subject
+from neuron_explainer.subject import Subject
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_openai_server import FakeOpenAIServer  # noqa: E402

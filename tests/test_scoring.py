@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 
 from neuron_explainer.activations.records import NeuronRecord, NeuronStats, Window
-from neuron_explainer.errors import UserError
-from neuron_explainer.explain import ExplainerKind, Explanation, Failure, Polarity, SplitConfig, split_neuron
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.neurons import NeuronId
+from neuron_explainer.explain import ExplainerKind, Explanation, Polarity, SplitConfig, split_neuron
 from neuron_explainer.scoring import (ScoreConfig, absolute_dev_explained, bootstrap_interval, calibrate_ranker,
                                       compute_baselines, compute_metrics, fit_linear, matched_minus_shuffled,
                                       pearson, rsquared, score_explanation, shuffled_explanations)
 from neuron_explainer.simulate import (Score, ScoredWindow, SimulationResult, Simulator, SimulatorKind,
                                        WindowSimulation, WindowSplit)
-from neuron_explainer.subject.neurons import NeuronId
 
 
 def test_pearson_hand_computed():

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.llm.base import (Capabilities, GenerateResult, Generation, LLMBackend, Message, TokenLogprob,
                                        Usage)
 from neuron_explainer.simulate import (ACTIVATION_CANDIDATES, SimulatorKind, default_simulator_kind,

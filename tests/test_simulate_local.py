@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from neuron_explainer.explain import ExplainConfig, Failure, SplitConfig, explain_neuron
+from neuron_explainer.core.failures import Failure
+from neuron_explainer.explain import ExplainConfig, SplitConfig, explain_neuron
 from neuron_explainer.scoring import ScoreConfig, score_explanation
 from neuron_explainer.simulate import Score, SimulatorKind, WindowSplit, make_simulator
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from neuron_explainer.activations.records import NeuronRecord, NeuronStats, Window
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.explain import Polarity, SplitConfig, check_no_leakage, oriented_record, split_neuron
-from neuron_explainer.subject.neurons import NeuronId
 
 STATS = NeuronStats(count=1, mean=0.0, std=1.0, min=-3.0, max=5.0, fraction_positive=0.5,
                     quantiles=((0.1, -1.0), (0.9, 2.0)))

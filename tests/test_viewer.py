@@ -18,13 +18,13 @@ import pytest
 
 from neuron_explainer.activations import RecordStore
 from neuron_explainer.cli import main
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.db import ExplanationQuery, open_database
-from neuron_explainer.errors import UserError
 from neuron_explainer.export import export
 from neuron_explainer.export.html import SITE_MARKER, SiteOptions, build_site, make_server, site_url
 from neuron_explainer.export.html.encoding import script_json
 from neuron_explainer.export.html.site import model_slug, neuron_href
-from neuron_explainer.subject.neurons import NeuronId
 from viewer_site import (HOSTILE_EXPLANATION, HOSTILE_MODEL, HOSTILE_TOKENS, LAYERS, NEURONS_PER_LAYER,
                          ViewerWorld, build_world, pearson_of, sasc_pearson_of)
 

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 
 from neuron_explainer.activations import RecordStore, record_activations
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.db import explanation_config_key, open_database, score_config_key
 from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity
 from neuron_explainer.simulate.types import Metrics, Score, ScoredWindow, SimulatorKind, WindowSplit
-from neuron_explainer.subject.neurons import NeuronId
 
 LAYERS = (0, 1)
 NEURONS_PER_LAYER = 6

@@ -29,8 +29,8 @@ from neuron_explainer.activations.store import (
     RecordStore,
     StoreWriter,
 )
-from neuron_explainer.errors import UserError
-from neuron_explainer.subject.neurons import parse_layers
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.neurons import parse_layers
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from neuron_explainer.subject.neurons import NeuronId
+from neuron_explainer.core.neurons import NeuronId
 
 
 @dataclass(frozen=True)

@@ -38,9 +38,9 @@ import numpy as np
 from neuron_explainer import __version__
 from neuron_explainer.activations.accumulate import QUANTILE_PROBABILITIES, STATS_COLUMNS, LayerSummary
 from neuron_explainer.activations.records import NeuronRecord, NeuronStats, Window
-from neuron_explainer.errors import UserError
-from neuron_explainer.processes import process_alive
-from neuron_explainer.subject.neurons import NeuronId
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.neurons import NeuronId
+from neuron_explainer.core.processes import process_alive
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from neuron_explainer.paths import cache_dir
+from neuron_explainer.core.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.corpus.python_docs import PYTHON_DOCS, python_docs_file
-from neuron_explainer.errors import UserError
 
 TEXT_SUFFIXES = frozenset({".txt", ".md", ".rst"})
 DIRECTORY_SUFFIXES = TEXT_SUFFIXES | {".jsonl", ".parquet"}

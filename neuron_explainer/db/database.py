@@ -28,6 +28,9 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
 from neuron_explainer.activations.records import NeuronStats
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.db import lock as run_lock
 from neuron_explainer.db.codec import (dump_json, float_or_none, load_json, none_to_nan, redact, truncate,
                                        utc_iso)
@@ -37,10 +40,8 @@ from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, ExplanationRow, Fa
 from neuron_explainer.db.query import ExplanationQuery, ResultRow, run_query
 from neuron_explainer.db.schema import SCHEMA_VERSION, has_search_index, prepare_schema, upgrade_step
 from neuron_explainer.db.writer import BatchApplier, DatabaseWriteError, Writer
-from neuron_explainer.errors import UserError
-from neuron_explainer.explain.types import ExplainerKind, Explanation, Failure, Polarity
+from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity
 from neuron_explainer.simulate.types import Metrics, Score, ScoredWindow, SimulatorKind, WindowSplit
-from neuron_explainer.subject.neurons import NeuronId
 
 if TYPE_CHECKING:
     from neuron_explainer.llm.ledger import LedgerEntry

@@ -17,10 +17,10 @@ from typing import Any
 from sqlalchemy import Connection, Row, select, update
 from sqlalchemy.exc import IntegrityError
 
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.processes import process_alive
 from neuron_explainer.db.codec import utc_iso
 from neuron_explainer.db.models import RunLockRow, RunRow
-from neuron_explainer.errors import UserError
-from neuron_explainer.processes import process_alive
 
 LOCK_ROW_ID = 1
 

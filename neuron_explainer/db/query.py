@@ -16,14 +16,14 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, Select, and_, column, exists, func, or_, select, table
 
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.db.codec import load_json, none_to_nan
 from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, ExplanationRow, NeuronRow, RecordingRow, ScoreRow,
                                         SubjectModelRow)
 from neuron_explainer.db.schema import SEARCH_TABLE
-from neuron_explainer.errors import UserError
 from neuron_explainer.explain.types import ExplainerKind
 from neuron_explainer.simulate.types import SimulatorKind
-from neuron_explainer.subject.neurons import NeuronId
 
 MIN_SEARCH_INDEX_CHARS = 3
 """The trigram index finds substrings of at least this many characters; shorter ones fall back to LIKE."""

@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, inspect, select
 
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.db.codec import utc_iso
 from neuron_explainer.db.models import Base, MetaEntry
-from neuron_explainer.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -156,9 +156,4 @@ def upgrade_step(connection: Connection, from_version: int) -> None:
     UPGRADES[from_version](connection)
     _set_meta(connection, "schema_version", str(from_version + 1))
     _set_meta(connection, f"upgraded_to_{from_version + 1}_at", utc_iso())
-
-
-def meta_value(connection: Connection, key: str) -> str | None:
-    """One meta entry."""
-    return connection.execute(select(MetaEntry.value).where(MetaEntry.key == key)).scalar()
 

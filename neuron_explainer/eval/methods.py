@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from neuron_explainer.activations.records import NeuronRecord
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.explain.splits import SplitConfig
-from neuron_explainer.explain.types import ExplainerKind, Explanation, Failure, Polarity
+from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity
 from neuron_explainer.simulate.types import Score, SimulatorKind
-from neuron_explainer.subject.neurons import NeuronId
 
 logger = logging.getLogger(__name__)
 
@@ -174,8 +175,9 @@ async def _with_context(method: Method, records: Mapping[NeuronId, NeuronRecord]
 
 async def _explain(context: _Context, method: Method, neurons: Sequence[NeuronId], *, split: SplitConfig,
                    subject: Any, concurrency: int, progress: bool) -> dict[NeuronId, Explanation | Failure]:
+    from neuron_explainer.core.units import run_units
     from neuron_explainer.explain import ExplainConfig, explain_ngram, explain_sasc
-    from neuron_explainer.explain.batch import explain_neurons, run_units
+    from neuron_explainer.explain.batch import explain_neurons
     from neuron_explainer.explain.ngrams import in_context_ngrams_for_record
 
     results: dict[NeuronId, Explanation | Failure] = {}

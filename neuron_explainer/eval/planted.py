@@ -14,14 +14,15 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.eval.methods import Method, MethodRun, Usage, run_method, score_value
 from neuron_explainer.eval.store import PLANTED_LAYER, PlantedRecordingConfig, PlantedSubject, build_planted_store
 from neuron_explainer.eval.suite import PlantedSuite, load_suite
 from neuron_explainer.eval.tables import clip, json_ready, number, percent, table
 from neuron_explainer.explain.splits import SplitConfig
-from neuron_explainer.explain.types import Explanation, Failure
+from neuron_explainer.explain.types import Explanation
 from neuron_explainer.simulate.types import Score
-from neuron_explainer.subject.neurons import NeuronId
 
 NAN = float("nan")
 GOOD_SCORE = 0.7

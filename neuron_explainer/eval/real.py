@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.eval.tables import json_ready, number, table
-from neuron_explainer.subject.neurons import NeuronId
 
 NAN = float("nan")
 

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.paths import cache_dir
 from neuron_explainer.eval.rules import planted_activations
 from neuron_explainer.eval.suite import PlantedSuite
-from neuron_explainer.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 

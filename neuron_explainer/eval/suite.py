@@ -45,8 +45,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from neuron_explainer.errors import UserError
-from neuron_explainer.paths import DATA_DIR
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.paths import DATA_DIR
 
 BUILTIN_SUITE_PATH = DATA_DIR / "planted" / "builtin.toml"
 """The built-in suite."""

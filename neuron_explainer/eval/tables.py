@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 
 
 def json_ready(value: Any) -> Any:

@@ -1,8 +1,8 @@
 """explain stage: turn a neuron's record into a short natural-language explanation.
 
 Public surface: `explain_neuron(record, backend, config=, ranker=)`, `ExplainConfig`, the split (`SplitConfig`,
-`split_neuron`, `NeuronSplit`, `oriented_record`), prompt files (`load_prompt_files`, `PromptFiles`), and the
-record types from `types`.
+`split_neuron`, `NeuronSplit`, `oriented_record`) and the record types from `types` (`Failure`, shared by
+every stage, lives in `neuron_explainer.core`).
 
 SASC and the LLM-free n-gram explainer: `isolated_ngram_responses` (a layer's cached n-gram sweep) or
 `in_context_ngram_responses` -> `NeuronNgrams`; `explain_sasc(ngrams, subject, backend, config=)`, `SascConfig`;
@@ -14,14 +14,13 @@ from neuron_explainer.explain.formatting import printable_token, scale_activatio
 from neuron_explainer.explain.ngrams import (LayerNgramResponses, NeuronNgrams, NgramConfig, NgramMode, explain_ngram,
                                              in_context_ngram_responses, isolated_ngram_responses)
 from neuron_explainer.explain.parsing import ParsedExplanation, clean_explanation
-from neuron_explainer.explain.prompt_files import PromptFiles, content_hash, load_prompt_files
 from neuron_explainer.explain.sasc import SascConfig, explain_sasc
 from neuron_explainer.explain.splits import NeuronSplit, SplitConfig, check_no_leakage, oriented_record, split_neuron
-from neuron_explainer.explain.types import ExplainerKind, Explanation, Failure, Polarity
+from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity
 
-__all__ = ["CandidateRanker", "ExplainConfig", "ExplainerKind", "Explanation", "Failure", "NeuronSplit",
-           "ParsedExplanation", "Polarity", "PromptFiles", "SplitConfig", "check_no_leakage", "clean_explanation",
-           "content_hash", "explain_neuron", "load_prompt_files", "oriented_record", "printable_token",
+__all__ = ["CandidateRanker", "ExplainConfig", "ExplainerKind", "Explanation", "NeuronSplit",
+           "ParsedExplanation", "Polarity", "SplitConfig", "check_no_leakage", "clean_explanation",
+           "explain_neuron", "oriented_record", "printable_token",
            "scale_activation", "scale_activations", "split_neuron"]
 __all__ += ["LayerNgramResponses", "NeuronNgrams", "NgramConfig", "NgramMode", "SascConfig", "explain_ngram",
             "explain_sasc", "in_context_ngram_responses", "isolated_ngram_responses"]

@@ -9,12 +9,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from neuron_explainer.activations.records import NeuronRecord
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.prompts import load_prompt_files
 from neuron_explainer.explain.parsing import clean_explanation
-from neuron_explainer.explain.prompt_files import load_prompt_files
 from neuron_explainer.explain.splits import SplitConfig, oriented_record, split_neuron
 from neuron_explainer.explain.token_pairs import PROMPT_FILES, build_prompt, render_as_text, scale_windows
-from neuron_explainer.explain.types import ExplainerKind, Explanation, Failure, Polarity
+from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity
 from neuron_explainer.llm.base import LLMBackend
 from neuron_explainer.llm.errors import LLMError
 

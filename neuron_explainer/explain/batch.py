@@ -1,64 +1,20 @@
-"""Explaining many neurons concurrently, with a progress bar; results are handed to a callback as they finish."""
+"""Explaining many neurons concurrently through the shared unit-of-work runner (`core.units.run_units`)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import TypeVar
+from dataclasses import replace
 
 from neuron_explainer.activations.records import NeuronRecord
+from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.neurons import NeuronId
+from neuron_explainer.core.units import BatchSummary, run_units
 from neuron_explainer.explain.api import CandidateRanker, ExplainConfig, explain_neuron
-from neuron_explainer.explain.types import Explanation, Failure, Polarity
+from neuron_explainer.explain.types import Explanation, Polarity
 from neuron_explainer.llm.base import LLMBackend
-from neuron_explainer.subject.neurons import NeuronId
-
-ResultT = TypeVar("ResultT")
 
 RankerFactory = Callable[[NeuronRecord, Polarity], CandidateRanker]
 """Builds the best-of-n ranker of one neuron and polarity (see `neuron_explainer.scoring.calibrate_ranker`)."""
-
-
-@dataclass(frozen=True)
-class BatchSummary:
-    """Counts of a batch run."""
-
-    succeeded: int
-    """Units that produced a result."""
-    failed: int
-    """Units that produced a Failure."""
-    prompt_tokens: int
-    """Prompt tokens spent."""
-    completion_tokens: int
-    """Completion tokens spent."""
-
-
-async def run_units(units: Sequence[Callable[[], Awaitable[ResultT]]], *, concurrency: int,
-                    on_result: Callable[[ResultT], None], description: str, progress: bool = True) -> BatchSummary:
-    """Await every unit with at most `concurrency` in flight, calling `on_result` as each finishes (in the
-    event loop thread, so the callback may write a file without locking); returns the counts (a Failure is a
-    failed unit, anything else a success whose `prompt_tokens` / `completion_tokens` are added up)."""
-    from tqdm import tqdm
-
-    semaphore = asyncio.Semaphore(max(1, concurrency))
-    counts = {"succeeded": 0, "failed": 0, "prompt_tokens": 0, "completion_tokens": 0}
-
-    async def guarded(unit: Callable[[], Awaitable[ResultT]]) -> ResultT:
-        async with semaphore:
-            return await unit()
-
-    with tqdm(total=len(units), desc=description, unit="neuron", disable=not progress) as bar:
-        for finished in asyncio.as_completed([guarded(unit) for unit in units]):
-            result = await finished
-            if isinstance(result, Failure):
-                counts["failed"] += 1
-            else:
-                counts["succeeded"] += 1
-                counts["prompt_tokens"] += getattr(result, "prompt_tokens", 0)
-                counts["completion_tokens"] += getattr(result, "completion_tokens", 0)
-            on_result(result)
-            bar.update(1)
-    return BatchSummary(**counts)
 
 
 async def explain_neurons(load_record: Callable[[NeuronId], NeuronRecord], neurons: Sequence[NeuronId],

@@ -38,11 +38,12 @@ from typing import Any
 import numpy as np
 
 from neuron_explainer.activations.records import NeuronRecord, Window
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.neurons import NeuronId
+from neuron_explainer.core.paths import cache_dir
 from neuron_explainer.explain.splits import SplitConfig, oriented_record, split_neuron
-from neuron_explainer.explain.types import Explanation, ExplainerKind, Failure, Polarity
-from neuron_explainer.paths import cache_dir
-from neuron_explainer.subject.neurons import NeuronId
+from neuron_explainer.explain.types import Explanation, ExplainerKind, Polarity
 
 logger = logging.getLogger(__name__)
 

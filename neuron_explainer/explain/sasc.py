@@ -24,11 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.prompts import PromptFiles, load_prompt_files
 from neuron_explainer.explain.ngrams import NeuronNgrams, text_responses
 from neuron_explainer.explain.parsing import clean_explanation
-from neuron_explainer.explain.prompt_files import PromptFiles, load_prompt_files
-from neuron_explainer.explain.types import Explanation, ExplainerKind, Failure, Polarity
+from neuron_explainer.explain.types import Explanation, ExplainerKind, Polarity
 from neuron_explainer.llm.base import GenerateResult, LLMBackend, Message, Prompt
 from neuron_explainer.llm.errors import LLMError
 

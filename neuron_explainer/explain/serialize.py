@@ -5,8 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from neuron_explainer.explain.types import ExplainerKind, Explanation, Failure, Polarity
-from neuron_explainer.subject.neurons import NeuronId
+from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.neurons import NeuronId
+from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity
 
 RAW_OUTPUT_LIMIT = 4000
 """Characters of an unusable answer kept with its failure."""
@@ -51,8 +52,3 @@ def failure_to_dict(failure: Failure) -> dict[str, Any]:
     return {"type": "failure", "neuron": str(failure.neuron), "stage": failure.stage, "reason": failure.reason,
             "raw_output": failure.raw_output[:RAW_OUTPUT_LIMIT]}
 
-
-def failure_from_dict(data: dict[str, Any]) -> Failure:
-    """Inverse of `failure_to_dict`."""
-    return Failure(neuron=NeuronId.parse(data["neuron"]), stage=data["stage"], reason=data["reason"],
-                   raw_output=data.get("raw_output", ""))

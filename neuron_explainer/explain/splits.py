@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from neuron_explainer.activations.records import NeuronRecord, Window
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.explain.types import Polarity
 
 

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from neuron_explainer.activations.records import Window
+from neuron_explainer.core.prompts import PromptFiles, load_prompt_files
 from neuron_explainer.explain.formatting import format_pairs, scale_activations
-from neuron_explainer.explain.prompt_files import PromptFiles, load_prompt_files
 from neuron_explainer.llm.base import Message
 
 PROMPT_FILES = ("explainer/token_pairs/system.md", "explainer/token_pairs/request.md",

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from neuron_explainer.subject.neurons import NeuronId
+from neuron_explainer.core.neurons import NeuronId
 
 
 class ExplainerKind(str, Enum):
@@ -56,17 +56,3 @@ class Explanation:
     """Completion tokens spent making it (all candidates)."""
     extra: dict[str, Any] = field(default_factory=dict)
     """Method-specific details (SASC candidates and synthetic scores, best-of-n candidates), JSON-serialisable."""
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A unit of work that produced no usable result; stored so it can be retried and audited."""
-
-    neuron: NeuronId
-    """The neuron concerned."""
-    stage: str
-    """`explain`, `simulate`, `score` or `record`."""
-    reason: str
-    """One line saying what went wrong."""
-    raw_output: str = ""
-    """The unusable model answer, if any (truncated to a few KB by the writer)."""

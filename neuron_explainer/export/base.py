@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Protocol
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 
 if TYPE_CHECKING:
     from neuron_explainer.db import Database, ExplanationQuery

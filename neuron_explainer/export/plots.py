@@ -8,8 +8,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.db import Database, ExplanationQuery
-from neuron_explainer.errors import UserError
 from neuron_explainer.explain.types import ExplainerKind
 from neuron_explainer.export.base import ExportResult
 

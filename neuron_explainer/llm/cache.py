@@ -17,7 +17,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from neuron_explainer.paths import cache_dir
+from neuron_explainer.core.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 

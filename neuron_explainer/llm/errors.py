@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 
 # OpenAI echoes a masked key fragment in 401 messages ("Incorrect API key provided: sk-abc***xyz").
 _KEY_PATTERN = re.compile(r"\b(sk|pk|rk|key)-[A-Za-z0-9_\-*.]{3,}")

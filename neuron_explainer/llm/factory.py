@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from urllib.parse import parse_qsl
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.llm.base import LLMBackend
 from neuron_explainer.llm.cache import ResponseCache
 from neuron_explainer.llm.ledger import UsageLedger

@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from neuron_explainer.errors import UserError
-from neuron_explainer.paths import DATA_DIR
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.paths import DATA_DIR
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.llm.base import (
     Capabilities,
     Generation,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 
 
 @dataclass(frozen=True)

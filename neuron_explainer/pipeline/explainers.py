@@ -8,17 +8,18 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from neuron_explainer.activations import NeuronRecord
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.neurons import NeuronId
+from neuron_explainer.core.prompts import load_prompt_files
 from neuron_explainer.db import explanation_config_key
-from neuron_explainer.errors import UserError
-from neuron_explainer.explain import (ExplainConfig, ExplainerKind, Explanation, Failure, NeuronNgrams, NgramConfig,
-                                      NgramMode, Polarity, SascConfig, explain_neuron, explain_ngram, explain_sasc,
-                                      load_prompt_files)
+from neuron_explainer.explain import (ExplainConfig, ExplainerKind, Explanation, NeuronNgrams, NgramConfig, NgramMode,
+                                      Polarity, SascConfig, explain_neuron, explain_ngram, explain_sasc)
 from neuron_explainer.explain.ngrams import NGRAM_EXPLANATION_DEFAULTS, in_context_ngrams_for_record
 from neuron_explainer.explain.sasc import sasc_prompt_files
 from neuron_explainer.explain.token_pairs import PROMPT_FILES as TOKEN_PAIR_PROMPTS
 from neuron_explainer.scoring import ScoreConfig, calibrate_ranker
 from neuron_explainer.simulate import Simulator
-from neuron_explainer.subject.neurons import NeuronId
 
 if TYPE_CHECKING:
     from neuron_explainer.pipeline.run import Pipeline

@@ -24,16 +24,16 @@ from pathlib import Path
 from typing import Any
 
 from neuron_explainer.activations import RecordConfig, RecordPolarity, RecordStore, record
-from neuron_explainer.db import (Database, RecordingRef, RunStatus, explanation_config_key, open_database,
-                                 score_config_key)
-from neuron_explainer.errors import UserError
-from neuron_explainer.explain import Failure, LayerNgramResponses, NgramConfig, SplitConfig
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.neurons import NeuronId, parse_neuron_spec
+from neuron_explainer.db import Database, RecordingRef, RunStatus, open_database, score_config_key
+from neuron_explainer.explain import LayerNgramResponses, NgramConfig, SplitConfig
 from neuron_explainer.llm import CacheMode, LLMBackend, ResponseCache, UsageLedger, check_backend, make_backend
 from neuron_explainer.pipeline.config import RunConfig, parse_deadline
 from neuron_explainer.pipeline.explainers import ExplainerJob, explainer_kind, make_explainer_jobs
 from neuron_explainer.scoring import ScoreConfig, score_explanation
 from neuron_explainer.simulate import Score, Simulator, SimulatorKind, make_simulator
-from neuron_explainer.subject.neurons import NeuronId, parse_neuron_spec
 
 logger = logging.getLogger(__name__)
 
@@ -105,10 +105,6 @@ class _Tally:
     failed: int = 0
     done: int = 0
     scores: list[float] = dataclasses.field(default_factory=list)
-
-
-class _BudgetExceeded(Exception):
-    """Raised inside the scheduler when a budget is reached; carries which one."""
 
 
 def recording_directory(config: RunConfig) -> Path:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.prompts import PromptFiles, load_prompt_files
 from neuron_explainer.explain.formatting import printable_token
-from neuron_explainer.explain.prompt_files import PromptFiles, load_prompt_files
 from neuron_explainer.llm.base import LLMBackend, SlotPrompt
 from neuron_explainer.simulate.base import (ACTIVATION_CANDIDATES, SimulationResult, Simulator, WindowSimulation,
                                             expected_value)

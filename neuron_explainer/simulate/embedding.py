@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.simulate.base import SimulationResult, Simulator, WindowSimulation
 from neuron_explainer.simulate.types import SimulatorKind
 

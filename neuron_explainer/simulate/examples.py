@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from neuron_explainer.explain.prompt_files import PromptFiles
+from neuron_explainer.core.prompts import PromptFiles
 
 EXAMPLES_FILE = "simulator/examples.json"
 

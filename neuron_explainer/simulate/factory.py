@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.llm.base import LLMBackend
 from neuron_explainer.simulate.base import Simulator
 from neuron_explainer.simulate.types import SimulatorKind

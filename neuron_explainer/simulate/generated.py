@@ -15,9 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.prompts import PromptFiles, load_prompt_files
 from neuron_explainer.explain.formatting import MAX_SCALED, printable_token
-from neuron_explainer.explain.prompt_files import PromptFiles, load_prompt_files
 from neuron_explainer.explain.token_pairs import render_as_text
 from neuron_explainer.llm.base import GenerateResult, LLMBackend, Message, Prompt, TokenLogprob
 from neuron_explainer.llm.errors import LLMError

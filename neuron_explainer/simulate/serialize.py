@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.explain.serialize import json_safe
 from neuron_explainer.simulate.types import Metrics, Score, ScoredWindow, SimulatorKind, WindowSplit
-from neuron_explainer.subject.neurons import NeuronId
 
 _METRIC_FIELDS = ("pearson", "pearson_top", "pearson_random", "rsquared", "absolute_dev_explained", "ci_low",
                   "ci_high")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from neuron_explainer.subject.neurons import NeuronId
+from neuron_explainer.core.neurons import NeuronId
 
 
 class SimulatorKind(str, Enum):

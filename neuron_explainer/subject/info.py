@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.subject.hooks import resolve_hook_point
 from neuron_explainer.subject.loading import is_encoder_config, load_config, model_directory
 

@@ -19,8 +19,8 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
-from neuron_explainer.errors import UserError
-from neuron_explainer.paths import cache_dir
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 

@@ -18,10 +18,10 @@ import pytest
 
 from cdp import Browser, Page
 from neuron_explainer.activations import RecordStore
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.db import ExplanationQuery, open_database
 from neuron_explainer.export.html import SiteOptions, build_site, make_server, site_url
 from neuron_explainer.export.html.site import index_script, model_slug, neuron_href
-from neuron_explainer.subject.neurons import NeuronId
 from viewer_site import HOSTILE_EXPLANATION, HOSTILE_MODEL, HOSTILE_TOKENS, ViewerWorld, build_world
 
 CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.pipeline import RunConfig, run_pipeline
 
 sys.path.insert(0, str(Path(__file__).parent.parent))

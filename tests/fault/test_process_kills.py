@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from neuron_explainer.activations import RecordStore
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.pipeline import RunConfig, recording_directory, run_pipeline
 
 sys.path.insert(0, str(Path(__file__).parent.parent))

@@ -8,7 +8,7 @@ import json
 import pickle
 import sys
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.export.html.site import WorkerJob, run_worker_job
 
 

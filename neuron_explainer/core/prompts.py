@@ -11,8 +11,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from neuron_explainer.errors import UserError
-from neuron_explainer.paths import PROMPTS_DIR
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.paths import PROMPTS_DIR
 
 HASH_LENGTH = 16
 

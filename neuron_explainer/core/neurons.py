@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from neuron_explainer.errors import UserError
+from neuron_explainer.core.errors import UserError
 
 
 @dataclass(frozen=True, order=True)
