@@ -305,7 +305,8 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("explain", help="explain neurons of a record store with an LLM (JSONL out)")
     parser.add_argument("--records", required=True, help="record store directory (from `record`)")
     parser.add_argument("--neurons", default="all", help="neuron SPEC: 3:17, 3:*, 0-3:0-99, all, comma lists")
-    parser.add_argument("--explainer", choices=["token-pairs"], default="token-pairs")
+    parser.add_argument("--explainer", default="token-pairs",
+                        help="explainer: token-pairs (default), sasc, ngram, or any registered one")
     parser.add_argument("--llm", default="local:default", help="explainer backend, e.g. openai:gpt-4o-mini")
     parser.add_argument("--out", required=True, help="JSONL file for explanations and failures")
     parser.add_argument("--polarity", choices=["positive", "negative", "both"], default="positive")
@@ -323,8 +324,8 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
     config = ExplainConfig(split=_split_config(args), candidates=args.candidates)
     summary = run_explain(args.records, args.neurons, llm=args.llm, out=args.out, config=config,
-                          polarity=args.polarity, simulator=args.simulator, concurrency=args.concurrency,
-                          progress=sys.stderr.isatty())
+                          polarity=args.polarity, simulator=args.simulator, explainer=args.explainer,
+                          concurrency=args.concurrency, progress=sys.stderr.isatty())
     _print_summary(args, summary)
     return 0
 
@@ -334,8 +335,9 @@ def _add_score(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--records", required=True, help="record store directory the explanations came from")
     parser.add_argument("--neurons", default="all", help="neuron SPEC: 3:17, 3:*, 0-3:0-99, all, comma lists")
     parser.add_argument("--explanations", required=True, help="JSONL written by `explain`")
-    parser.add_argument("--simulator", choices=["all-at-once", "generated", "lexical", "embedding"], default=None,
-                        help="default: all-at-once if the backend allows, else generated; lexical without --llm")
+    parser.add_argument("--simulator", default=None,
+                        help="all-at-once, generated, lexical, embedding or any registered one (default: all-at-once "
+                             "if the backend allows, else generated; lexical without --llm)")
     parser.add_argument("--llm", default=None, help="simulator backend, e.g. local:default")
     parser.add_argument("--out", required=True, help="JSONL file for scores and failures")
     parser.add_argument("--baselines", action="store_true", help="also score shuffled and empty explanations")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -14,14 +14,13 @@ from neuron_explainer.activations.records import NeuronRecord
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.failures import Failure
 from neuron_explainer.core.neurons import NeuronId, parse_neuron_spec
-from neuron_explainer.core.units import BatchSummary
-from neuron_explainer.explain.api import CandidateRanker, ExplainConfig
-from neuron_explainer.explain.batch import RankerFactory, explain_neurons
+from neuron_explainer.core.units import BatchSummary, run_units
+from neuron_explainer.explain.api import ExplainConfig
+from neuron_explainer.explain.base import Explainer, ExplainerSettings
+from neuron_explainer.explain.registry import explainer_class
 from neuron_explainer.explain.serialize import explanation_from_dict, explanation_to_dict, failure_to_dict
-from neuron_explainer.explain.splits import SplitConfig
 from neuron_explainer.explain.types import Explanation, Polarity
-from neuron_explainer.scoring import ScoreConfig, calibrate_ranker, score_explanations
-from neuron_explainer.simulate.base import Simulator
+from neuron_explainer.scoring import ScoreConfig, score_explanations
 from neuron_explainer.simulate.serialize import score_to_dict
 from neuron_explainer.simulate.types import Score
 
@@ -95,48 +94,47 @@ def _summary(out: str | Path, neurons: int, batch: BatchSummary) -> CommandSumma
                           prompt_tokens=batch.prompt_tokens, completion_tokens=batch.completion_tokens)
 
 
-def _calibrate_rankers(simulator: Simulator, split: SplitConfig) -> RankerFactory:
-    def factory(record: NeuronRecord, polarity: Polarity) -> CandidateRanker:
-        return calibrate_ranker(record, simulator, config=ScoreConfig(split=split, polarity=polarity))
-    return factory
-
-
 def run_explain(records: str | Path, neurons: str, *, llm: str, out: str | Path,
                 config: ExplainConfig = ExplainConfig(), polarity: str = "positive", simulator: str | None = None,
-                concurrency: int = 8, progress: bool = True) -> CommandSummary:
-    """Explain the selected neurons of a record store with the token-pair explainer; write JSONL to `out`.
+                explainer: str = "token-pairs", concurrency: int = 8, progress: bool = True) -> CommandSummary:
+    """Explain the selected neurons of a record store with a registered explainer (default token-pairs); write
+    JSONL to `out`.
 
     With `config.candidates > 1` the best candidate is picked by simulating the calibrate windows with
     `simulator` (default: the best the backend allows).
     """
     from neuron_explainer.activations import RecordStore
-    from neuron_explainer.llm import check_backend, make_backend
-    from neuron_explainer.simulate import make_simulator
+    from neuron_explainer.llm import check_backend
+    from neuron_explainer.pipeline.resources import BackendSettings, RunResources
 
+    explainer_type = explainer_class(explainer)
     if polarity not in POLARITY_CHOICES:
         raise UserError(f"unknown polarity {polarity!r}: use positive, negative or both")
-    check_backend(llm)
+    if explainer_type.needs.llm:
+        check_backend(llm)
     store = RecordStore.open(records)
     selected = select_neurons(neurons, layers=store.layers, neurons_per_layer=store.neurons_per_layer)
 
-    def load(neuron: NeuronId) -> NeuronRecord:
-        return store.load_neuron(neuron.layer, neuron.neuron)
-
     async def go() -> BatchSummary:
-        backend = make_backend(llm)
+        resources = RunResources(BackendSettings(llm=llm, simulator=simulator), store, split=config.split)
         try:
-            ranker_factory = None
-            if config.candidates > 1:
-                ranker_factory = _calibrate_rankers(make_simulator(simulator, backend), config.split)
+            explainers = [explainer_type(ExplainerSettings(split=config.split, polarity=side,
+                                                           candidates=config.candidates), resources)
+                          for side in POLARITY_CHOICES[polarity]]
+            units = [_explain_unit(each, store, neuron) for neuron in selected for each in explainers]
             with _open_out(out) as handle:
-                return await explain_neurons(load, selected, backend, config=config,
-                                             polarities=POLARITY_CHOICES[polarity], ranker_factory=ranker_factory,
-                                             concurrency=concurrency, on_result=_JsonlWriter(handle),
-                                             progress=progress)
+                return await run_units(units, concurrency=concurrency, on_result=_JsonlWriter(handle),
+                                       description="explain", progress=progress)
         finally:
-            await backend.aclose()
+            await resources.aclose()
 
     return _summary(out, len(selected), asyncio.run(go()))
+
+
+def _explain_unit(explainer: Explainer, store: Any, neuron: NeuronId) -> Callable[[], Awaitable[Explanation | Failure]]:
+    async def run() -> Explanation | Failure:
+        return await explainer.explain(store.load_neuron(neuron.layer, neuron.neuron))
+    return run
 
 
 def read_explanations(path: str | Path) -> list[Explanation]:

@@ -22,8 +22,8 @@ from neuron_explainer.db.codec import load_json, none_to_nan
 from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, ExplanationRow, NeuronRow, RecordingRow, ScoreRow,
                                         SubjectModelRow)
 from neuron_explainer.db.schema import SEARCH_TABLE
-from neuron_explainer.explain.types import ExplainerKind
-from neuron_explainer.simulate.types import SimulatorKind
+from neuron_explainer.explain.registry import EXPLAINERS
+from neuron_explainer.simulate.registry import SIMULATORS
 
 MIN_SEARCH_INDEX_CHARS = 3
 """The trigram index finds substrings of at least this many characters; shorter ones fall back to LIKE."""
@@ -77,10 +77,10 @@ class ExplanationQuery:
                 raise UserError(f"{name.replace('_', '-')} must be a finite number")
         if self.min_score is not None and self.max_score is not None and self.min_score > self.max_score:
             raise UserError(f"min-score {self.min_score} is above max-score {self.max_score}")
-        methods = [kind.value for kind in ExplainerKind]
+        methods = EXPLAINERS.names()
         if self.method is not None and self.method not in methods:
             raise UserError(f"unknown method {self.method!r}: choose from {', '.join(methods)}")
-        simulators = [kind.value for kind in SimulatorKind]
+        simulators = SIMULATORS.names()
         if self.simulator is not None and self.simulator not in simulators:
             raise UserError(f"unknown simulator {self.simulator!r}: choose from {', '.join(simulators)}")
         if not isinstance(self.sort, SortOrder):

@@ -1,9 +1,9 @@
 """Running one method (explainer x simulator x backend) over neurons of a record store, as the product does.
 
 `run_method` sends the neurons through the nightly run itself (`pipeline.run_pipeline` on the given record store,
-into a results database), then reads the stored explanations and scores back, so the evaluation measures the
-product rather than a copy of it. SASC on planted neurons needs a stand-in subject model; until the run accepts
-one, SASC goes through `explain_and_score`, the same explain and score library calls the run makes.
+into a results database, with the planted stand-in subject lent to the run where SASC reads new text), then reads
+the stored explanations and scores back, so the evaluation measures the product rather than a copy of it.
+`explain_and_score` runs the same registered explainers and scorer in process, without a database.
 `reference_scores` adds what only an evaluation needs: the simulator's score of the true concept (the ceiling),
 of another neuron's explanation (shuffled, the floor) and of an empty explanation, with usage counted apart.
 """
@@ -24,8 +24,10 @@ from neuron_explainer.activations.records import NeuronRecord
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.failures import Failure
 from neuron_explainer.core.neurons import NeuronId
+from neuron_explainer.explain.registry import explainer_class
 from neuron_explainer.explain.splits import SplitConfig
 from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity
+from neuron_explainer.simulate.registry import simulator_needs
 from neuron_explainer.simulate.types import Score, SimulatorKind
 
 logger = logging.getLogger(__name__)
@@ -46,9 +48,8 @@ class Method:
 
     @property
     def needs_llm(self) -> bool:
-        """True when the explainer or the simulator calls an LLM."""
-        return (self.explainer in (ExplainerKind.TOKEN_PAIRS, ExplainerKind.SASC)
-                or self.simulator in (None, SimulatorKind.ALL_AT_ONCE, SimulatorKind.GENERATED))
+        """True when the explainer or the simulator calls an LLM (as each declares in its registry)."""
+        return explainer_class(self.explainer).needs.llm or simulator_needs(self.simulator).llm
 
     @property
     def backend_label(self) -> str:
@@ -77,21 +78,14 @@ def parse_methods(explainers: Sequence[str], simulators: Sequence[str | None],
         if llm is not None:
             parse_backend_spec(llm)
         for explainer_name in explainers:
-            try:
-                explainer = ExplainerKind(explainer_name)
-            except ValueError:
-                names = ", ".join(kind.value for kind in ExplainerKind)
-                raise UserError(f"unknown explainer {explainer_name!r}: choose one of {names}") from None
+            explainer = ExplainerKind(explainer_class(explainer_name).name)
             for simulator_name in simulators:
                 simulator: SimulatorKind | None
                 if simulator_name is None:
                     simulator = None if llm else SimulatorKind.LEXICAL
                 else:
-                    try:
-                        simulator = SimulatorKind(simulator_name)
-                    except ValueError:
-                        names = ", ".join(kind.value for kind in SimulatorKind)
-                        raise UserError(f"unknown simulator {simulator_name!r}: choose one of {names}") from None
+                    simulator_needs(simulator_name)
+                    simulator = SimulatorKind(simulator_name)
                 method = Method(explainer, simulator, llm)
                 if method.needs_llm and not llm:
                     raise UserError(f"{method.explainer.value} / {method.simulator_label} needs an LLM backend "
@@ -145,20 +139,49 @@ class MethodRun:
     """Wall time of the product part."""
 
 
-@dataclass
 class _Context:
-    """What an in-process method run shares: records, backend, simulator."""
+    """What an in-process method run lends its explainer and scorer: the records, one backend, the simulator
+    and the stand-in subject (an `ExplainResources` and a `ScoreResources`)."""
 
-    records: Mapping[NeuronId, NeuronRecord]
-    backend: Any
-    ledger: Any
-    simulator: Any
-    method: Method
-    """The method with its simulator decided."""
+    def __init__(self, records: Mapping[NeuronId, NeuronRecord], backend: Any, ledger: Any, simulator: Any,
+                 method: Method, subject: Any = None) -> None:
+        self.records = records
+        self.backend = backend
+        self.ledger = ledger
+        self._simulator = simulator
+        self.method = method
+        """The method with its simulator decided."""
+        self._subject = subject
+
+    def llm(self) -> Any:
+        if self.backend is None:
+            raise UserError(f"{self.method.label} needs an LLM backend (--llm)")
+        return self.backend
+
+    def simulator(self) -> Any:
+        return self._simulator
+
+    def subject(self) -> Any:
+        if self._subject is None:
+            raise UserError(f"the {self.method.explainer.value} explainer needs a subject that can read synthetic "
+                            "texts")
+        return self._subject
+
+    def ranker(self, record: NeuronRecord, polarity: Polarity) -> Any:
+        from neuron_explainer.scoring import ScoreConfig, calibrate_ranker
+
+        return calibrate_ranker(record, self._simulator, config=ScoreConfig(polarity=polarity))
+
+    def ranker_identity(self) -> list[str]:
+        simulator = self._simulator
+        return [simulator.kind.value, simulator.backend_name, simulator.model, simulator.prompt_hash]
+
+    async def isolated_ngrams(self, layer: int, config: Any) -> Any:
+        raise UserError("in-process evaluation reads in-context n-grams only")
 
 
 async def _with_context(method: Method, records: Mapping[NeuronId, NeuronRecord],
-                        body: Callable[[_Context], Any]) -> Any:
+                        body: Callable[[_Context], Any], *, subject: Any = None) -> Any:
     from neuron_explainer.llm import UsageLedger, make_backend
     from neuron_explainer.simulate import make_simulator
 
@@ -166,45 +189,31 @@ async def _with_context(method: Method, records: Mapping[NeuronId, NeuronRecord]
     backend = make_backend(method.llm, ledger=ledger) if method.needs_llm and method.llm else None
     try:
         simulator = make_simulator(method.simulator, backend)
-        return await body(_Context(records=records, backend=backend, ledger=ledger, simulator=simulator,
-                                   method=replace(method, simulator=simulator.kind)))
+        return await body(_Context(records, backend, ledger, simulator, replace(method, simulator=simulator.kind),
+                                   subject))
     finally:
         if backend is not None:
             await backend.aclose()
 
 
 async def _explain(context: _Context, method: Method, neurons: Sequence[NeuronId], *, split: SplitConfig,
-                   subject: Any, concurrency: int, progress: bool) -> dict[NeuronId, Explanation | Failure]:
+                   concurrency: int, progress: bool) -> dict[NeuronId, Explanation | Failure]:
     from neuron_explainer.core.units import run_units
-    from neuron_explainer.explain import ExplainConfig, explain_ngram, explain_sasc
-    from neuron_explainer.explain.batch import explain_neurons
-    from neuron_explainer.explain.ngrams import in_context_ngrams_for_record
+    from neuron_explainer.explain import ExplainerSettings
 
+    explainer = explainer_class(method.explainer)(ExplainerSettings(split=split), context)
     results: dict[NeuronId, Explanation | Failure] = {}
 
     def collect(result: Explanation | Failure) -> None:
         results[result.neuron] = result
 
-    if method.explainer is ExplainerKind.TOKEN_PAIRS:
-        await explain_neurons(context.records.__getitem__, neurons, context.backend,
-                              config=ExplainConfig(split=split), concurrency=concurrency, on_result=collect,
-                              progress=progress)
-    elif method.explainer is ExplainerKind.NGRAM:
-        for neuron in neurons:
-            collect(explain_ngram(in_context_ngrams_for_record(context.records[neuron], split=split),
-                                  split_seed=split.seed))
-    else:
-        if subject is None:
-            raise UserError("the sasc explainer needs a subject that can read synthetic texts")
+    def unit(neuron: NeuronId) -> Callable[[], Any]:
+        async def run() -> Explanation | Failure:
+            return await explainer.explain(context.records[neuron])
+        return run
 
-        def unit(neuron: NeuronId) -> Callable[[], Any]:
-            async def run() -> Explanation | Failure:
-                ngrams = in_context_ngrams_for_record(context.records[neuron], split=split)
-                return await explain_sasc(ngrams, subject, context.backend, split_seed=split.seed)
-            return run
-
-        await run_units([unit(neuron) for neuron in neurons], concurrency=concurrency, on_result=collect,
-                        description="explain (sasc)", progress=progress)
+    await run_units([unit(neuron) for neuron in neurons], concurrency=concurrency, on_result=collect,
+                    description=f"explain ({method.explainer.value})", progress=progress)
     return results
 
 
@@ -221,21 +230,21 @@ async def explain_and_score(method: Method, records: Mapping[NeuronId, NeuronRec
 
     async def body(context: _Context) -> MethodRun:
         started = time.perf_counter()
-        explanations = await _explain(context, method, neurons, split=split, subject=subject,
-                                      concurrency=concurrency, progress=progress)
+        explanations = await _explain(context, method, neurons, split=split, concurrency=concurrency,
+                                      progress=progress)
         scores: dict[NeuronId, Score | Failure] = {}
 
         def collect(result: Score | Failure) -> None:
             scores[result.neuron] = result
 
         explained = [result for result in explanations.values() if isinstance(result, Explanation)]
-        await score_explanations(context.records.__getitem__, explained, context.simulator,
+        await score_explanations(context.records.__getitem__, explained, context.simulator(),
                                  config=ScoreConfig(split=split), concurrency=concurrency, on_result=collect,
                                  progress=progress)
         return MethodRun(method=context.method, explanations=explanations, scores=scores,
                          product_usage=_snapshot(context.ledger), seconds=time.perf_counter() - started)
 
-    return await _with_context(method, records, body)
+    return await _with_context(method, records, body, subject=subject)
 
 
 def _run_config(method: Method, store: str, neurons: Sequence[NeuronId], *, split: SplitConfig, db: str,
@@ -300,13 +309,13 @@ def _price_of(items: Sequence[Explanation | Score]) -> float | None:
 
 
 def _via_pipeline(method: Method, store: str, neurons: Sequence[NeuronId], *, model_id: str, split: SplitConfig,
-                  db: str | None, concurrency: int, progress: bool) -> MethodRun:
+                  db: str | None, concurrency: int, progress: bool, subject: Any = None) -> MethodRun:
     from neuron_explainer.pipeline import run_pipeline
 
     with tempfile.TemporaryDirectory(prefix="eval-run-") as scratch:
         url = db or f"sqlite:///{Path(scratch) / 'results.db'}"
         summary = run_pipeline(_run_config(method, store, neurons, split=split, db=url, concurrency=concurrency),
-                               progress=progress)
+                               progress=progress, subject=subject)
         explanations, scores = _stored_results(url, model_id=model_id, neurons=neurons, method=method,
                                                seed=split.seed)
     made = [item for item in (*explanations.values(), *scores.values()) if isinstance(item, (Explanation, Score))]
@@ -324,7 +333,7 @@ async def reference_scores(method: Method, records: Mapping[NeuronId, NeuronReco
                            ) -> tuple[dict[NeuronId, float], dict[NeuronId, dict[str, float]], Usage]:
     """Per neuron: the pooled Pearson of its true concept (ceiling) and its `shuffled` / `empty` baselines, by
     `method`'s simulator on the same split; and the LLM usage these extra scores cost."""
-    from neuron_explainer.scoring import ScoreConfig, compute_baselines, score_explanation, shuffled_explanations
+    from neuron_explainer.scoring import ScoreConfig, SimulationScorer, shuffled_explanations
 
     neurons = sorted(records)
     texts = {neuron: result.text for neuron, result in explanations.items() if isinstance(result, Explanation)}
@@ -332,19 +341,27 @@ async def reference_scores(method: Method, records: Mapping[NeuronId, NeuronReco
     quick = ScoreConfig(split=split, bootstrap_samples=0)
 
     async def body(context: _Context) -> tuple[dict[NeuronId, float], dict[NeuronId, dict[str, float]], Usage]:
-        semaphore = asyncio.Semaphore(max(1, concurrency))
+        from neuron_explainer.core.units import run_units
 
-        async def one(neuron: NeuronId) -> tuple[NeuronId, float, dict[str, float]]:
-            async with semaphore:
+        scorer = SimulationScorer(context)
+        ceilings: dict[NeuronId, float] = {}
+        baselines: dict[NeuronId, dict[str, float]] = {}
+
+        def unit(neuron: NeuronId) -> Callable[[], Any]:
+            async def run() -> tuple[NeuronId, float, dict[str, float]]:
                 record = records[neuron]
-                ceiling = await score_explanation(record, concept_texts[neuron], context.simulator, config=quick)
-                baselines = await compute_baselines(record, context.simulator, config=quick,
-                                                    shuffled_explanation=shuffled.get(neuron))
-                return neuron, ceiling.metrics.pearson if isinstance(ceiling, Score) else NAN, baselines
+                ceiling = await scorer.score(record, concept_texts[neuron], config=quick)
+                references = await scorer.baselines(record, config=quick, shuffled_explanation=shuffled.get(neuron))
+                return neuron, ceiling.metrics.pearson if isinstance(ceiling, Score) else NAN, references
+            return run
 
-        outcomes = await asyncio.gather(*(one(neuron) for neuron in neurons))
-        return ({neuron: ceiling for neuron, ceiling, _ in outcomes},
-                {neuron: baselines for neuron, _, baselines in outcomes}, _snapshot(context.ledger))
+        def collect(outcome: tuple[NeuronId, float, dict[str, float]]) -> None:
+            neuron, ceilings[neuron], baselines[neuron] = outcome
+
+        await run_units([unit(neuron) for neuron in neurons], concurrency=concurrency, on_result=collect,
+                        description="reference scores", progress=False)
+        return ({neuron: ceilings[neuron] for neuron in neurons}, {neuron: baselines[neuron] for neuron in neurons},
+                _snapshot(context.ledger))
 
     return await _with_context(method, records, body)
 
@@ -358,12 +375,8 @@ def run_method(method: Method, store: str, neurons: Sequence[NeuronId], *, split
 
     opened = RecordStore.open(store)
     records = {neuron: opened.load_neuron(neuron.layer, neuron.neuron) for neuron in neurons}
-    if method.explainer is ExplainerKind.SASC:
-        run = asyncio.run(explain_and_score(method, records, split=split, subject=subject, concurrency=concurrency,
-                                            progress=progress))
-    else:
-        run = _via_pipeline(method, store, neurons, model_id=opened.manifest.model_id, split=split, db=db,
-                            concurrency=concurrency, progress=progress)
+    run = _via_pipeline(method, store, neurons, model_id=opened.manifest.model_id, split=split, db=db,
+                        concurrency=concurrency, progress=progress, subject=subject)
     if concept_texts is None:
         return run
     ceilings, baselines, usage = asyncio.run(reference_scores(run.method, records, run.explanations, concept_texts,

@@ -1,6 +1,7 @@
 """explain stage: turn a neuron's record into a short natural-language explanation.
 
-Public surface: `explain_neuron(record, backend, config=, ranker=)`, `ExplainConfig`, the split (`SplitConfig`,
+Public surface: the `Explainer` interface (`ExplainerSettings`, `ExplainResources`, `ExplainerIdentity`) and its
+registry (`EXPLAINERS`, `register_explainer`, `explainer_class`); `explain_neuron(record, backend, config=, ranker=)`, `ExplainConfig`, the split (`SplitConfig`,
 `split_neuron`, `NeuronSplit`, `oriented_record`) and the record types from `types` (`Failure`, shared by
 every stage, lives in `neuron_explainer.core`).
 
@@ -10,10 +11,12 @@ SASC and the LLM-free n-gram explainer: `isolated_ngram_responses` (a layer's ca
 """
 
 from neuron_explainer.explain.api import CandidateRanker, ExplainConfig, explain_neuron
+from neuron_explainer.explain.base import Explainer, ExplainerIdentity, ExplainerSettings, ExplainResources
 from neuron_explainer.explain.formatting import printable_token, scale_activation, scale_activations
 from neuron_explainer.explain.ngrams import (LayerNgramResponses, NeuronNgrams, NgramConfig, NgramMode, explain_ngram,
                                              in_context_ngram_responses, isolated_ngram_responses)
 from neuron_explainer.explain.parsing import ParsedExplanation, clean_explanation
+from neuron_explainer.explain.registry import EXPLAINERS, explainer_class, register_explainer
 from neuron_explainer.explain.sasc import SascConfig, explain_sasc
 from neuron_explainer.explain.splits import NeuronSplit, SplitConfig, check_no_leakage, oriented_record, split_neuron
 from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity
@@ -22,5 +25,7 @@ __all__ = ["CandidateRanker", "ExplainConfig", "ExplainerKind", "Explanation", "
            "ParsedExplanation", "Polarity", "SplitConfig", "check_no_leakage", "clean_explanation",
            "explain_neuron", "oriented_record", "printable_token",
            "scale_activation", "scale_activations", "split_neuron"]
+__all__ += ["EXPLAINERS", "Explainer", "ExplainerIdentity", "ExplainerSettings", "ExplainResources", "explainer_class",
+            "register_explainer"]
 __all__ += ["LayerNgramResponses", "NeuronNgrams", "NgramConfig", "NgramMode", "SascConfig", "explain_ngram",
             "explain_sasc", "in_context_ngram_responses", "isolated_ngram_responses"]

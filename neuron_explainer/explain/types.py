@@ -4,17 +4,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 from neuron_explainer.core.neurons import NeuronId
+from neuron_explainer.core.registry import Name
 
 
-class ExplainerKind(str, Enum):
-    """How an explanation was made."""
+class ExplainerKind(Name):
+    """How an explanation was made: the name of an explainer (see `explain.registry` for the ones there are)."""
 
-    TOKEN_PAIRS = "token-pairs"
-    SASC = "sasc"
-    NGRAM = "ngram"
+    __slots__ = ()
+    TOKEN_PAIRS: ClassVar[ExplainerKind]
+    SASC: ClassVar[ExplainerKind]
+    NGRAM: ClassVar[ExplainerKind]
+
+
+ExplainerKind.TOKEN_PAIRS = ExplainerKind("token-pairs")
+ExplainerKind.SASC = ExplainerKind("sasc")
+ExplainerKind.NGRAM = ExplainerKind("ngram")
 
 
 class Polarity(str, Enum):

@@ -10,7 +10,7 @@ from typing import Any
 
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.db import Database, ExplanationQuery
-from neuron_explainer.explain.types import ExplainerKind
+from neuron_explainer.explain.registry import EXPLAINERS
 from neuron_explainer.export.base import ExportResult
 
 FIGURE_FORMATS = ("png", "pdf")
@@ -81,7 +81,7 @@ def export_plots(database: Database, out: Path, query: ExplanationQuery) -> Expo
     paths += _save(figure, out, "score_by_layer")
 
     per_method: dict[str, dict[tuple[str, int, int], float]] = {}
-    wanted = [query.method] if query.method is not None else [kind.value for kind in ExplainerKind]
+    wanted = [query.method] if query.method is not None else EXPLAINERS.names()
     for method in wanted:
         method_rows = database.iter_query(dataclasses.replace(best_query, method=method))
         scores = {(row.model_id, row.neuron.layer, row.neuron.neuron): row.score

@@ -1,14 +1,17 @@
-"""Backend specs (`openai:MODEL`, `openai:MODEL@URL`, `local:MODEL`, each with optional `?key=value` options)."""
+"""LLM backends by name (a registry) and their specs: `openai:MODEL`, `openai:MODEL@URL`, `local:MODEL`, each with
+optional `?key=value` options."""
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from enum import Enum
+from typing import ClassVar
 from urllib.parse import parse_qsl
 
 from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.registry import Name, Registry
 from neuron_explainer.llm.base import LLMBackend
 from neuron_explainer.llm.cache import ResponseCache
 from neuron_explainer.llm.ledger import UsageLedger
@@ -26,11 +29,16 @@ _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
 
-class BackendKind(str, Enum):
-    """Which implementation serves a spec."""
+class BackendKind(Name):
+    """Which implementation serves a spec: the name of a registered backend."""
 
-    OPENAI = "openai"
-    LOCAL = "local"
+    __slots__ = ()
+    OPENAI: ClassVar[BackendKind]
+    LOCAL: ClassVar[BackendKind]
+
+
+BackendKind.OPENAI = BackendKind("openai")
+BackendKind.LOCAL = BackendKind("local")
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,7 @@ class BackendSpec:
     """A parsed backend string."""
 
     kind: BackendKind
-    """openai or local."""
+    """The registered backend serving it (openai, local)."""
     model: str
     """Model name (openai) or model spec for subject.loading (local)."""
     url: str | None = None
@@ -51,21 +59,22 @@ def parse_backend_spec(spec: str) -> BackendSpec:
     """Split a backend string into kind, model, URL and options; raises UserError when malformed."""
     text = spec.strip()
     kind_text, colon, rest = text.partition(":")
-    if not colon or kind_text not in {kind.value for kind in BackendKind}:
+    if not colon or kind_text not in BACKENDS:
         raise UserError(f"unknown LLM backend {spec!r}: {SPEC_HELP}")
     kind = BackendKind(kind_text)
+    entry = BACKENDS.get(kind)
     rest, _, query = rest.partition("?")
     try:
         options = dict(parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query)))
     except ValueError:
         raise UserError(f"malformed options {query!r} in LLM backend {spec!r}: {SPEC_HELP}") from None
-    allowed = OPENAI_OPTIONS if kind is BackendKind.OPENAI else LOCAL_OPTIONS
+    allowed = entry.options
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise UserError(f"unknown option(s) {', '.join(unknown)} for {kind.value} backends; "
                         f"known: {', '.join(allowed)}")
     url = None
-    if kind is BackendKind.OPENAI:
+    if entry.takes_url:
         match = _URL_SPLIT.match(rest)
         if match:
             rest, url = match["model"], match["url"]
@@ -81,8 +90,10 @@ def check_backend(spec: str) -> None:
     """Fail now where the first call would: a malformed spec, or an api.openai.com backend without its API key.
     Loads no model and sends nothing, so a run can check its flags before it does any work."""
     parsed = parse_backend_spec(spec)
-    if parsed.kind is not BackendKind.OPENAI:
-        return
+    BACKENDS.get(parsed.kind).check(parsed)
+
+
+def _check_openai(parsed: BackendSpec) -> None:
     settings = OpenAISettings(model=parsed.model, base_url=parsed.url or os.environ.get("OPENAI_BASE_URL") or None,
                               key_env=parsed.options.get("key_env", "OPENAI_API_KEY"))
     if settings.is_official and not os.environ.get(settings.key_env, "").strip():
@@ -101,24 +112,85 @@ def make_backend(spec: str, *, concurrency: int | None = None, rpm: float | None
     Both use `cache` (deterministic answers) and `ledger` (usage) when given.
     """
     parsed = parse_backend_spec(spec)
+    return BACKENDS.get(parsed.kind).build(parsed, BuildSettings(
+        concurrency=concurrency, rpm=rpm, tpm=tpm, timeout=timeout, retry=retry, cache=cache, ledger=ledger,
+        device=device, dtype=dtype, batch_size=batch_size))
+
+
+def _build_local(parsed: BackendSpec, settings: BuildSettings) -> LLMBackend:
+    from neuron_explainer.llm.local_backend import LocalBackend
+
     options = parsed.options
-    if parsed.kind is BackendKind.LOCAL:
-        from neuron_explainer.llm.local_backend import LocalBackend
+    return LocalBackend(parsed.model, device=options.get("device", settings.device),
+                        dtype=options.get("dtype", settings.dtype),
+                        batch_size=_positive_int(options, "batch", settings.batch_size or 8), cache=settings.cache,
+                        ledger=settings.ledger)
 
-        return LocalBackend(parsed.model, device=options.get("device", device), dtype=options.get("dtype", dtype),
-                            batch_size=_positive_int(options, "batch", batch_size or 8), cache=cache, ledger=ledger)
 
+def _build_openai(parsed: BackendSpec, settings: BuildSettings) -> LLMBackend:
+    options = parsed.options
     url = parsed.url or os.environ.get("OPENAI_BASE_URL") or None
-    limits = RateLimits(concurrency=_positive_int(options, "concurrency", concurrency or 8),
-                        requests_per_minute=_positive_float(options, "rpm", rpm),
-                        tokens_per_minute=_positive_float(options, "tpm", tpm))
-    settings = OpenAISettings(
+    limits = RateLimits(concurrency=_positive_int(options, "concurrency", settings.concurrency or 8),
+                        requests_per_minute=_positive_float(options, "rpm", settings.rpm),
+                        tokens_per_minute=_positive_float(options, "tpm", settings.tpm))
+    openai_settings = OpenAISettings(
         model=parsed.model, base_url=url, slot_mode=_slot_mode(options),
         slot_top_logprobs=_positive_int(options, "logprobs", 20), completion=_flag(options, "completion"),
         context_window=_positive_int(options, "context", None), key_env=options.get("key_env", "OPENAI_API_KEY"),
-        limits=limits, retry=_retry_policy(options, retry or RetryPolicy()),
-        timeout_s=_positive_float(options, "timeout", timeout) or 120.0)
-    return OpenAIBackend(settings, cache=cache, ledger=ledger)
+        limits=limits, retry=_retry_policy(options, settings.retry or RetryPolicy()),
+        timeout_s=_positive_float(options, "timeout", settings.timeout) or 120.0)
+    return OpenAIBackend(openai_settings, cache=settings.cache, ledger=settings.ledger)
+
+
+def _no_check(parsed: BackendSpec) -> None:
+    """In-process backends have nothing to check before their model loads."""
+
+
+@dataclass(frozen=True)
+class BuildSettings:
+    """The keyword arguments of `make_backend`, handed to a backend's builder (options in the spec win)."""
+
+    concurrency: int | None = None
+    """Requests in flight (remote backends)."""
+    rpm: float | None = None
+    """Requests per minute (remote backends)."""
+    tpm: float | None = None
+    """Tokens per minute (remote backends)."""
+    timeout: float | None = None
+    """Seconds per attempt (remote backends)."""
+    retry: RetryPolicy | None = None
+    """Retry policy (remote backends)."""
+    cache: ResponseCache | None = None
+    """Cache of deterministic answers."""
+    ledger: UsageLedger | None = None
+    """Usage ledger."""
+    device: str = "auto"
+    """Device (in-process backends)."""
+    dtype: str = "auto"
+    """Dtype (in-process backends)."""
+    batch_size: int | None = None
+    """Prompts per forward pass (in-process backends)."""
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """One registered LLM backend: the `?options` its spec takes, how it is built and checked."""
+
+    options: tuple[str, ...]
+    """Option names allowed after `?`."""
+    build: Callable[[BackendSpec, BuildSettings], LLMBackend]
+    """Builds the backend (an in-process one loads its model now)."""
+    check: Callable[[BackendSpec], None] = _no_check
+    """Fails where the first call would (e.g. a missing API key), loading and sending nothing."""
+    takes_url: bool = False
+    """Whether the spec may name a server with `@URL`."""
+
+
+BACKENDS: Registry[BackendEntry] = Registry("LLM backend")
+"""LLM backends by the name before the colon of a spec; a new one is a module with an `LLMBackend` plus one line."""
+
+BACKENDS.register(BackendKind.OPENAI, BackendEntry(OPENAI_OPTIONS, _build_openai, _check_openai, takes_url=True))
+BACKENDS.register(BackendKind.LOCAL, BackendEntry(LOCAL_OPTIONS, _build_local))
 
 
 def _retry_policy(options: dict[str, str], policy: RetryPolicy) -> RetryPolicy:

@@ -18,7 +18,7 @@ import random
 import re
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +28,14 @@ from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.failures import Failure
 from neuron_explainer.core.neurons import NeuronId, parse_neuron_spec
 from neuron_explainer.db import Database, RecordingRef, RunStatus, open_database, score_config_key
-from neuron_explainer.explain import LayerNgramResponses, NgramConfig, SplitConfig
-from neuron_explainer.llm import CacheMode, LLMBackend, ResponseCache, UsageLedger, check_backend, make_backend
+from neuron_explainer.core.units import run_units
+from neuron_explainer.explain import ExplainerSettings, NgramMode, Polarity, SplitConfig, explainer_class
+from neuron_explainer.llm import CacheMode, ResponseCache, UsageLedger, check_backend
 from neuron_explainer.pipeline.config import RunConfig, parse_deadline
-from neuron_explainer.pipeline.explainers import ExplainerJob, explainer_kind, make_explainer_jobs
-from neuron_explainer.scoring import ScoreConfig, score_explanation
-from neuron_explainer.simulate import Score, Simulator, SimulatorKind, make_simulator
+from neuron_explainer.pipeline.explainers import ExplainerJob, make_explainer_jobs
+from neuron_explainer.pipeline.resources import BackendSettings, RunResources
+from neuron_explainer.scoring import SCORERS, ScoreConfig, Scorer, SimulationScorer
+from neuron_explainer.simulate import Score, simulator_needs
 
 logger = logging.getLogger(__name__)
 
@@ -176,10 +178,11 @@ class _Budget:
 
 
 class Pipeline:
-    """One run over one database: wires record store, backends, explainers, simulator and writer."""
+    """One run over one database: wires record store, resources (backends, simulator, subject), explainers,
+    scorer and writer."""
 
     def __init__(self, config: RunConfig, database: Database, store: RecordStore, *,
-                 on_progress: ProgressCallback | None = None) -> None:
+                 on_progress: ProgressCallback | None = None, subject: Any = None) -> None:
         self.config = config
         self.database = database
         self.store = store
@@ -190,83 +193,44 @@ class Pipeline:
         self.tally = _Tally()
         self.run_id: int | None = None
         self.recording: RecordingRef | None = None
-        self._backends: dict[str, LLMBackend] = {}
         # A retry or a rescore asks again: a cached answer would fail, or score, exactly the same way.
         fresh = config.retry_failed or config.rescore
-        self._cache = ResponseCache.for_database(config.db, mode=CacheMode.REFRESH if fresh else CacheMode.USE)
-        self._subject: Any = None
-        self._layer_ngrams: dict[int, LayerNgramResponses] = {}
-        self._ngram_lock = asyncio.Lock()
-        self._selected_layers: set[int] = set()
-
-    # --- backends ------------------------------------------------------------------------------------------
-
-    def backend(self, spec: str) -> LLMBackend:
-        """One backend object per spec, shared by explainers and the simulator (a local model loads once)."""
-        if spec not in self._backends:
-            self._backends[spec] = make_backend(spec, concurrency=self.config.concurrency, rpm=self.config.rpm,
-                                                tpm=self.config.tpm, cache=self._cache, ledger=self.ledger)
-        return self._backends[spec]
-
-    def simulator(self) -> Simulator:
-        """The run's simulator; LLM-free kinds need no backend."""
-        kind = self.config.simulator
-        if kind in ("lexical", "embedding"):
-            return make_simulator(kind, None)
-        return make_simulator(kind, self.backend(self.config.simulator_llm or self.config.llm))
-
-    def subject(self) -> Any:
-        """The subject model of the recording, loaded once (SASC runs it on synthetic text)."""
-        if self._subject is None:
-            from neuron_explainer.subject import Subject
-
-            manifest = self.store.manifest
-            self._subject = Subject.load(manifest.model_id, device=self.config.device, dtype=self.config.dtype,
-                                         hook_template=manifest.config.get("hook_template"))
-        return self._subject
-
-    async def isolated_ngrams(self, layer: int, ngram_config: NgramConfig) -> LayerNgramResponses:
-        """Every neuron's response to every corpus n-gram read alone: one cached sweep covering all of the run's
-        layers (computed once, off the event loop; later layers come from the same pass)."""
-        async with self._ngram_lock:
-            if layer not in self._layer_ngrams:
-                from neuron_explainer.corpus import open_corpus
-                from neuron_explainer.explain import isolated_ngram_responses
-
-                manifest = self.store.manifest
-                texts = list(open_corpus(manifest.corpus_spec,
-                                         text_field=manifest.config.get("text_field", "text")).documents())
-                layers = sorted((self._selected_layers | {layer}) - set(self._layer_ngrams))
-                self._layer_ngrams.update(await asyncio.to_thread(
-                    isolated_ngram_responses, self.subject(), layers, texts, ngram_config, progress=True))
-        return self._layer_ngrams[layer]
+        cache = ResponseCache.for_database(config.db, mode=CacheMode.REFRESH if fresh else CacheMode.USE)
+        self.resources = RunResources(
+            BackendSettings(llm=config.llm, simulator=config.simulator, simulator_llm=config.simulator_llm,
+                            concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm, device=config.device,
+                            dtype=config.dtype),
+            store, split=self.split, cache=cache, ledger=self.ledger, subject=subject)
 
     async def aclose(self) -> None:
         """Release backends and the response cache file."""
-        for backend in self._backends.values():
-            await backend.aclose()
-        self._cache.close()
+        await self.resources.aclose()
 
     # --- the run ---------------------------------------------------------------------------------------------
 
     async def run(self, neurons: list[NeuronId]) -> RunSummary:
         """Process `neurons`; returns the summary (the run row is finished by the caller's context)."""
         started = time.monotonic()
-        self._selected_layers = {neuron.layer for neuron in neurons}
+        self.resources.selected_layers = {neuron.layer for neuron in neurons}
         manifest = self.store.manifest
         self.recording = self.database.register_recording(
             model_id=manifest.model_id, fingerprint=manifest.model_fingerprint, path=str(self.store.path),
             manifest=dataclasses.asdict(manifest), manifest_hash=manifest.recording_id)
-        simulator = self.simulator()
-        jobs = make_explainer_jobs(self, simulator)
-        score_keys = {job.key: self._score_key(simulator) for job in jobs}
+        scorer = SCORERS.get(SimulationScorer.name)(self.resources)
+        polarities = [Polarity.POSITIVE]
+        if manifest.polarity == "both" and self.config.polarity == "both":
+            polarities.append(Polarity.NEGATIVE)
+        settings = ExplainerSettings(split=self.split, candidates=self.config.candidates,
+                                     ngram_mode=NgramMode(self.config.extra.get("ngram_mode", NgramMode.IN_CONTEXT)))
+        jobs = make_explainer_jobs(self.config.explainers, polarities, settings, self.resources, manifest)
+        score_keys = {job.key: self._score_key(scorer) for job in jobs}
         todo = self._plan(neurons, jobs, score_keys)
         skipped = len(neurons) - len(todo)
         logger.info("%d neurons selected, %d already done, %d to do", len(neurons), skipped, len(todo))
         if self.config.limit is not None:
             todo = todo[:self.config.limit]
         budget = _Budget(self.config, self.ledger, started)
-        stop_reason = await self._schedule(todo, jobs, simulator, score_keys, budget)
+        stop_reason = await self._schedule(todo, jobs, scorer, score_keys, budget)
         self.database.flush()
         totals = self.ledger.totals()
         scores = self.tally.scores
@@ -279,12 +243,12 @@ class Pipeline:
             median_score=statistics.median(scores) if scores else None,
             seconds=round(time.monotonic() - started, 2), stop_reason=stop_reason)
 
-    def _score_key(self, simulator: Simulator) -> str:
+    def _score_key(self, scorer: Scorer) -> str:
+        identity = scorer.identity()
         return score_config_key(
-            manifest_hash=self.store.manifest.recording_id, simulator=simulator.kind.value,
-            backend=simulator.backend_name, model=simulator.model, prompt_hash=simulator.prompt_hash,
-            split_seed=self.split.seed, parameters={**self.split.as_dict(), **simulator.parameters,
-                                                    "baselines": self.config.baselines})
+            manifest_hash=self.store.manifest.recording_id, simulator=identity.kind, backend=identity.backend,
+            model=identity.model, prompt_hash=identity.prompt_hash, split_seed=self.split.seed,
+            parameters={**self.split.as_dict(), **identity.parameters, "baselines": self.config.baselines})
 
     def _plan(self, neurons: list[NeuronId], jobs: list[ExplainerJob],
               score_keys: dict[str, str]) -> list[NeuronId]:
@@ -307,52 +271,40 @@ class Pipeline:
             pending |= selected - job.done
         return sorted(pending)
 
-    async def _schedule(self, todo: list[NeuronId], jobs: list[ExplainerJob], simulator: Simulator,
+    async def _schedule(self, todo: list[NeuronId], jobs: list[ExplainerJob], scorer: Scorer,
                         score_keys: dict[str, str], budget: _Budget) -> str | None:
-        """Run units with bounded concurrency; stop launching when a budget is reached (in-flight units finish)."""
-        queue: asyncio.Queue[NeuronId] = asyncio.Queue()
-        for neuron in todo:
-            queue.put_nowait(neuron)
-        stop_reason: str | None = None
+        """Run one unit per neuron through the shared runner; stop launching when a budget is reached (in-flight
+        units finish)."""
         total = len(todo)
 
-        async def worker() -> None:
-            nonlocal stop_reason
-            while stop_reason is None:
-                try:
-                    neuron = queue.get_nowait()
-                except asyncio.QueueEmpty:
-                    return
-                reason = budget.exceeded()
-                if reason is not None:
-                    stop_reason = reason
-                    return
-                await self._process(neuron, jobs, simulator, score_keys)
-                self.tally.done += 1
-                self._persist_ledger()
-                # A full disk or read-only file stops the night here, not after every neuron has been paid for.
-                self.database.check_writes()
-                if self.on_progress is not None:
-                    totals = self.ledger.totals()
-                    self.on_progress(RunProgress(done=self.tally.done, total=total, failed=self.tally.failed,
-                                                 cost_usd=totals.cost_usd or 0.0,
-                                                 tokens=totals.prompt_tokens + totals.completion_tokens))
+        def unit(neuron: NeuronId) -> Callable[[], Awaitable[None]]:
+            async def run() -> None:
+                await self._process(neuron, jobs, scorer, score_keys)
+            return run
 
-        workers = [asyncio.create_task(worker()) for _ in range(min(self.config.concurrency, max(total, 1)))]
-        try:
-            await asyncio.gather(*workers)
-        finally:
-            for task in workers:
-                task.cancel()
-            await asyncio.gather(*workers, return_exceptions=True)
+        def finished(_: None) -> None:
+            self.tally.done += 1
             self._persist_ledger()
-        return stop_reason
+            # A full disk or read-only file stops the night here, not after every neuron has been paid for.
+            self.database.check_writes()
+            if self.on_progress is not None:
+                totals = self.ledger.totals()
+                self.on_progress(RunProgress(done=self.tally.done, total=total, failed=self.tally.failed,
+                                             cost_usd=totals.cost_usd or 0.0,
+                                             tokens=totals.prompt_tokens + totals.completion_tokens))
+
+        try:
+            summary = await run_units([unit(neuron) for neuron in todo], concurrency=self.config.concurrency,
+                                      on_result=finished, description="run", progress=False, stop=budget.exceeded)
+        finally:
+            self._persist_ledger()
+        return summary.stop_reason
 
     def _persist_ledger(self) -> None:
         for entry in self.ledger.drain():
             self.database.record_llm_call(entry, run_id=self.run_id, stage=entry.operation)
 
-    async def _process(self, neuron: NeuronId, jobs: list[ExplainerJob], simulator: Simulator,
+    async def _process(self, neuron: NeuronId, jobs: list[ExplainerJob], scorer: Scorer,
                        score_keys: dict[str, str]) -> None:
         """Every unit of one neuron; each result is queued for commit as soon as it exists."""
         record_ = self.store.load_neuron(neuron.layer, neuron.neuron)
@@ -370,13 +322,13 @@ class Pipeline:
                 job.texts[neuron] = explanation.text
                 self.database.record_explanation(self.recording, explanation, config_key=job.key, run_id=self.run_id)
                 self.tally.explained += 1
-            score = await score_explanation(record_, explanation, simulator,
-                                            config=ScoreConfig(split=self.split, polarity=explanation.polarity))
+            score = await scorer.score(record_, explanation,
+                                       config=ScoreConfig(split=self.split, polarity=explanation.polarity))
             if isinstance(score, Failure):
                 self._fail(score, score_keys[job.key])
                 continue
             if self.config.baselines:
-                score = await self._with_baselines(record_, score, simulator, job)
+                score = await self._with_baselines(record_, score, scorer, job)
             if self.config.rescore:
                 # Replaced only now that the new score exists: an interrupted rescore loses nothing.
                 await asyncio.to_thread(self.database.delete_scores, explanation_key=job.key,
@@ -387,12 +339,10 @@ class Pipeline:
             if score.metrics.pearson == score.metrics.pearson:  # not NaN
                 self.tally.scores.append(score.metrics.pearson)
 
-    async def _with_baselines(self, record_: Any, score: Score, simulator: Simulator, job: ExplainerJob) -> Score:
-        from neuron_explainer.scoring import compute_baselines
-
+    async def _with_baselines(self, record_: Any, score: Score, scorer: Scorer, job: ExplainerJob) -> Score:
         other = job.shuffled_text(record_.neuron)
-        baselines = await compute_baselines(record_, simulator, shuffled_explanation=other,
-                                            config=ScoreConfig(split=self.split, polarity=job.polarity))
+        baselines = await scorer.baselines(record_, shuffled_explanation=other,
+                                           config=ScoreConfig(split=self.split, polarity=job.polarity))
         return dataclasses.replace(score, baselines=baselines)
 
     def _fail(self, failure: Failure, config_key: str) -> None:
@@ -411,26 +361,20 @@ def check_inputs(config: RunConfig) -> None:
     """Check what needs no work: explainer and simulator names, backend specs and API keys, and (with `records`)
     the record store and the neuron selection. A run does this before it creates its database, so a mistyped
     flag costs no model load and leaves nothing behind."""
-    needs_llm = False
-    for name in config.explainers:
-        needs_llm |= explainer_kind(name).value in ("token-pairs", "sasc")
-    if needs_llm:
+    if any(explainer_class(name).needs.llm for name in config.explainers):
         check_backend(config.llm)
-    if config.simulator is not None:
-        try:
-            SimulatorKind(config.simulator)
-        except ValueError:
-            names = ", ".join(kind.value for kind in SimulatorKind)
-            raise UserError(f"unknown simulator {config.simulator!r}: choose one of {names}") from None
-    if config.simulator not in ("lexical", "embedding"):
+    if simulator_needs(config.simulator).llm:
         check_backend(config.simulator_llm or config.llm)
     if config.records is not None:
         select_neurons(RecordStore.open(config.records), config)
 
 
-def run_pipeline(config: RunConfig, *, progress: bool = True,
-                 on_progress: ProgressCallback | None = None) -> RunSummary:
-    """Run one night: record or reuse, then every unit of work not yet stored. Resumable at any point."""
+def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: ProgressCallback | None = None,
+                 subject: Any = None) -> RunSummary:
+    """Run one night: record or reuse, then every unit of work not yet stored. Resumable at any point.
+
+    `subject` stands in for the recording's model where a stage runs it on new text (the planted evaluation's
+    in-process subject); None loads the model the recording names, when a stage first needs it."""
     check_inputs(config)
     with open_database(config.db) as database:
         run_id = database.start_run(config=config.as_dict())
@@ -438,7 +382,7 @@ def run_pipeline(config: RunConfig, *, progress: bool = True,
         try:
             store = ensure_records(config, progress=progress)
             neurons = select_neurons(store, config)
-            pipeline = Pipeline(config, database, store, on_progress=on_progress)
+            pipeline = Pipeline(config, database, store, on_progress=on_progress, subject=subject)
             pipeline.run_id = run_id
             summary = asyncio.run(_run_then_close(pipeline, neurons)) if neurons else None
             if summary is None:

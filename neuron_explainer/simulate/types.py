@@ -4,18 +4,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, ClassVar
 
 from neuron_explainer.core.neurons import NeuronId
+from neuron_explainer.core.registry import Name
 
 
-class SimulatorKind(str, Enum):
-    """How predicted activations are produced from an explanation."""
+class SimulatorKind(Name):
+    """How predicted activations are produced from an explanation: the name of a simulator (see `simulate.registry`)."""
 
-    ALL_AT_ONCE = "all-at-once"
-    GENERATED = "generated"
-    LEXICAL = "lexical"
-    EMBEDDING = "embedding"
+    __slots__ = ()
+    ALL_AT_ONCE: ClassVar[SimulatorKind]
+    GENERATED: ClassVar[SimulatorKind]
+    LEXICAL: ClassVar[SimulatorKind]
+    EMBEDDING: ClassVar[SimulatorKind]
+
+
+SimulatorKind.ALL_AT_ONCE = SimulatorKind("all-at-once")
+SimulatorKind.GENERATED = SimulatorKind("generated")
+SimulatorKind.LEXICAL = SimulatorKind("lexical")
+SimulatorKind.EMBEDDING = SimulatorKind("embedding")
 
 
 class WindowSplit(str, Enum):

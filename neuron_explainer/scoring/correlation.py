@@ -1,4 +1,4 @@
-"""Scoring: simulate held-out windows, compare with the true activations, calibrate, bootstrap, baselines.
+"""Scoring by simulation: simulate held-out windows, compare with the true activations, calibrate, bootstrap, baselines.
 
 Metrics never raise and never invent a 0: an undefined value is NaN with a reason.
 """
