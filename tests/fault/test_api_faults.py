@@ -100,6 +100,7 @@ def test_thirty_percent_faults_lose_nothing_and_duplicate_nothing(word_store_200
         before = results_snapshot(db)
         mix.enabled = False
         server.reset()
+        timeouts_before_second = timeout_counter.timeouts
         second = run_pipeline(_config(word_store_200, db, spec, retry_failed=True), progress=False)
         assert (second.status, second.done, second.skipped) == ("completed", len(failed), NEURONS - len(failed))
         assert (second.failed, _scored(db)) == (0, {(0, neuron) for neuron in range(NEURONS)})
@@ -109,8 +110,14 @@ def test_thirty_percent_faults_lose_nothing_and_duplicate_nothing(word_store_200
         for table in ("explanations", "scores"):
             assert set(before[table]) <= set(after[table])
             assert len(after[table]) == NEURONS
-        assert _paid_ledger(db, second.run_id) == (server.answered, server.answered_prompt_tokens,
-                                                   server.answered_completion_tokens)
+        # No faults now, but a starved machine can still make the client give up on an answer the server sent.
+        second_ledger = _paid_ledger(db, second.run_id)
+        second_answered = (server.answered, server.answered_prompt_tokens, server.answered_completion_tokens)
+        second_late = timeout_counter.timeouts - timeouts_before_second
+        if second_late == 0:
+            assert second_ledger == second_answered
+        else:
+            assert second_ledger[0] <= second_answered[0] <= second_ledger[0] + second_late
         requests = server.count()
         third = run_pipeline(_config(word_store_200, db, spec), progress=False)
         assert (third.done, third.skipped, server.count()) == (0, NEURONS, requests)
