@@ -7,18 +7,19 @@ Errors users can cause surface as UserError: one line on stderr, exit code 2 (NE
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import enum
 import json
 import logging
 import os
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from neuron_explainer.core.database_url import DEFAULT_DATABASE_URL as DEFAULT_DB
 from neuron_explainer.core.errors import UserError
 
 EXIT_USER_ERROR = 2
-DEFAULT_DB = "sqlite:///neurons.db"
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -274,12 +275,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_split_size_flags(parser: argparse.ArgumentParser) -> None:
+    from neuron_explainer.pipeline.config import SPLIT_DEFAULTS
+
+    parser.add_argument("--explain-windows", type=int, default=SPLIT_DEFAULTS.explain_top,
+                        help="top windows shown to the explainer")
+    parser.add_argument("--score-top-windows", type=int, default=SPLIT_DEFAULTS.score_top,
+                        help="held-out top windows scored")
+    parser.add_argument("--score-random-windows", type=int, default=SPLIT_DEFAULTS.score_random,
+                        help="random windows scored")
+
+
 def _add_split_flags(parser: argparse.ArgumentParser) -> None:
+    from neuron_explainer.pipeline.config import SPLIT_DEFAULTS
+
     parser.add_argument("--seed", type=int, default=0, help="split seed (explain and score must use the same)")
-    parser.add_argument("--explain-windows", type=int, default=10, help="top windows shown to the explainer")
-    parser.add_argument("--score-top-windows", type=int, default=10, help="held-out top windows scored")
-    parser.add_argument("--score-random-windows", type=int, default=10, help="random windows scored")
-    parser.add_argument("--calibrate-windows", type=int, default=5,
+    _add_split_size_flags(parser)
+    parser.add_argument("--calibrate-windows", type=int, default=SPLIT_DEFAULTS.calibrate_top,
                         help="top and random windows (each) for calibration and best-of-n")
     parser.add_argument("--concurrency", type=int, default=8, help="neurons processed at once")
     parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
@@ -399,9 +411,7 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     planted.add_argument("--ctx", type=int, default=64, help="tokens per window")
     planted.add_argument("--store", default=None, help="where to write the planted record store (default: cache)")
     planted.add_argument("--seed", type=int, default=0, help="split and sampling seed")
-    planted.add_argument("--explain-windows", type=int, default=10, help="top windows shown to the explainer")
-    planted.add_argument("--score-top-windows", type=int, default=10, help="held-out top windows scored")
-    planted.add_argument("--score-random-windows", type=int, default=10, help="random windows scored")
+    _add_split_size_flags(planted)
     planted.add_argument("--db", default=None,
                          help="keep the run's results in this database (default: a temporary one per method)")
     planted.add_argument("--concurrency", type=int, default=8, help="neurons processed at once")
@@ -470,34 +480,29 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
                     "finished work and resumes interrupted work.")
     parser.add_argument("--config", default=None, help="TOML file with run settings (keys as the flags below)")
     parser.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
-    parser.add_argument("--ngram-mode", choices=["in-context", "isolated"], default=None,
-                        help="where sasc/ngram explainers read n-gram responses (default in-context: free after "
-                             "recording; isolated: one cached sweep of the subject model per layer, as in SASC)")
-    for item in dataclasses.fields(RunConfig):
-        if item.name == "extra":
-            continue
-        flag = "--" + item.name.replace("_", "-")
-        doc = _field_doc(RunConfig, item.name)
-        if item.name == "explainers":
+    for name, item in RunConfig.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        doc = " ".join((item.description or "").split())
+        if name == "explainers":
             parser.add_argument("--explainer", "--explainers", dest="explainers", default=None,
                                 help=f"{doc} Comma-separated.")
         elif isinstance(item.default, bool):
-            parser.add_argument(flag, dest=item.name, action=argparse.BooleanOptionalAction, default=None, help=doc)
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=doc)
+        elif isinstance(item.default, enum.Enum):
+            parser.add_argument(flag, dest=name, choices=[member.value for member in type(item.default)],
+                                default=None, help=doc)
         else:
-            kind = {"int": int, "float": float}.get(str(item.type).split(" ")[0].replace("|", "").strip(), str)
-            parser.add_argument(flag, dest=item.name, type=kind, default=None, help=doc)
+            parser.add_argument(flag, dest=name, type=_flag_type(item.annotation), default=None, help=doc)
     parser.set_defaults(handler=_cmd_run)
 
 
-def _field_doc(owner: type, name: str) -> str:
-    """The one-line docstring under a dataclass field (read from the source, for --help)."""
-    import inspect
-
-    lines = inspect.getsource(owner).splitlines()
-    for index, line in enumerate(lines):
-        if line.strip().startswith(f"{name}:") and index + 1 < len(lines):
-            return lines[index + 1].strip().strip('"')
-    return ""
+def _flag_type(annotation: Any) -> Callable[[str], Any]:
+    """int or float for fields annotated so (optional or not); str otherwise."""
+    kinds = set(typing.get_args(annotation)) | {annotation}
+    for kind in (int, float):
+        if kind in kinds:
+            return kind
+    return str
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -507,8 +512,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     overrides = {name: getattr(args, name) for name in config_field_names()}
     config = load_config(args.config, overrides)
-    if args.ngram_mode is not None:
-        config = dataclasses.replace(config, extra={**config.extra, "ngram_mode": args.ngram_mode})
     bar = tqdm(total=0, unit="neuron", desc="neurons", disable=None, dynamic_ncols=True)
 
     def on_progress(progress: RunProgress) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import pytest
 
 from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.db import open_database
@@ -27,7 +26,7 @@ def test_run_with_sasc_and_ngram_explainers_over_a_planted_model(planted_model, 
                            windows=200, top_k=20, random=20, explain_windows=5, score_top_windows=5,
                            score_random_windows=5, neurons=f"{PLANTED}", explainers=("sasc", "ngram"),
                            simulator="lexical", llm=server.backend_spec("scripted"), dtype="float32",
-                           records_root=str(tmp_path / "records"), extra={"ngram_mode": "isolated"})
+                           records_root=str(tmp_path / "records"), ngram_mode="isolated")
         summary = run_pipeline(config, progress=False)
         again = run_pipeline(config, progress=False)
     assert (summary.status, summary.explained, summary.scored, summary.failed) == ("completed", 2, 2, 0)

@@ -28,6 +28,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError
 
 from neuron_explainer.activations.records import NeuronStats
+from neuron_explainer.core.database_url import normalise_database_url
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.failures import Failure
 from neuron_explainer.core.neurons import NeuronId
@@ -392,11 +393,8 @@ class _Applier(BatchApplier):
 
 
 def _parse_url(url: str) -> URL:
-    text = url.strip()
-    if "://" not in text:
-        text = "sqlite:///" + text
     try:
-        return make_url(text)
+        return make_url(normalise_database_url(url))
     except ArgumentError:
         raise UserError(f"malformed database URL {redact(url)!r}: use sqlite:///FILE or "
                         "postgresql+psycopg://USER@HOST/DB") from None

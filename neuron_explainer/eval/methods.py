@@ -256,6 +256,7 @@ def _run_config(method: Method, store: str, neurons: Sequence[NeuronId], *, spli
     llm = {"llm": method.llm} if method.llm else {}
     return RunConfig(db=db, records=store, explainers=(method.explainer.value,),
                      simulator=method.simulator.value if method.simulator else None, seed=split.seed,
+                     split_seed=split.seed,
                      explain_windows=split.explain_top, score_top_windows=split.score_top,
                      score_random_windows=split.score_random, neurons=",".join(str(neuron) for neuron in neurons),
                      concurrency=concurrency, **llm)

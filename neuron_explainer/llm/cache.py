@@ -17,6 +17,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from neuron_explainer.core.database_url import sqlite_path
 from neuron_explainer.core.paths import cache_dir
 
 logger = logging.getLogger(__name__)
@@ -37,11 +38,11 @@ class CacheMode(str, Enum):
 
 
 def default_cache_path(database_url: str | None = None) -> Path:
-    """`neurons.db.llm-cache.sqlite` next to a SQLite results database; otherwise `<cache_dir>/llm-cache.sqlite`."""
-    if database_url and database_url.startswith("sqlite:///"):
-        database_path = database_url.removeprefix("sqlite:///").split("?", 1)[0]
-        if database_path and database_path != ":memory:":
-            return Path(database_path + CACHE_SUFFIX)
+    """`neurons.db.llm-cache.sqlite` next to a SQLite results database (a URL or a plain file path); otherwise
+    `<cache_dir>/llm-cache.sqlite`."""
+    database_path = sqlite_path(database_url) if database_url else None
+    if database_path is not None:
+        return Path(database_path + CACHE_SUFFIX)
     return cache_dir() / "llm-cache.sqlite"
 
 

@@ -1,23 +1,35 @@
-"""The run configuration: one frozen dataclass, loadable from TOML, every key also a command-line flag."""
+"""The run configuration: one typed model that is the TOML file, the `run` flags and the config stored with a run.
+
+Adding a setting is one annotated line plus its docstring below: the TOML key, the `--flag` (with that docstring as
+its help) and the stored config follow. Wrong types and unknown keys are one-line errors naming the key and where
+it came from (the file, or the flag).
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import tomllib
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from neuron_explainer.core.database_url import DEFAULT_DATABASE_URL
 from neuron_explainer.core.errors import UserError
+from neuron_explainer.explain.ngrams import NgramMode
+from neuron_explainer.explain.splits import SplitConfig
+
+SPLIT_DEFAULTS = SplitConfig()
+"""The split sizes every command defaults to (the one place they are set is `SplitConfig`)."""
 
 
-@dataclass(frozen=True)
-class RunConfig:
+class RunConfig(BaseModel):
     """Everything a nightly run needs; TOML keys and `--flags` use these names (underscores or dashes)."""
 
-    db: str = "sqlite:///neurons.db"
-    """SQLAlchemy URL of the results database."""
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, use_attribute_docstrings=True)
+
+    db: str = DEFAULT_DATABASE_URL
+    """SQLAlchemy URL of the results database, or a SQLite file path."""
     model: str = "default"
     """Subject model: `default`, an HF id, a local directory or a .gguf file."""
     corpus: str = "python-docs"
@@ -37,7 +49,9 @@ class RunConfig:
     random: int = 40
     """Shared random windows kept."""
     seed: int = 0
-    """Seed for recording, splits and sampling."""
+    """Seed of the recording and of the neuron sample (and of the split, unless split_seed is set)."""
+    split_seed: int | None = None
+    """Seed of the explain/calibrate/score split (default: seed); changing it re-splits without re-recording."""
     dtype: str = "auto"
     """Subject model dtype."""
     device: str = "auto"
@@ -49,7 +63,10 @@ class RunConfig:
     sample: int | None = None
     """Explain a seeded random sample of this many neurons from the selection."""
     explainers: tuple[str, ...] = ("token-pairs",)
-    """Explainers to run: token-pairs, sasc, ngram."""
+    """Explainers to run: token-pairs, sasc, ngram (or any registered one)."""
+    ngram_mode: Annotated[NgramMode, Field(strict=False)] = NgramMode.IN_CONTEXT
+    """Where sasc/ngram read n-gram responses: in-context (free after recording) or isolated (one cached sweep of
+    the subject model per layer, as in SASC)."""
     simulator: str | None = None
     """Simulator: all-at-once, generated, lexical, embedding; default = best the backend allows."""
     llm: str = "local:default"
@@ -58,11 +75,11 @@ class RunConfig:
     """Backend for simulating (default: the same as `llm`)."""
     candidates: int = 1
     """Explanations drawn per neuron (best-of-n on the calibrate split)."""
-    explain_windows: int = 10
+    explain_windows: int = SPLIT_DEFAULTS.explain_top
     """Top windows shown to the explainer."""
-    score_top_windows: int = 10
+    score_top_windows: int = SPLIT_DEFAULTS.score_top
     """Held-out top windows scored."""
-    score_random_windows: int = 10
+    score_random_windows: int = SPLIT_DEFAULTS.score_random
     """Random windows scored."""
     baselines: bool = False
     """Also score the shuffled and empty baselines."""
@@ -86,26 +103,65 @@ class RunConfig:
     """Retry units of work that failed before."""
     rescore: bool = False
     """Score again even where a score for the same configuration exists."""
-    extra: dict[str, Any] = field(default_factory=dict)
-    """Reserved for stage-specific settings (kept in the run's stored config)."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(exc.errors(include_url=False)[0]) from None
+
+    @field_validator("explainers", mode="before")
+    @classmethod
+    def _explainer_list(cls, value: Any) -> Any:
+        """A comma-separated string (flag) or a list (TOML, stored config) of names."""
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        if isinstance(value, list):
+            return tuple(value)
+        return value
+
+    @model_validator(mode="after")
+    def _check_ranges(self) -> RunConfig:
         for name in ("max_cost", "max_tokens", "max_minutes", "limit", "sample"):
             value = getattr(self, name)
             if value is not None and value < 0:
-                raise UserError(f"--{name.replace('_', '-')} must not be negative (got {value})")
+                raise ValueError(f"--{name.replace('_', '-')} must not be negative (got {value})")
         for name in ("ctx", "windows", "concurrency", "candidates", "explain_windows"):
             if getattr(self, name) <= 0:
-                raise UserError(f"--{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
+                raise ValueError(f"--{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
         if self.polarity not in ("positive", "both"):
-            raise UserError(f"--polarity must be positive or both (got {self.polarity!r})")
+            raise ValueError(f"--polarity must be positive or both (got {self.polarity!r})")
         if self.deadline is not None:
             parse_deadline(self.deadline, now=dt.datetime.now())
+        return self
+
+    @property
+    def split(self) -> SplitConfig:
+        """The explain/calibrate/score split the run uses."""
+        return SplitConfig(seed=self.seed if self.split_seed is None else self.split_seed,
+                           explain_top=self.explain_windows, score_top=self.score_top_windows,
+                           score_random=self.score_random_windows)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form (stored with the run)."""
-        return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in dataclasses.asdict(self).items()}
+        """JSON-serialisable form (stored with the run; `RunConfig.model_validate` reads it back)."""
+        return self.model_dump(mode="json")
+
+
+class ConfigError(UserError):
+    """A setting the model refuses; the message names the key, and where it came from once that is known."""
+
+    def __init__(self, error: Any, *, source: str | None = None) -> None:
+        self.error = error
+        key = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        where = f" in {source}" if source else ""
+        if error["type"] == "extra_forbidden":
+            text = f"unknown config key {key!r}{where}"
+        elif not key:
+            text = f"{message}{where}"
+        else:
+            text = f"bad value for config key {key!r}{where}: {message} (got {error['input']!r})"
+        super().__init__(text)
 
 
 def parse_deadline(text: str, *, now: dt.datetime) -> dt.datetime:
@@ -120,31 +176,27 @@ def parse_deadline(text: str, *, now: dt.datetime) -> dt.datetime:
 
 def config_field_names() -> list[str]:
     """Names of the settable keys, in declaration order."""
-    return [item.name for item in fields(RunConfig) if item.name != "extra"]
+    return list(RunConfig.model_fields)
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """The keys of a TOML config file (dashes in key names read as underscores)."""
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"config file not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"malformed TOML in {path}: {exc}") from None
+    return {key.replace("-", "_"): value for key, value in raw.items()}
 
 
 def load_config(path: str | None, overrides: dict[str, Any]) -> RunConfig:
     """Merge a TOML file (optional) with flag overrides (None means not given) into a RunConfig."""
-    values: dict[str, Any] = {}
-    if path is not None:
+    values = read_toml(path) if path is not None else {}
+    if values:
         try:
-            raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"config file not found: {path}") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise UserError(f"malformed TOML in {path}: {exc}") from None
-        known = set(config_field_names())
-        for key, value in raw.items():
-            name = key.replace("-", "_")
-            if name not in known:
-                raise UserError(f"unknown config key {key!r} in {path}")
-            values[name] = value
+            RunConfig(**values)
+        except ConfigError as exc:
+            raise ConfigError(exc.error, source=path) from None
     values.update({key: value for key, value in overrides.items() if value is not None})
-    if isinstance(values.get("explainers"), str):
-        values["explainers"] = tuple(part.strip() for part in values["explainers"].split(",") if part.strip())
-    elif "explainers" in values:
-        values["explainers"] = tuple(values["explainers"])
-    try:
-        return RunConfig(**values)
-    except TypeError as exc:
-        raise UserError(f"bad config value: {exc}") from None
+    return RunConfig(**values)

@@ -29,7 +29,7 @@ from neuron_explainer.core.failures import Failure
 from neuron_explainer.core.neurons import NeuronId, parse_neuron_spec
 from neuron_explainer.db import Database, RecordingRef, RunStatus, open_database, score_config_key
 from neuron_explainer.core.units import run_units
-from neuron_explainer.explain import ExplainerSettings, NgramMode, Polarity, SplitConfig, explainer_class
+from neuron_explainer.explain import ExplainerSettings, Polarity, explainer_class
 from neuron_explainer.llm import CacheMode, ResponseCache, UsageLedger, check_backend
 from neuron_explainer.pipeline.config import RunConfig, parse_deadline
 from neuron_explainer.pipeline.explainers import ExplainerJob, make_explainer_jobs
@@ -188,8 +188,7 @@ class Pipeline:
         self.store = store
         self.on_progress = on_progress
         self.ledger = UsageLedger()
-        self.split = SplitConfig(seed=config.seed, explain_top=config.explain_windows,
-                                 score_top=config.score_top_windows, score_random=config.score_random_windows)
+        self.split = config.split
         self.tally = _Tally()
         self.run_id: int | None = None
         self.recording: RecordingRef | None = None
@@ -221,7 +220,7 @@ class Pipeline:
         if manifest.polarity == "both" and self.config.polarity == "both":
             polarities.append(Polarity.NEGATIVE)
         settings = ExplainerSettings(split=self.split, candidates=self.config.candidates,
-                                     ngram_mode=NgramMode(self.config.extra.get("ngram_mode", NgramMode.IN_CONTEXT)))
+                                     ngram_mode=self.config.ngram_mode)
         jobs = make_explainer_jobs(self.config.explainers, polarities, settings, self.resources, manifest)
         score_keys = {job.key: self._score_key(scorer) for job in jobs}
         todo = self._plan(neurons, jobs, score_keys)
