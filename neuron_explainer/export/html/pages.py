@@ -12,8 +12,8 @@ from string import Template
 from typing import Any
 
 from neuron_explainer.db import ResultRow
+from neuron_explainer.db.reads import StatsEntry
 from neuron_explainer.export.html.encoding import escape, number
-from neuron_explainer.export.html.reading import StatsEntry
 from neuron_explainer.export.summary import LayerSummary
 
 ASSET_FILES = ("style.css", "index.js", "neuron.js")

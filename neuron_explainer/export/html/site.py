@@ -43,10 +43,9 @@ from neuron_explainer import __version__
 from neuron_explainer.activations import NeuronRecord, RecordStore
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.db import Database, ExplanationQuery, ResultRow, SortOrder
+from neuron_explainer.db.reads import StatsEntry, explanation_sources, layer_stats, recording_paths, score_windows
 from neuron_explainer.export.html import pages
 from neuron_explainer.export.html.encoding import decimals_for, finite_or_none, rounded, script_json, script_safe
-from neuron_explainer.export.html.reading import (StatsEntry, explanation_sources, layer_stats, recording_paths,
-                                                  score_windows)
 from neuron_explainer.export.html.svg import layer_bars, score_histogram
 from neuron_explainer.export.summary import GOOD_SCORE, LayerSummary, layer_summaries
 
