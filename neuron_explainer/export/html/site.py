@@ -15,22 +15,19 @@ never sees half a site, and an existing directory is replaced only when it is a 
 
 from __future__ import annotations
 
+import concurrent.futures
+import concurrent.futures.process
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
-import pickle
-import queue
 import re
 import secrets
 import shutil
-import subprocess
-import sys
-import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -370,87 +367,45 @@ class _PageWriter:
         return int(record is not None)
 
 
-@dataclass(frozen=True)
-class WorkerJob:
-    """What one page-writing process needs (sent pickled on its stdin; see worker.py)."""
-
-    url: str
-    """Database URL (with any password: it travels through a pipe, never the command line)."""
-    root: Path
-    """Staging directory of the site."""
-    options: SiteOptions
-    """Site options."""
-    context: pages.PageContext
-    """What every page shares."""
-    registered: dict[str, str]
-    """Registered record store paths by manifest hash."""
-    chunks: tuple[_Chunk, ...]
-    """The chunks this process writes."""
+_worker: _PageWriter | None = None
+"""The page writer of a pool process (set by `_start_worker`)."""
 
 
-def run_worker_job(job: WorkerJob) -> Iterator[dict[str, Any]]:
-    """Write a job's pages chunk by chunk, yielding one JSON-ready progress record per chunk."""
+def _start_worker(url: str, root: Path, options: SiteOptions, context: pages.PageContext,
+                  registered: dict[str, str]) -> None:
+    """Initialise a pool process: open the database (read-only use) and its page writer, closed when it exits."""
+    global _worker
     from neuron_explainer.db import open_database
 
-    with open_database(job.url, create=False) as database:
-        writer = _PageWriter(database, job.root, job.options, job.context, job.registered)
-        for chunk in job.chunks:
-            result = writer.write_chunk(chunk)
-            yield {"neurons": len(chunk.neurons), "pages": result.pages, "with_records": result.with_records,
-                   "stores": sorted(result.stores)}
+    _worker = _PageWriter(open_database(url, create=False), root, options, context, registered)
+
+
+def _write_chunk_in_worker(chunk: _Chunk) -> _ChunkResult:
+    assert _worker is not None, "the pool initialiser opens the page writer"
+    return _worker.write_chunk(chunk)
 
 
 def _parallel_pages(database: Database, staging: Path, options: SiteOptions, context: pages.PageContext,
                     registered: Mapping[str, str], chunks: Sequence[_Chunk], jobs: int,
                     add: Callable[[_ChunkResult, int], None]) -> None:
-    """Write the chunks in `jobs` fresh interpreter processes (round-robin shares), reporting each chunk as it
-    finishes. Fresh processes, not multiprocessing: a forked child would inherit the database writer thread, and
-    spawn re-runs the caller's main module."""
+    """Write the chunks in a pool of `jobs` processes, reporting each chunk as it finishes. The processes are
+    spawned, not forked (a forked child would inherit the database writer thread); spawning imports the caller's
+    main module, which the CLI's guards. The database URL (with any password) reaches them through the pool's
+    pipe, never a command line."""
     url = database.url.render_as_string(hide_password=False)
-    processes: list[tuple[subprocess.Popen[bytes], Any]] = []
-    results: queue.Queue[dict[str, Any] | None] = queue.Queue()
-
-    def read(process: subprocess.Popen[bytes]) -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            results.put(json.loads(line))
-        results.put(None)
-
-    try:
-        for index in range(min(jobs, len(chunks))):
-            errors = tempfile.TemporaryFile()
-            process = subprocess.Popen([sys.executable, "-m", "neuron_explainer.export.html.worker"],
-                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors)
-            processes.append((process, errors))
-            assert process.stdin is not None
-            pickle.dump(WorkerJob(url, staging, options, context, dict(registered), tuple(chunks[index::jobs])),
-                        process.stdin)
-            process.stdin.close()
-            threading.Thread(target=read, args=(process,), daemon=True).start()
-        finished = 0
-        failure: str | None = None
-        while finished < len(processes):
-            item = results.get()
-            if item is None:
-                finished += 1
-            elif "error" in item:
-                failure = item["error"]
-            else:
-                add(_ChunkResult(item["pages"], item["with_records"], frozenset(item["stores"])), item["neurons"])
-        for process, errors in processes:
-            if process.wait() != 0 and failure is None:
-                errors.seek(0)
-                lines = errors.read().decode(errors="replace").strip().splitlines()
-                raise RuntimeError("a page-writing process failed: " + (lines[-1] if lines else
-                                                                        f"exit code {process.returncode}"))
-        if failure is not None:
-            raise UserError(failure)
-    finally:
-        for process, errors in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            errors.close()
+    pool = concurrent.futures.ProcessPoolExecutor(
+        max_workers=min(jobs, len(chunks)), mp_context=multiprocessing.get_context("spawn"),
+        initializer=_start_worker, initargs=(url, staging, options, context, dict(registered)))
+    with pool:
+        futures = {pool.submit(_write_chunk_in_worker, chunk): chunk for chunk in chunks}
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                add(future.result(), len(futures[future].neurons))
+        except concurrent.futures.process.BrokenProcessPool as exc:
+            raise RuntimeError(f"a page-writing process failed: {exc}") from None
+        finally:
+            for future in futures:
+                future.cancel()
 
 
 def _chunks(models: Sequence[_Model], best_rows: Sequence[ResultRow]) -> list[_Chunk]:
