@@ -1,3 +1,5 @@
+"""Loading subject models: tiny random-init models of four families load, and a bad model spec is one UserError."""
+
 import pytest
 
 from neuron_explainer.core.errors import UserError

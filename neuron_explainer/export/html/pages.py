@@ -1,6 +1,7 @@
-"""HTML of the three page kinds (index, layer overview, neuron) from the jinja2 templates in templates/, with
-autoescaping: every value is HTML-escaped unless this module marks it safe (inline SVG from svg.py, script-safe JSON
-from encoding.py). Nothing here reads the database: site.py gathers the data and passes it in."""
+"""HTML of the three page kinds (index, layer overview, neuron) from the autoescaping jinja2 templates in templates/.
+
+Every value is HTML-escaped unless this module marks it safe (inline SVG from svg.py, script-safe JSON from
+encoding.py). Nothing here reads the database: site.py gathers the data and passes it in."""
 
 from __future__ import annotations
 
