@@ -311,8 +311,14 @@ def test_recording_a_tiny_model_matches_brute_force(tmp_path, tiny_llama, text_c
         bottom = _brute_top(everything[layer], 6, largest=False)
         for neuron in (0, 7, 47):
             record_ = store.load_neuron(layer, neuron)
-            assert [window.window_id for window in record_.top_windows] == top[neuron].tolist()
-            assert [window.window_id for window in record_.bottom_windows] == bottom[neuron].tolist()
+            # The model ran in other batch shapes here than while recording, so float32 rounding may reorder windows
+            # whose extremes differ by less than it: compare the extremes the chosen windows reach, in order.
+            window_max = everything[layer][:, :, neuron].max(axis=1)
+            window_min = everything[layer][:, :, neuron].min(axis=1)
+            np.testing.assert_allclose(window_max[[window.window_id for window in record_.top_windows]],
+                                       window_max[top[neuron]], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(window_min[[window.window_id for window in record_.bottom_windows]],
+                                       window_min[bottom[neuron]], rtol=1e-5, atol=1e-6)
             for window in record_.top_windows + record_.random_windows:
                 np.testing.assert_allclose(window.activations, everything[layer][window.window_id, :, neuron],
                                            rtol=1e-5, atol=1e-6)
