@@ -79,12 +79,14 @@ def _add_record(commands: argparse._SubParsersAction) -> None:
                         help=f"most windows to record (default {DEFAULT_WINDOWS}, a demo size: a few minutes for 4 "
                              "layers of the default model on 2 CPU cores; use 100000+ for real runs)")
     parser.add_argument("--top-k", type=int, default=40, help="top windows kept per neuron (default 40)")
-    parser.add_argument("--random", type=int, default=40, help="shared random windows (default 40)")
+    parser.add_argument("--random", type=int, default=100,
+                        help="shared random windows; each neuron draws its own scored ones from them (default 100)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random window sample (default 0)")
     parser.add_argument("--dtype", default="auto", help="auto, float32, bfloat16 or float16 (default auto)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    parser.add_argument("--polarity", choices=["positive", "both"], default="positive",
-                        help="both also keeps each neuron's most negative windows")
+    parser.add_argument("--polarity", choices=["positive", "both", "auto"], default="auto",
+                        help="both also keeps each neuron's most negative windows; auto (default): both on gated "
+                             "MLPs (SwiGLU/GeGLU), positive elsewhere")
     parser.add_argument("--hook-template", default=None,
                         help="module path of the MLP output projection with {layer}, for unknown architectures")
     parser.add_argument("--batch-size", type=int, default=32, help="windows per forward pass (default 32)")
@@ -169,6 +171,9 @@ def _add_query_filters(parser: argparse.ArgumentParser, *, limit: int | None) ->
     parser.add_argument("--explainer-model", default=None, help="explainer LLM model name")
     parser.add_argument("--simulator", default=None, help="simulator: all-at-once, generated, lexical, embedding")
     parser.add_argument("--run", type=int, default=None, help="only results written by this run id")
+    parser.add_argument("--polarity", choices=["positive", "negative", "any"], default=None,
+                        help="only this side; default: both, best per neuron and polarity; any: one best per "
+                             "neuron whatever its polarity")
     parser.add_argument("--sort", choices=["score", "layer", "created"], default="score")
     parser.add_argument("--limit", type=int, default=limit, help=f"most rows (default {limit or 'all'})")
     parser.add_argument("--all", action="store_true", help="every explanation, not only the best per neuron")
@@ -182,7 +187,7 @@ def _query_from_args(args: argparse.Namespace) -> Any:
         neurons=parse_int_list(args.neuron, what="neuron") if args.neuron else (),
         min_score=args.min_score, max_score=args.max_score, search=args.search, method=args.method,
         model=args.model, explainer_model=args.explainer_model, simulator=args.simulator, run_id=args.run,
-        sort=SortOrder(args.sort), limit=args.limit, best_per_neuron=not args.all)
+        sort=SortOrder(args.sort), limit=args.limit, best_per_neuron=not args.all, polarity=args.polarity)
 
 
 def _add_query(commands: argparse._SubParsersAction) -> None:
@@ -293,16 +298,20 @@ def _add_split_flags(parser: argparse.ArgumentParser) -> None:
     _add_split_size_flags(parser)
     parser.add_argument("--calibrate-windows", type=int, default=SPLIT_DEFAULTS.calibrate_top,
                         help="top and random windows (each) for calibration and best-of-n")
+    parser.add_argument("--split-groups", choices=["auto", "documents"], default="auto",
+                        help="what a split keeps on one side: auto (whole documents; adjacent windows in stores "
+                             "without document ids) or documents (refuse stores without them)")
     parser.add_argument("--concurrency", type=int, default=8, help="neurons processed at once")
     parser.add_argument("--json", action="store_true", help="print a JSON summary at the end")
 
 
 def _split_config(args: argparse.Namespace) -> Any:
-    from neuron_explainer.explain import SplitConfig
+    from neuron_explainer.explain import SplitConfig, SplitGroups
 
     return SplitConfig(seed=args.seed, explain_top=args.explain_windows, score_top=args.score_top_windows,
                        score_random=args.score_random_windows, calibrate_top=args.calibrate_windows,
-                       calibrate_random=args.calibrate_windows, stratified=getattr(args, "stratified", False))
+                       calibrate_random=args.calibrate_windows, stratified=getattr(args, "stratified", False),
+                       groups=SplitGroups(args.split_groups))
 
 
 def _print_summary(args: argparse.Namespace, summary: Any) -> None:
@@ -427,6 +436,8 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
                       help="compute missing shuffled baselines with this simulator (lexical, embedding, ...)")
     real.add_argument("--llm", default=None, help="backend of an LLM simulator for the baselines")
     real.add_argument("--concurrency", type=int, default=8, help="neurons scored at once for baselines")
+    real.add_argument("--polarity", choices=["positive", "negative"], default="positive",
+                      help="which side's explanations to report (default positive)")
     real.add_argument("--format", choices=["table", "json"], default="table")
     real.add_argument("--out", default=None, help="also write the JSON report to this file")
     real.set_defaults(handler=_cmd_eval_real)
@@ -461,7 +472,7 @@ def _cmd_eval_real(args: argparse.Namespace) -> int:
 
     report = run_real_eval(args.records, args.db, simulator=args.simulator, llm=args.llm,
                            layers=parse_int_list(args.layer, what="layer") if args.layer else (),
-                           concurrency=args.concurrency)
+                           concurrency=args.concurrency, polarity=args.polarity)
     if args.out:
         write_json(report.as_dict(), args.out)
     if args.format == "json":
@@ -494,6 +505,15 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         else:
             parser.add_argument(flag, dest=name, type=_flag_type(item.annotation), default=None, help=doc)
     parser.set_defaults(handler=_cmd_run)
+
+
+def _mean_text(values: dict[str, Any]) -> str:
+    """`mean 0.312 over 9 defined, 1 undefined (0.281 with undefined = 0), median 0.300` for a ScoreMean dict."""
+    if values["mean"] is None:
+        return f"no defined score ({values['undefined']} undefined)"
+    text = (f"mean {values['mean']:.3f} over {values['defined']} defined, {values['undefined']} undefined "
+            f"({values['mean_undefined_as_zero']:.3f} with undefined = 0)")
+    return text + (f", median {values['median']:.3f}" if values.get("median") is not None else "")
 
 
 def _flag_type(annotation: Any) -> Callable[[str], Any]:
@@ -534,9 +554,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"  results   {summary.explained} explained, {summary.scored} scored, {summary.failed} failed")
         print(f"  usage     {summary.prompt_tokens} prompt + {summary.completion_tokens} completion tokens, "
               f"${summary.cost_usd:.4f}")
-        if summary.mean_score is not None:
-            print(f"  score     mean {summary.mean_score:.3f}, median {summary.median_score:.3f} "
-                  f"(Pearson, held-out top + random windows)")
+        for label, table in (("score", summary.scores), ("shuffled", summary.shuffled)):
+            for polarity, values in table.items():
+                print(f"  {label:<9} {polarity}: {_mean_text(values)}")
         print(f"  took      {summary.seconds:.1f} s")
     return 0
 

@@ -19,6 +19,7 @@ from neuron_explainer.explain.api import ExplainConfig
 from neuron_explainer.explain.base import Explainer, ExplainerSettings
 from neuron_explainer.explain.registry import explainer_class
 from neuron_explainer.explain.serialize import explanation_from_dict, explanation_to_dict, failure_to_dict
+from neuron_explainer.explain.splits import check_split_groups
 from neuron_explainer.explain.types import Explanation, Polarity
 from neuron_explainer.scoring import ScoreConfig, score_explanations
 from neuron_explainer.simulate.serialize import score_to_dict
@@ -113,6 +114,10 @@ def run_explain(records: str | Path, neurons: str, *, llm: str, out: str | Path,
     if explainer_type.needs.llm:
         check_backend(llm)
     store = RecordStore.open(records)
+    check_split_groups(config.split, has_document_ids=store.has_document_ids, store=store.path)
+    if Polarity.NEGATIVE in POLARITY_CHOICES[polarity] and store.manifest.polarity != "both":
+        raise UserError(f"--polarity {polarity}: the recording {store.path} has no negative windows (recorded with "
+                        f"polarity {store.manifest.polarity}); record with --polarity both")
     selected = select_neurons(neurons, layers=store.layers, neurons_per_layer=store.neurons_per_layer)
 
     async def go() -> BatchSummary:
@@ -160,7 +165,8 @@ def run_score(records: str | Path, neurons: str, *, explanations: str | Path, ou
               simulator: str | None = None, llm: str | None = None, config: ScoreConfig = ScoreConfig(),
               baselines: bool = False, concurrency: int = 8, progress: bool = True) -> CommandSummary:
     """Score the explanations (from `explain`'s JSONL) of the selected neurons; write JSONL to `out`.
-    Shuffled baselines draw other neurons' explanations from the whole file, selected or not."""
+    Shuffled baselines follow a seeded derangement over the file's neurons (scoring/baselines.py), so each
+    selected neuron gets a donor of its own even when one neuron is selected."""
     from neuron_explainer.activations import RecordStore
     from neuron_explainer.llm import check_backend, make_backend
     from neuron_explainer.simulate import make_simulator
@@ -168,6 +174,7 @@ def run_score(records: str | Path, neurons: str, *, explanations: str | Path, ou
     if llm:
         check_backend(llm)
     store = RecordStore.open(records)
+    check_split_groups(config.split, has_document_ids=store.has_document_ids, store=store.path)
     selected = set(select_neurons(neurons, layers=store.layers, neurons_per_layer=store.neurons_per_layer))
     every = read_explanations(explanations)
     chosen = [explanation for explanation in every if explanation.neuron in selected]
@@ -182,7 +189,7 @@ def run_score(records: str | Path, neurons: str, *, explanations: str | Path, ou
             with _open_out(out) as handle:
                 return await score_explanations(load, chosen, chosen_simulator, config=config, baselines=baselines,
                                                 concurrency=concurrency, on_result=_JsonlWriter(handle),
-                                                shuffle_pool=every, progress=progress)
+                                                donor_pool=every, progress=progress)
         finally:
             if backend is not None:
                 await backend.aclose()

@@ -49,7 +49,13 @@ def run_method(base: dict, directory: Path, name: str, explainers: tuple[str, ..
             "completion_tokens_per_neuron": round(summary.completion_tokens / done, 1),
             "tokens_per_neuron": round((summary.prompt_tokens + summary.completion_tokens) / done, 1),
             "cost_usd_per_neuron": round(summary.cost_usd / done, 6),
-            "mean_score": None if summary.mean_score is None else round(summary.mean_score, 3)}
+            "mean_score": _positive_mean(summary)}
+
+
+def _positive_mean(summary: object) -> float | None:
+    """The run's mean positive-polarity score over defined scores, rounded (None without one)."""
+    mean = getattr(summary, "scores").get("positive", {}).get("mean")
+    return None if mean is None else round(mean, 3)
 
 
 def main() -> None:

@@ -152,7 +152,30 @@ CASES: dict[str, Case] = {
     "run: missing record store": Case(lambda ws: ["run", "--records", str(ws.root / "nostore"), "--explainer",
                                                   "ngram", "--simulator", "lexical", "--db", ws.db_url("new.db")],
                                       ("no record store", "nostore"), ("new.db",)),
+    "run: a polarity the recording lacks": Case(lambda ws: _run(ws, "--explainer", "ngram", "--simulator", "lexical",
+                                                         "--polarity", "both"),
+                                                ("--polarity both", "no negative windows"), ("new.db",)),
+    "run: polarity any": Case(lambda ws: _run(ws, "--explainer", "ngram", "--polarity", "any"),
+                              ("--polarity any only picks results",), ("new.db",)),
+    "run: document groups on a store without document ids": Case(
+        lambda ws: _run(ws, "--explainer", "ngram", "--simulator", "lexical", "--split-groups", "documents"),
+        ("--split-groups documents", "no document ids"), ("new.db",)),
     # explain / score
+    "explain: a polarity the recording lacks": Case(
+        lambda ws: ["explain", "--records", str(ws.store), "--neurons", "0:1", "--llm",
+                    "openai:x@http://127.0.0.1:9/v1", "--out", str(ws.root / "e.jsonl"), "--polarity", "negative"],
+        ("--polarity negative", "no negative windows"), ("e.jsonl",)),
+    "explain: polarity any": Case(
+        lambda ws: ["explain", "--records", str(ws.store), "--neurons", "0:1", "--llm",
+                    "openai:x@http://127.0.0.1:9/v1", "--out", str(ws.root / "e.jsonl"), "--polarity", "any"],
+        ("--polarity", "invalid choice: 'any'"), ("e.jsonl",)),
+    "score: document groups on a store without document ids": Case(
+        lambda ws: ["score", "--records", str(ws.store), "--explanations", str(ws.root / "none.jsonl"), "--out",
+                    str(ws.root / "s.jsonl"), "--split-groups", "documents"],
+        ("--split-groups documents", "no document ids"), ("s.jsonl",)),
+    "eval real: polarity any": Case(lambda ws: ["eval", "real", "--records", str(ws.store), "--db",
+                                                ws.db_url("good.db"), "--polarity", "any"],
+                                    ("--polarity", "invalid choice: 'any'")),
     "explain: layer not recorded": Case(lambda ws: ["explain", "--records", str(ws.store), "--neurons", "7:0",
                                                     "--llm", "openai:x@http://127.0.0.1:9/v1", "--out",
                                                     str(ws.root / "e.jsonl")], ("layer 7",), ("e.jsonl",)),
@@ -291,9 +314,10 @@ def test_dead_neurons_are_stored_failures_with_their_reason(tmp_path: Path) -> N
         db = tmp_path / f"{explainer}.db"
         assert run_cli(["run", "--records", str(store), "--db", f"sqlite:///{db}", "--explainer", explainer,
                         "--simulator", "lexical"]) == 0
-        assert rows(db, "select layer, neuron, stage, reason from failures") == [
-            (0, 1, "explain", "no positive activation in the explain windows"),
-            (0, 2, "explain", "no positive activation in the explain windows")]
+        dead = ("no word n-gram of the explain windows has a positive response (a dead neuron, or one that fires "
+                "only on punctuation, line breaks or word pieces, which word n-grams cannot quote)")
+        assert rows(db, "select layer, neuron, stage, reason from failures") == [(0, 1, "explain", dead),
+                                                                                (0, 2, "explain", dead)]
         assert rows(db, "select n.neuron from scores s join neurons n on n.id = s.neuron_id") == [(0,)]
 
 

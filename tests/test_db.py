@@ -457,3 +457,28 @@ def test_postgresql_round_trip_and_idempotence() -> None:
         database.finish_run(run_id, RunStatus.COMPLETED)
     with open_database(url, create=False) as database:
         assert database.run(run_id).status == "completed"
+
+
+FIXTURE_V2 = Path(__file__).parent / "fixtures" / "neurons_v2.db"
+
+
+def test_upgrade_from_version_2_fixture_keeps_polarities_apart(tmp_path: Path) -> None:
+    path = tmp_path / "v2.db"
+    shutil.copy(FIXTURE_V2, path)
+    assert _rows(path, "SELECT value FROM ne_meta WHERE key = 'schema_version'") == [("2",)]
+    with open_database(str(path), create=False) as database:
+        assert database.schema_version_found == 2
+        best = database.query(ExplanationQuery(neurons=(1,), layers=(0,), limit=None))
+        # Neuron 0:1 has a positive best (0.82) and a negative best (0.91): one row each, never mixed.
+        assert sorted((row.polarity, row.score) for row in best) == [("negative", 0.91), ("positive", 0.82)]
+        [anything] = database.query(ExplanationQuery(neurons=(1,), layers=(0,), polarity="any"))
+        assert (anything.polarity, anything.score) == ("negative", 0.91)
+        [positive] = database.query(ExplanationQuery(neurons=(1,), layers=(0,), polarity="positive"))
+        assert positive.score == 0.82
+        negative_rows = database.query(ExplanationQuery(polarity="negative", limit=None))
+        assert [(str(row.neuron), row.text) for row in negative_rows] == [("0:1", "the end of a docstring")]
+        assert negative_rows[0].baselines["shuffled"] == 0.02
+    assert _rows(path, "SELECT polarity, count(*) FROM scores GROUP BY polarity") == [("negative", 1),
+                                                                                     ("positive", 4)]
+    assert _rows(path, "SELECT value FROM ne_meta WHERE key = 'schema_version'") == [(str(SCHEMA_VERSION),)]
+    assert _rows(path, "PRAGMA integrity_check") == [("ok",)]

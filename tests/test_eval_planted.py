@@ -265,7 +265,7 @@ def test_offline_eval_recovers_token_neurons_and_shows_where_cheap_methods_fail(
     assert (method.explainer, method.simulator, method.backend) == ("ngram", "lexical", "none")
     results = {result.name: result for result in method.neurons}
     the = results["the"]
-    assert the.recovered and the.score > 0.5 and the.ceiling > 0.8, the
+    assert the.recovered and the.score > 0.5 and the.concept_score > 0.8, the
     # Position and context concepts are invisible to an n-gram list: that is what the report is for.
     assert not results["first-token"].recovered and not results["inside-parentheses"].recovered
     assert method.categories["context"].recovery_rate == 0 and method.categories["position"].recovery_rate == 0
@@ -423,7 +423,7 @@ def test_builtin_suite_offline_shows_what_cheap_methods_recover_and_where_they_f
     categories = method.categories
     assert method.summary.neurons >= 40 and report.windows > 9000
     # The simulator can represent single tokens and word lists (high ceilings) ...
-    assert categories["token"].ceiling_mean > 0.8 and categories["word-list"].ceiling_mean > 0.6
+    assert categories["token"].concept_mean > 0.8 and categories["word-list"].concept_mean > 0.6
     # ... the n-gram explainer names single tokens (the bar: >= 90% recovered, scoring > 0.7) and word lists,
     # and nothing of positions or enclosing context.
     assert categories["token"].recovery_rate >= 0.9 and categories["token"].mean_score > 0.7
@@ -448,4 +448,4 @@ def test_local_default_backend_runs_the_planted_eval(tmp_path):
     assert result.name == "digits" and (result.explanation is not None or result.failure is not None)
     # In-process models are free; their tokens are still counted.
     assert method.cost_per_neuron_usd == 0 and method.prompt_tokens_per_neuron > 0
-    assert math.isfinite(result.ceiling)
+    assert math.isfinite(result.concept_score)

@@ -72,10 +72,12 @@ def test_latex_escapes_every_special_and_summarises_layers(database: Database, t
                       escaped)
     stripped = re.sub(r"\\[&%$#_{}]", "", stripped)
     assert not set(stripped) & set("&%$#_{}~^\\|<>")
-    summary_rows = {line.split(" & ")[0]: line for line in text.splitlines() if re.match(r"^(\d+|All) & \d+ & ", line)}
-    assert summary_rows["0"].startswith("0 & 2 & 0.80 & 0.80 & 0.50 [")
-    assert summary_rows["1"].startswith("1 & 2 & 0.20 & 0.20 & 0.00 [0.00, 0.00]")
-    assert summary_rows["All"].startswith("All & 10 & ")
+    summary_rows = {line.split(" & ")[1]: line for line in text.splitlines()
+                    if re.match(r"^\$\+\$ & (\d+|All) & \d+ & ", line)}
+    # Polarity, layer, neurons, undefined, mean, median, fraction good [CI].
+    assert summary_rows["0"].startswith("$+$ & 0 & 2 & 0 & 0.80 & 0.80 & 0.50 [")
+    assert summary_rows["1"].startswith("$+$ & 1 & 2 & 1 & 0.20 & 0.20 & 0.00 [0.00, 0.00]")
+    assert summary_rows["All"].startswith("$+$ & All & 10 & 1 & ")
     assert "\\begin{tabular}" in text and text.count("\\begin{table}") == 2
 
 
@@ -107,7 +109,7 @@ def test_markdown_escapes_cells(database: Database, tmp_path: Path) -> None:
     assert export(database, "markdown", out).rows == 10
     lines = out.read_text(encoding="utf-8").splitlines()
     row = next(line for line in lines if line.startswith("| 0 | 0 |"))
-    assert row.count(" | ") == 7  # escaped pipes do not add columns
+    assert row.count(" | ") == 8  # escaped pipes do not add columns
     assert markdown_escape(NASTY) in row and "<b>" not in row
     assert markdown_escape("a|b*c_[d](e)`f`") == "a\\|b\\*c\\_\\[d\\](e)\\`f\\`"
     assert "| all | 10 |" in "\n".join(lines)

@@ -61,7 +61,9 @@ def test_second_run_skips_everything(store: Path, tmp_path: Path) -> None:
     db = tmp_path / "n.db"
     first = run_pipeline(_config(store, db), progress=False)
     assert (first.status, first.explained, first.scored, first.failed) == ("completed", 12, 12, 0)
-    assert first.mean_score is not None and first.mean_score > 0.5
+    positive = first.scores["positive"]
+    assert positive["mean"] is not None and positive["mean"] > 0.5
+    assert positive["defined"] + positive["undefined"] == 12 and set(first.scores) == {"positive"}
     second = run_pipeline(_config(store, db), progress=False)
     assert (second.done, second.skipped, second.explained, second.scored) == (0, 12, 0, 0)
     assert len(_rows(db, "select id from explanations")) == 12
@@ -167,3 +169,39 @@ def test_kill_9_then_resume_equals_an_uninterrupted_run(store: Path, tmp_path: P
             subprocess.run(_cli(*flags, "--db", f"sqlite:///{db}"), check=True, capture_output=True)
             assert _table_snapshot(db) == expected
             assert _rows(db, "pragma integrity_check") == [("ok",)]
+
+
+def test_run_baselines_are_a_derangement_over_the_selected_neurons(store: Path, tmp_path: Path) -> None:
+    import asyncio
+    import json
+
+    from neuron_explainer.activations import RecordStore
+    from neuron_explainer.explain import SplitConfig
+    from neuron_explainer.scoring import ScoreConfig, compute_baselines, donor_assignment
+    from neuron_explainer.simulate import make_simulator
+    from neuron_explainer.core.neurons import NeuronId
+
+    db = tmp_path / "b.db"
+    summary = run_pipeline(_config(store, db, baselines=True, neurons="0:0-5"), progress=False)
+    assert summary.scored == 6
+    # Every score has both baselines; none was dropped from the run's shuffled summary.
+    shuffled = summary.shuffled["positive"]
+    assert shuffled["defined"] + shuffled["undefined"] == 6
+    rows = _rows(db, "select n.neuron, e.text, s.baselines_json from scores s join explanations e on "
+                     "e.id = s.explanation_id join neurons n on n.id = s.neuron_id")
+    texts = {NeuronId(0, neuron): text for neuron, text, _ in rows}
+    donors = donor_assignment(texts, seed=0)
+    assert sorted(donors) == sorted(texts) and sorted(donors.values()) == sorted(texts)
+    assert all(donor != neuron for neuron, donor in donors.items())
+    opened = RecordStore.open(store)
+    simulator = make_simulator("lexical", None)
+    for neuron, _, baselines_json in rows:
+        stored = json.loads(baselines_json)
+        assert set(stored) == {"shuffled", "empty"}
+        expected = asyncio.run(compute_baselines(opened.load_neuron(0, neuron), simulator,
+                                                 shuffled_explanation=texts[donors[NeuronId(0, neuron)]],
+                                                 config=ScoreConfig(split=SplitConfig())))
+        assert stored["shuffled"] == pytest.approx(expected["shuffled"], nan_ok=True) or (
+            stored["shuffled"] is None and expected["shuffled"] != expected["shuffled"])
+    # Every run writes the statistics of the neurons it worked on.
+    assert len(_rows(db, "select neuron_id from neuron_stats")) == 6

@@ -26,7 +26,8 @@ def test_run_with_sasc_and_ngram_explainers_over_a_planted_model(planted_model, 
                            windows=200, top_k=20, random=20, explain_windows=5, score_top_windows=5,
                            score_random_windows=5, neurons=f"{PLANTED}", explainers=("sasc", "ngram"),
                            simulator="lexical", llm=server.backend_spec("scripted"), dtype="float32",
-                           records_root=str(tmp_path / "records"), ngram_mode="isolated")
+                           records_root=str(tmp_path / "records"), ngram_mode="isolated",
+                           polarity="positive")
         summary = run_pipeline(config, progress=False)
         again = run_pipeline(config, progress=False)
     assert (summary.status, summary.explained, summary.scored, summary.failed) == ("completed", 2, 2, 0)

@@ -197,7 +197,7 @@ def test_cli_query_formats(database: Database, capsys: pytest.CaptureFixture[str
     url = database.where
     assert main(["query", "--db", url, "--layer", "0-1", "--min-score", "0.4"]) == 0
     table = capsys.readouterr().out.splitlines()
-    assert table[0].split()[:3] == ["neuron", "score", "method"]
+    assert table[0].split()[:4] == ["neuron", "polarity", "score", "method"]
     assert [line.split()[0] for line in table[1:]] == ["0:0", "0:1", "1:5"]
     assert main(["query", "--db", url, "--format", "json", "--search", "keyword", "--all", "--sort", "layer"]) == 0
     rows = json.loads(capsys.readouterr().out)

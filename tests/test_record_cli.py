@@ -58,7 +58,8 @@ def test_record_json_summary_then_show_record(tmp_path, capsys, tiny_llama, corp
 
 def test_human_summary_and_bottom_windows_missing(tmp_path, capsys, tiny_llama, corpus_dir):
     out = tmp_path / "records"
-    assert main(_record_args(tiny_llama, corpus_dir, out, "--layers", "1")) == 0
+    # The tiny model is a gated MLP, so the default (auto) would record both sides: ask for positive only.
+    assert main(_record_args(tiny_llama, corpus_dir, out, "--layers", "1", "--polarity", "positive")) == 0
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].startswith("recorded 40 windows x 16 tokens") and "layers 1 x 48 = 48 neurons" in printed[0]
     assert printed[1].startswith(f"store: {out} (recording ")

@@ -60,7 +60,9 @@ def test_random_windows_sharing_an_explain_id_are_never_scored():
     assert scored.isdisjoint(ids(split.explain))
     # Held-out top windows are not scored a second time as random windows either.
     assert set(ids(split.score_random)).isdisjoint(ids(split.score_top))
-    assert len(split.score_random) == 80 - 10 - 10
+    # Nor calibration top windows: the calibration set is disjoint from the scored set too.
+    assert set(ids(split.score_random)).isdisjoint(ids(split.calibrate_top))
+    assert len(split.score_random) == 80 - 10 - 10 - 5
 
 
 def test_scored_windows_do_not_depend_on_how_explain_windows_are_picked():
@@ -90,7 +92,8 @@ def test_calibrate_none_takes_the_remainder():
 
 def test_small_records_give_smaller_parts_not_errors():
     split = split_neuron(record(top=12, random_ids=range(1000, 1003)), SplitConfig())
-    assert len(split.score_top) == 10 and len(split.calibrate_top) == 2 and split.explain == ()
+    # 12 top windows are dealt in proportion to the parts' sizes (10, 10, 5), so every part gets some.
+    assert (len(split.score_top), len(split.explain), len(split.calibrate_top)) == (5, 5, 2)
     assert len(split.score_random) == 3 and split.calibrate_random == ()
 
 

@@ -15,6 +15,7 @@ from neuron_explainer.activations.recorder import (
     RecordSummary,
     manifest_matches,
     record,
+    resolve_polarity,
     record_activations,
 )
 from neuron_explainer.activations.records import NeuronRecord, NeuronStats, Window
@@ -46,5 +47,6 @@ __all__ = [
     "manifest_matches",
     "record",
     "record_activations",
+    "resolve_polarity",
     "write_store",
 ]

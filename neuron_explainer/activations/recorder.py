@@ -43,6 +43,18 @@ class RecordPolarity(str, Enum):
 
     POSITIVE = "positive"
     BOTH = "both"
+    AUTO = "auto"
+    """`both` on gated MLPs (about half their neurons are negative-dominant), `positive` elsewhere."""
+
+
+def resolve_polarity(polarity: RecordPolarity | str, hook_template: str) -> RecordPolarity:
+    """The recorded side(s) a request means for a model whose neurons sit at `hook_template`."""
+    from neuron_explainer.subject.hooks import is_gated_mlp
+
+    chosen = RecordPolarity(polarity)
+    if chosen is RecordPolarity.AUTO:
+        return RecordPolarity.BOTH if is_gated_mlp(hook_template) else RecordPolarity.POSITIVE
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -61,8 +73,8 @@ class RecordConfig:
     """Most windows to record (fewer if the corpus runs out)."""
     top_k: int = 40
     """Top windows kept per neuron (and bottom windows with polarity both)."""
-    random_k: int = 40
-    """Size of the shared random window sample."""
+    random_k: int = 100
+    """Size of the shared random window sample (each neuron draws its own random split windows from it)."""
     seed: int = 0
     """Seed of the random window sample and the quantile sample."""
     dtype: str = "auto"
@@ -70,7 +82,7 @@ class RecordConfig:
     device: str = "auto"
     """Device: auto, cpu, cuda, cuda:N."""
     polarity: RecordPolarity = RecordPolarity.POSITIVE
-    """`positive`, or `both` to also keep each neuron's most negative windows."""
+    """`positive`, `both` to also keep each neuron's most negative windows, or `auto` (both on gated MLPs)."""
     hook_template: str | None = None
     """Explicit module path with {layer} for architectures not resolved automatically."""
     batch_size: int = 32
@@ -151,7 +163,7 @@ def manifest_matches(manifest: Manifest, config: RecordConfig, *, model_fingerpr
 
 def record(config: RecordConfig, out_dir: Path | str, *, progress: bool = True, subject: Any = None) -> RecordSummary:
     """Record (or reuse) a store at out_dir; `subject` may pass an already loaded Subject for config.model."""
-    from neuron_explainer.corpus import open_corpus, window_batches
+    from neuron_explainer.corpus import document_batches, open_corpus
     from neuron_explainer.subject.subject import Subject, token_strings
 
     started = time.perf_counter()
@@ -174,11 +186,12 @@ def record(config: RecordConfig, out_dir: Path | str, *, progress: bool = True, 
         hook_point=subject.hook_point.template, corpus_spec=corpus.spec, corpus_hash=corpus.content_hash,
         window_length=config.window_length, num_windows=0, seed=config.seed, layers=tuple(layers),
         neurons_per_layer=subject.neurons_per_layer, top_k=config.top_k, random_k=config.random_k,
-        polarity=RecordPolarity(config.polarity).value, tokenizer=subject.tokenizer_info(),
+        polarity=resolve_polarity(config.polarity, subject.hook_point.template).value,
+        tokenizer=subject.tokenizer_info(),
         config=config.as_dict(), num_model_layers=subject.num_layers, compute_dtype=compute_dtype,
         device=str(subject.loaded.device))
-    batches = window_batches(corpus.documents(), subject.tokenizer, length=config.window_length,
-                             max_windows=config.windows, batch_size=config.batch_size, pack=config.pack)
+    batches = document_batches(corpus.documents(), subject.tokenizer, length=config.window_length,
+                               max_windows=config.windows, batch_size=config.batch_size, pack=config.pack)
 
     def feed(token_ids: np.ndarray, accumulator: RecordingAccumulator) -> None:
         record_batch(subject, accumulator, token_ids, layers)
@@ -205,11 +218,13 @@ def record_activations(target: Path | str, *, token_ids: np.ndarray, vocab: Sequ
                        polarity: RecordPolarity = RecordPolarity.POSITIVE, model_id: str = "synthetic",
                        model_fingerprint: str = "", hook_point: str = "", corpus_spec: str = "",
                        quantile_sample_tokens: int = 2048, store_dtype: str = "float32",
-                       extra: Mapping[str, Any] | None = None, batch_size: int = 64) -> Path:
+                       extra: Mapping[str, Any] | None = None, batch_size: int = 64,
+                       documents: np.ndarray | None = None) -> Path:
     """Write a store from given windows and activations, with the recorder's top-k / sampling / stats rules.
 
     token_ids: int [windows, length]; vocab: display string per token id; activations: {layer: float array
-    [windows, length, neurons]} (all layers the same width). The corpus hash is the hash of token_ids.
+    [windows, length, neurons]} (all layers the same width); documents: int [windows, 2] document id and position
+    of every window (None writes a store without document ids). The corpus hash is the hash of token_ids.
     """
     import torch
 
@@ -234,9 +249,15 @@ def record_activations(target: Path | str, *, token_ids: np.ndarray, vocab: Sequ
         model_id=model_id, model_fingerprint=model_fingerprint, hook_point=hook_point, corpus_spec=corpus_spec,
         corpus_hash=hashlib.sha256(token_ids.tobytes()).hexdigest(), window_length=token_ids.shape[1],
         num_windows=0, seed=seed, layers=tuple(sorted(activations)), neurons_per_layer=widths.pop(), top_k=top_k,
-        random_k=random_k, polarity=RecordPolarity(polarity).value, config=config.as_dict(),
+        random_k=random_k, polarity=resolve_polarity(polarity, hook_point).value, config=config.as_dict(),
         num_model_layers=max(activations) + 1, compute_dtype="float32", device="cpu", extra=dict(extra or {}))
-    batches = (token_ids[start:start + batch_size] for start in range(0, token_ids.shape[0], batch_size))
+    if documents is not None:
+        documents = np.asarray(documents, dtype=np.int64)
+        if documents.shape != (token_ids.shape[0], 2):
+            raise ValueError(f"documents must have shape ({token_ids.shape[0]}, 2), got {documents.shape}")
+    batches = ((token_ids[start:start + batch_size],
+                None if documents is None else documents[start:start + batch_size])
+               for start in range(0, token_ids.shape[0], batch_size))
 
     def feed(batch: np.ndarray, accumulator: RecordingAccumulator) -> None:
         start, stop = accumulator.windows, accumulator.windows + len(batch)
@@ -248,7 +269,7 @@ def record_activations(target: Path | str, *, token_ids: np.ndarray, vocab: Sequ
                                   config=config, device="cpu", vocab=lambda: list(vocab), progress=False)
 
 
-def _accumulate_into_store(target: Path, manifest: Manifest, batches: Iterable[np.ndarray],
+def _accumulate_into_store(target: Path, manifest: Manifest, batches: Iterable[tuple[np.ndarray, np.ndarray | None]],
                            feed: Callable[[np.ndarray, RecordingAccumulator], None], *, neurons: Mapping[int, int],
                            config: RecordConfig, device: Any,
                            vocab: Callable[[], Sequence[str]], progress: bool) -> Path:
@@ -258,14 +279,14 @@ def _accumulate_into_store(target: Path, manifest: Manifest, batches: Iterable[n
     started = time.perf_counter()
     accumulator = RecordingAccumulator(
         neurons, positions=config.window_length, top_k=config.top_k, random_k=config.random_k,
-        quantile_tokens=config.quantile_sample_tokens, both=RecordPolarity(config.polarity) is RecordPolarity.BOTH,
+        quantile_tokens=config.quantile_sample_tokens, both=manifest.polarity == RecordPolarity.BOTH.value,
         seed=config.seed, device=device)
     with StoreWriter(target) as writer:
         writer.write_pending_manifest(manifest)
         with tqdm(total=config.windows, unit="win", desc="record", disable=not progress, dynamic_ncols=True) as bar:
-            for batch in batches:
+            for batch, documents in batches:
                 feed(batch, accumulator)
-                writer.append_windows(batch)
+                writer.append_windows(batch, documents)
                 bar.update(len(batch))
         if accumulator.windows == 0:
             raise UserError(f"corpus {manifest.corpus_spec!r} yields no window of {config.window_length} tokens: "

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from neuron_explainer.core.neurons import NeuronId
 
@@ -58,3 +59,6 @@ class NeuronRecord:
     """Summary statistics over every recorded token."""
     bottom_windows: tuple[Window, ...] = ()
     """Windows with the most negative min activation, ascending (empty unless recorded with polarity both)."""
+    window_groups: Mapping[int, int] = field(default_factory=dict)
+    """Split group of each window id (same document or near-duplicate text); a window missing here is a group
+    of its own. Splits never put two windows of one group on different sides."""

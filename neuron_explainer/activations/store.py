@@ -6,6 +6,8 @@ Layout (documented in docs/record-format.md):
     tokens.npy                          int32 [windows, length]: text token ids of every recorded window
     vocab.json                          display string of every token id
     random_windows.npy                  int64 [random_k]: the shared random sample, ascending window ids
+    documents.npy                       int64 [windows, 2]: document id and position in it of every window
+    near_duplicates.npy                 int64 [windows]: near-duplicate component of every window (groups.py)
     layer_003/top_windows.npy           int64 [neurons, k]: window ids by descending max activation
     layer_003/top_activations.npy       float16|float32 [neurons, k, length]
     layer_003/random_activations.npy    float16|float32 [neurons, random_k, length]
@@ -16,7 +18,8 @@ Layout (documented in docs/record-format.md):
 
 Writers fill a staging directory next to the target (`.NAME.partial-PID-XXXX`) and finalise with os.replace,
 so a store at the target path is always complete; a killed writer leaves only a staging directory, which the
-next writer for that target removes.
+next writer for that target removes. Stores written before documents.npy existed still open: their windows are
+grouped by adjacent ids (and near-duplicate text) instead of by document, and opening one says so once.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import numpy as np
 
 from neuron_explainer import __version__
 from neuron_explainer.activations.accumulate import QUANTILE_PROBABILITIES, STATS_COLUMNS, LayerSummary
+from neuron_explainer.activations.groups import near_duplicate_labels, neuron_groups
 from neuron_explainer.activations.records import NeuronRecord, NeuronStats, Window
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.neurons import NeuronId
@@ -50,6 +54,8 @@ MANIFEST_FILE = "manifest.json"
 TOKENS_FILE = "tokens.npy"
 VOCAB_FILE = "vocab.json"
 RANDOM_WINDOWS_FILE = "random_windows.npy"
+DOCUMENTS_FILE = "documents.npy"
+NEAR_DUPLICATES_FILE = "near_duplicates.npy"
 _RAW_TOKENS_FILE = "tokens.partial.bin"
 _FLOAT16_MAX = float(np.finfo(np.float16).max)
 # Fields that describe a run rather than what was recorded; they do not enter the recording id.
@@ -179,6 +185,7 @@ class StoreWriter:
             raise UserError(f"cannot write the record store {self.target}: {exc.strerror or exc}") from None
         self.window_length: int | None = None
         self.num_windows = 0
+        self._documents: list[np.ndarray] | None = None
         self.activation_dtypes: dict[str, str] = {}
 
     def __enter__(self) -> "StoreWriter":
@@ -192,11 +199,17 @@ class StoreWriter:
         """Describe the recording in progress inside the staging directory (never loadable: complete is false)."""
         _write_text(self.staging / MANIFEST_FILE, replace(manifest, complete=False).to_json())
 
-    def append_windows(self, token_ids: np.ndarray) -> None:
-        """Append windows of text token ids [batch, length]."""
+    def append_windows(self, token_ids: np.ndarray, documents: np.ndarray | None = None) -> None:
+        """Append windows of text token ids [batch, length], with their (document id, position) rows [batch, 2]
+        when known (give them for every batch or for none)."""
         token_ids = np.ascontiguousarray(token_ids, dtype=np.int32)
         if token_ids.ndim != 2:
             raise ValueError(f"expected token ids [batch, length], got shape {token_ids.shape}")
+        if (documents is None) != (self._documents is None) and self.num_windows:
+            raise ValueError("document ids must be given with every batch of windows or with none")
+        if documents is not None:
+            documents = np.asarray(documents, dtype=np.int64).reshape(len(token_ids), 2)
+            self._documents = [*(self._documents or []), documents]
         if self.window_length is None:
             self.window_length = token_ids.shape[1]
         elif token_ids.shape[1] != self.window_length:
@@ -243,6 +256,12 @@ class StoreWriter:
         (self.staging / _RAW_TOKENS_FILE).unlink()
         _write_text(self.staging / VOCAB_FILE, json.dumps(list(vocab), ensure_ascii=False))
         np.save(self.staging / RANDOM_WINDOWS_FILE, np.asarray(random_window_ids, dtype=np.int64))
+        if self._documents is not None:
+            documents = np.concatenate(self._documents)
+            np.save(self.staging / DOCUMENTS_FILE, documents)
+            tokens = np.load(self.staging / TOKENS_FILE, mmap_mode="r")
+            np.save(self.staging / NEAR_DUPLICATES_FILE, near_duplicate_labels(tokens))
+            del tokens
         final = replace(manifest, num_windows=self.num_windows, window_length=self.window_length,
                         activation_dtypes=dict(self.activation_dtypes), complete=True,
                         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
@@ -260,10 +279,11 @@ class StoreWriter:
 
 def write_store(target: Path | str, manifest: Manifest, *, token_ids: np.ndarray, vocab: Sequence[str],
                 random_window_ids: np.ndarray, layers: Mapping[int, LayerSummary],
-                activation_dtype: str = "float16") -> Path:
-    """Write a complete store in one call from in-memory arrays (atomic like the recorder)."""
+                activation_dtype: str = "float16", documents: np.ndarray | None = None) -> Path:
+    """Write a complete store in one call from in-memory arrays (atomic like the recorder); `documents` is the
+    (document id, position) of every window, None for a store without document ids."""
     with StoreWriter(target) as writer:
-        writer.append_windows(token_ids)
+        writer.append_windows(token_ids, documents)
         for layer in sorted(layers):
             writer.write_layer(layer, layers[layer], activation_dtype=activation_dtype)
         return writer.finish(manifest, vocab=vocab, random_window_ids=random_window_ids)
@@ -295,6 +315,8 @@ class RecordStore:
         self._vocab: list[str] | None = None
         self._tokens: np.ndarray | None = None
         self._random_ids: np.ndarray | None = None
+        self._near_labels: np.ndarray | None = None
+        self._document_windows: np.ndarray | None = None
 
     @classmethod
     def open(cls, path: Path | str) -> "RecordStore":
@@ -364,6 +386,40 @@ class RecordStore:
             self._random_ids = np.load(self.path / RANDOM_WINDOWS_FILE)
         return self._random_ids
 
+    @property
+    def has_document_ids(self) -> bool:
+        """Whether the store knows each window's document (stores recorded before document ids did not)."""
+        return (self.path / DOCUMENTS_FILE).is_file()
+
+    @property
+    def document_ids(self) -> np.ndarray | None:
+        """int64 [windows, 2]: document id and position of every window; None for a store without them."""
+        if not self.has_document_ids:
+            return None
+        return np.load(self.path / DOCUMENTS_FILE, mmap_mode="r")
+
+    @property
+    def near_duplicate_labels(self) -> np.ndarray:
+        """int64 [windows]: near-duplicate component of every window (computed on first use in stores recorded
+        before they were stored)."""
+        if self._near_labels is None:
+            if (self.path / NEAR_DUPLICATES_FILE).is_file():
+                self._near_labels = np.load(self.path / NEAR_DUPLICATES_FILE, mmap_mode="r")
+            else:
+                self._near_labels = near_duplicate_labels(self.token_ids)
+        return self._near_labels
+
+    def groups_of(self, window_ids: Sequence[int]) -> dict[int, int]:
+        """Split group of each of one neuron's windows (activations/groups.py); a store without document ids
+        groups adjacent window ids and says so once."""
+        documents = self.document_ids
+        if documents is None:
+            _warn_no_documents(self.path)
+        elif self._document_windows is None:
+            self._document_windows = np.bincount(np.asarray(documents[:, 0]))
+        return neuron_groups(list(window_ids), near_labels=self.near_duplicate_labels, documents=documents,
+                             document_windows=self._document_windows)
+
     def neurons(self) -> list[NeuronId]:
         """Every recorded neuron."""
         return [NeuronId(layer, neuron) for layer in self.layers for neuron in range(self.neurons_per_layer)]
@@ -393,8 +449,9 @@ class RecordStore:
         if (self.path / layer_directory(layer) / "bottom_windows.npy").is_file():
             bottom = self._windows(self._array(layer, "bottom_windows")[neuron],
                                    self._array(layer, "bottom_activations")[neuron])
+        groups = self.groups_of([window.window_id for window in top + random + bottom])
         return NeuronRecord(neuron=NeuronId(layer, neuron), top_windows=top, random_windows=random,
-                            stats=self.neuron_stats(layer, neuron), bottom_windows=bottom)
+                            stats=self.neuron_stats(layer, neuron), bottom_windows=bottom, window_groups=groups)
 
     def _windows(self, window_ids: np.ndarray, activations: np.ndarray) -> tuple[Window, ...]:
         values = np.asarray(activations, dtype=np.float32)
@@ -414,6 +471,19 @@ class RecordStore:
             raise UserError(f"layer {layer} was not recorded in {self.path} (recorded layers: {recorded})")
         if not 0 <= neuron < self.neurons_per_layer:
             raise UserError(f"neuron {neuron} out of range: layers have neurons 0-{self.neurons_per_layer - 1}")
+
+
+_WARNED_NO_DOCUMENTS: set[str] = set()
+
+
+def _warn_no_documents(path: Path) -> None:
+    """Say once per store that its splits fall back to grouping adjacent window ids."""
+    key = str(path.resolve())
+    if key not in _WARNED_NO_DOCUMENTS:
+        _WARNED_NO_DOCUMENTS.add(key)
+        logger.warning("the record store %s has no document ids (recorded before they existed): splits group "
+                       "adjacent window ids and near-duplicate windows instead of whole documents; record again "
+                       "to group by document", path)
 
 
 def load_neuron(store: RecordStore | Path | str, layer: int, neuron: int) -> NeuronRecord:

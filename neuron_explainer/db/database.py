@@ -354,6 +354,28 @@ class Database:
         with self._read_engine.connect() as connection:
             return reads.scored_neurons(connection, explanation_key=explanation_key, score_key=score_key)
 
+    def scores_without_baselines(self, *, explanation_key: str, score_key: str) -> set[NeuronId]:
+        """Neurons whose score (explanation under `explanation_key`, score under `score_key`) has no baselines."""
+        with self._read_engine.connect() as connection:
+            return reads.scores_without_baselines(connection, explanation_key=explanation_key, score_key=score_key)
+
+    def set_score_baselines(self, *, explanation_key: str, score_key: str, neuron: NeuronId,
+                            baselines: Mapping[str, float]) -> None:
+        """Store the baselines of one neuron's score (explanation under `explanation_key`, score under
+        `score_key`), replacing what was there."""
+        s, e, n = ScoreRow.__table__, ExplanationRow.__table__, NeuronRow.__table__
+        text = dump_json(dict(baselines))
+
+        def store(connection: Connection) -> None:
+            ids = connection.execute(
+                select(s.c.id).select_from(s.join(e, e.c.id == s.c.explanation_id).join(n, n.c.id == s.c.neuron_id))
+                .where(e.c.config_key == explanation_key, s.c.config_key == score_key, n.c.layer == neuron.layer,
+                       n.c.neuron == neuron.neuron)).scalars().all()
+            if ids:
+                connection.execute(s.update().where(s.c.id.in_(ids)).values(baselines_json=text))
+
+        self._writer.call(store).result()
+
     def delete_scores(self, *, explanation_key: str, score_key: str, neurons: Iterable[NeuronId]) -> int:
         """Remove the scores (and their window details) of these neurons' explanations under `explanation_key`
         stored under `score_key`, so they can be scored afresh (`run --rescore`); returns how many."""

@@ -154,7 +154,8 @@ class ExplanationRow(Base):
 class ScoreRow(Base):
     """One score of one explanation by one simulator configuration, unique per (explanation, score-config key).
 
-    `neuron_id` repeats the explanation's neuron so best-per-neuron queries need no join to find rivals;
+    `neuron_id` and `polarity` repeat the explanation's so best-per-neuron (per polarity) queries need no join to
+    find rivals;
     `sort_score` is `pearson`, or UNDEFINED_SORT_SCORE when that is NULL, so one index orders every score
     (and, with `neuron_id` in it, answers best-per-neuron walks without reading the table).
     """
@@ -164,6 +165,7 @@ class ScoreRow(Base):
         UniqueConstraint("explanation_id", "config_key", name="uq_scores_explanation_key"),
         Index("ix_scores_sort_score_neuron", "sort_score", "neuron_id"),
         Index("ix_scores_neuron_sort_score", "neuron_id", "sort_score"),
+        Index("ix_scores_neuron_polarity_sort_score", "neuron_id", "polarity", "sort_score"),
         Index("ix_scores_key_explanation", "config_key", "explanation_id"),
     )
 
@@ -192,6 +194,7 @@ class ScoreRow(Base):
     created_at: Mapped[str] = mapped_column(String(32))
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)
     baselines_json: Mapped[str] = mapped_column(Text, default="{}", server_default="{}")
+    polarity: Mapped[str] = mapped_column(String(16), default="positive", server_default="positive")
 
 
 class ScoreWindowsRow(Base):

@@ -1,8 +1,10 @@
 """Read side: filter, sort and page scored explanations; every user value reaches SQL as a bound parameter.
 
-A result row is one (explanation, score) pair. By default only the best row per neuron is returned: among the rows
-that pass the explanation/score filters (method, explainer model, simulator, run, text), the one with the highest
-Pearson score (undefined scores rank last, ties go to the older row). The score range then applies to that best
+A result row is one (explanation, score) pair. By default only the best row per neuron and polarity is returned:
+among the rows that pass the explanation/score filters (method, explainer model, simulator, run, text, polarity),
+the one with the highest Pearson score (undefined scores rank last, ties go to the older row); a neuron explained
+on both sides has a positive and a negative best row, never one picked across sides unless the query asks for
+`polarity="any"`. The score range then applies to that best
 row, so `--max-score 0.2` lists neurons whose best explanation is poor.
 """
 
@@ -24,6 +26,9 @@ from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, ExplanationRow, Ne
 from neuron_explainer.db.schema import SEARCH_TABLE
 from neuron_explainer.explain.registry import EXPLAINERS
 from neuron_explainer.simulate.registry import SIMULATORS
+
+POLARITY_FILTERS = (None, "positive", "negative", "any")
+"""Values of ExplanationQuery.polarity."""
 
 MIN_SEARCH_INDEX_CHARS = 3
 """The trigram index finds substrings of at least this many characters; shorter ones fall back to LIKE."""
@@ -66,7 +71,10 @@ class ExplanationQuery:
     limit: int | None = 50
     """Most rows returned (None: all)."""
     best_per_neuron: bool = True
-    """One row per neuron (its best), or every (explanation, score) pair."""
+    """One row per neuron and polarity (its best), or every (explanation, score) pair."""
+    polarity: str | None = None
+    """`positive` or `negative`: only that side; None: both sides, best per neuron and polarity; `any`: both
+    sides, one best per neuron whatever its polarity."""
 
     def __post_init__(self) -> None:
         if self.limit is not None and self.limit < 1:
@@ -83,6 +91,8 @@ class ExplanationQuery:
         simulators = SIMULATORS.names()
         if self.simulator is not None and self.simulator not in simulators:
             raise UserError(f"unknown simulator {self.simulator!r}: choose from {', '.join(simulators)}")
+        if self.polarity not in POLARITY_FILTERS:
+            raise UserError(f"unknown polarity {self.polarity!r}: choose positive, negative or any")
         if not isinstance(self.sort, SortOrder):
             object.__setattr__(self, "sort", SortOrder(self.sort))
 
@@ -206,6 +216,8 @@ def _pair_filters(query: ExplanationQuery, scores: Any, explanations: Any, *, se
         conditions.append(explanations.c.explainer_model == query.explainer_model)
     if query.simulator is not None:
         conditions.append(scores.c.simulator == query.simulator)
+    if query.polarity in ("positive", "negative"):
+        conditions.append(scores.c.polarity == query.polarity)
     if query.run_id is not None:
         conditions.append(or_(scores.c.run_id == query.run_id, explanations.c.run_id == query.run_id))
     needle = (query.search or "").strip()
@@ -297,8 +309,9 @@ def _matching_scores(query: ExplanationQuery, *, search_index: bool, walk_scores
                                             rival_explanations.c.id == rival_scores.c.explanation_id)
         better = or_(rival_scores.c.sort_score > s.c.sort_score,
                      and_(rival_scores.c.sort_score == s.c.sort_score, rival_scores.c.id < s.c.id))
+        same_side = [] if query.polarity == "any" else [rival_scores.c.polarity == s.c.polarity]
         rivals = (select(rival_scores.c.id).select_from(rivals_from)
-                  .where(rival_scores.c.neuron_id == s.c.neuron_id, better,
+                  .where(rival_scores.c.neuron_id == s.c.neuron_id, *same_side, better,
                          *_pair_filters(query, rival_scores, rival_explanations, search_index=search_index,
                                         walk_scores=walk_scores)))
         conditions.append(~exists(rivals))
@@ -312,7 +325,8 @@ def _every_match(query: ExplanationQuery, *, search_index: bool) -> Any:
     if not query.best_per_neuron:
         return select(s.c.id.label("id")).select_from(joined).where(
             *conditions, *_score_range(query, s.c.sort_score)).subquery("matches")
-    rank = func.row_number().over(partition_by=s.c.neuron_id, order_by=(s.c.sort_score.desc(), s.c.id))
+    partition = (s.c.neuron_id,) if query.polarity == "any" else (s.c.neuron_id, s.c.polarity)
+    rank = func.row_number().over(partition_by=partition, order_by=(s.c.sort_score.desc(), s.c.id))
     ranked = (select(s.c.id.label("id"), s.c.sort_score.label("sort_score"), rank.label("rank"))
               .select_from(joined).where(*conditions).subquery("ranked"))
     return (select(ranked.c.id).where(ranked.c.rank == 1, *_score_range(query, ranked.c.sort_score))

@@ -88,6 +88,15 @@ def scored_neurons(connection: Connection, *, explanation_key: str, score_key: s
     return {NeuronId(row.layer, row.neuron) for row in connection.execute(statement)}
 
 
+def scores_without_baselines(connection: Connection, *, explanation_key: str, score_key: str) -> set[NeuronId]:
+    """Neurons whose score (explanation under `explanation_key`, score under `score_key`) has no baselines."""
+    s, e, n = ScoreRow.__table__, ExplanationRow.__table__, NeuronRow.__table__
+    statement = (select(n.c.layer, n.c.neuron)
+                 .select_from(s.join(e, e.c.id == s.c.explanation_id).join(n, n.c.id == s.c.neuron_id))
+                 .where(e.c.config_key == explanation_key, s.c.config_key == score_key, s.c.baselines_json == "{}"))
+    return {NeuronId(row.layer, row.neuron) for row in connection.execute(statement)}
+
+
 def failed_neurons(connection: Connection, *, stage: str, config_key: str) -> set[NeuronId]:
     """Neurons with a recorded failure at `stage` under `config_key` (in any run; subtract what succeeded)."""
     f = FailureRow.__table__

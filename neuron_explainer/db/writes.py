@@ -162,11 +162,14 @@ class Applier(BatchApplier):
             wanted = sorted({(neuron_id(records[index]), records[index].explanation_key)
                              for index in score_positions})
             explanation_ids: dict[tuple[int, str], int] = {}
+            polarities: dict[int, str] = {}
             table = ExplanationRow.__table__
             for chunk in chunks(wanted):
-                rows = connection.execute(select(table.c.id, table.c.neuron_id, table.c.config_key)
+                rows = connection.execute(select(table.c.id, table.c.neuron_id, table.c.config_key, table.c.polarity)
                                           .where(tuple_(table.c.neuron_id, table.c.config_key).in_(list(chunk))))
-                explanation_ids.update({(row.neuron_id, row.config_key): row.id for row in rows})
+                for row in rows:
+                    explanation_ids[(row.neuron_id, row.config_key)] = row.id
+                    polarities[row.id] = row.polarity
             scores, windows = [], {}
             for index in score_positions:
                 record = records[index]
@@ -176,7 +179,9 @@ class Applier(BatchApplier):
                         f"score for neuron {record.layer}:{record.neuron} names explanation key "
                         f"{record.explanation_key[:12]}..., which is not in the database; record the explanation first")
                     continue
-                scores.append(dict(record.values, neuron_id=key[0], explanation_id=explanation_ids[key]))
+                # The score repeats its explanation's polarity, so best-per-neuron-and-polarity needs no join.
+                scores.append(dict(record.values, neuron_id=key[0], explanation_id=explanation_ids[key],
+                                   polarity=polarities[explanation_ids[key]]))
                 windows.setdefault((explanation_ids[key], record.values["config_key"]), record.windows_json)
             insert_ignoring_duplicates(connection, ScoreRow.__table__, scores)
             table = ScoreRow.__table__

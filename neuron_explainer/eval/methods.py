@@ -4,7 +4,7 @@
 into a results database, with the planted stand-in subject lent to the run where SASC reads new text), then reads
 the stored explanations and scores back, so the evaluation measures the product rather than a copy of it.
 `explain_and_score` runs the same registered explainers and scorer in process, without a database.
-`reference_scores` adds what only an evaluation needs: the simulator's score of the true concept (the ceiling),
+`reference_scores` adds what only an evaluation needs: the simulator's score of the true concept (a reference point, not a bound),
 of another neuron's explanation (shuffled, the floor) and of an empty explanation, with usage counted apart.
 """
 
@@ -130,8 +130,8 @@ class MethodRun:
     product_usage: Usage
     """LLM usage of explaining and scoring (what the product spends)."""
     reference_usage: Usage = field(default_factory=Usage)
-    """LLM usage of the ceiling and baseline scores (what only the evaluation spends)."""
-    ceilings: dict[NeuronId, float] = field(default_factory=dict)
+    """LLM usage of the concept and baseline scores (what only the evaluation spends)."""
+    concept_scores: dict[NeuronId, float] = field(default_factory=dict)
     """Pooled Pearson of the true concept description."""
     baselines: dict[NeuronId, dict[str, float]] = field(default_factory=dict)
     """`shuffled` and `empty` pooled Pearson per neuron."""
@@ -332,7 +332,7 @@ async def reference_scores(method: Method, records: Mapping[NeuronId, NeuronReco
                            explanations: Mapping[NeuronId, Explanation | Failure], concept_texts: Mapping[NeuronId, str],
                            *, split: SplitConfig, concurrency: int = 8
                            ) -> tuple[dict[NeuronId, float], dict[NeuronId, dict[str, float]], Usage]:
-    """Per neuron: the pooled Pearson of its true concept (ceiling) and its `shuffled` / `empty` baselines, by
+    """Per neuron: the pooled Pearson of its true concept description and its `shuffled` / `empty` baselines, by
     `method`'s simulator on the same split; and the LLM usage these extra scores cost."""
     from neuron_explainer.scoring import ScoreConfig, SimulationScorer, shuffled_explanations
 
@@ -345,23 +345,23 @@ async def reference_scores(method: Method, records: Mapping[NeuronId, NeuronReco
         from neuron_explainer.core.units import run_units
 
         scorer = SimulationScorer(context)
-        ceilings: dict[NeuronId, float] = {}
+        concept_scores: dict[NeuronId, float] = {}
         baselines: dict[NeuronId, dict[str, float]] = {}
 
         def unit(neuron: NeuronId) -> Callable[[], Any]:
             async def run() -> tuple[NeuronId, float, dict[str, float]]:
                 record = records[neuron]
-                ceiling = await scorer.score(record, concept_texts[neuron], config=quick)
+                concept = await scorer.score(record, concept_texts[neuron], config=quick)
                 references = await scorer.baselines(record, config=quick, shuffled_explanation=shuffled.get(neuron))
-                return neuron, ceiling.metrics.pearson if isinstance(ceiling, Score) else NAN, references
+                return neuron, concept.metrics.pearson if isinstance(concept, Score) else NAN, references
             return run
 
         def collect(outcome: tuple[NeuronId, float, dict[str, float]]) -> None:
-            neuron, ceilings[neuron], baselines[neuron] = outcome
+            neuron, concept_scores[neuron], baselines[neuron] = outcome
 
         await run_units([unit(neuron) for neuron in neurons], concurrency=concurrency, on_result=collect,
                         description="reference scores", progress=False)
-        return ({neuron: ceilings[neuron] for neuron in neurons}, {neuron: baselines[neuron] for neuron in neurons},
+        return ({neuron: concept_scores[neuron] for neuron in neurons}, {neuron: baselines[neuron] for neuron in neurons},
                 _snapshot(context.ledger))
 
     return await _with_context(method, records, body)
@@ -371,7 +371,7 @@ def run_method(method: Method, store: str, neurons: Sequence[NeuronId], *, split
                subject: Any = None, concept_texts: Mapping[NeuronId, str] | None = None, db: str | None = None,
                concurrency: int = 8, progress: bool = False) -> MethodRun:
     """Evaluate `method` on `neurons` of the record store at `store`: the product's explanations and scores, and
-    with `concept_texts` the ceiling and baseline scores. Results go to `db` (a temporary database when None)."""
+    with `concept_texts` the concept and baseline scores. Results go to `db` (a temporary database when None)."""
     from neuron_explainer.activations import RecordStore
 
     opened = RecordStore.open(store)
@@ -380,9 +380,9 @@ def run_method(method: Method, store: str, neurons: Sequence[NeuronId], *, split
                         concurrency=concurrency, progress=progress, subject=subject)
     if concept_texts is None:
         return run
-    ceilings, baselines, usage = asyncio.run(reference_scores(run.method, records, run.explanations, concept_texts,
+    concept_scores, baselines, usage = asyncio.run(reference_scores(run.method, records, run.explanations, concept_texts,
                                                               split=split, concurrency=concurrency))
-    return replace(run, ceilings=ceilings, baselines=baselines, reference_usage=usage)
+    return replace(run, concept_scores=concept_scores, baselines=baselines, reference_usage=usage)
 
 
 def score_value(result: Score | Failure | None) -> float:

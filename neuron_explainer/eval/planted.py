@@ -2,7 +2,7 @@
 
 Build (or reuse) the planted record store, run every requested explainer x simulator x backend on it through the
 nightly run, and report per method: recovery rate (the checker passes), mean and median
-score, the ceiling (score of the true concept), the floors (shuffled and empty explanations), tokens and cost per
+score, the concept score (the true concept description's score: a reference, not a bound), the floors (shuffled and empty explanations), tokens and cost per
 neuron, and the same per category, so it shows where cheap methods fail.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -81,8 +82,9 @@ class NeuronResult:
     """Pearson over held-out top windows."""
     score_random: float
     """Pearson over random windows."""
-    ceiling: float
-    """Pooled Pearson of the true concept description with the same simulator."""
+    concept_score: float
+    """Pooled Pearson of the true concept description with the same simulator: a reference point, not a bound
+    (an explanation that describes the activations better than the planted wording can score above it)."""
     shuffled: float
     """Pooled Pearson of another planted neuron's explanation."""
     empty: float
@@ -115,10 +117,14 @@ class GroupSummary:
     """Mean pooled Pearson over defined scores."""
     median_score: float
     """Median pooled Pearson over defined scores."""
-    ceiling_mean: float
-    """Mean score of the true concept descriptions."""
-    ceiling_median: float
+    concept_mean: float
+    """Mean score of the true concept descriptions (a reference, not a bound)."""
+    concept_median: float
     """Median score of the true concept descriptions."""
+    above_concept: int
+    """Explained neurons whose explanation scores above their true concept description."""
+    failures: dict[str, int]
+    """Neurons without a score, counted by failure reason."""
     shuffled_mean: float
     """Mean score of shuffled explanations."""
     empty_mean: float
@@ -148,7 +154,7 @@ class MethodReport:
     seconds_per_neuron: float
     """Wall time of explaining + scoring, per neuron."""
     reference_tokens: int
-    """Tokens the evaluation itself spent (ceiling and baseline scores), not counted above."""
+    """Tokens the evaluation itself spent (concept and baseline scores), not counted above."""
     neurons: tuple[NeuronResult, ...]
     """Per neuron."""
 
@@ -203,8 +209,11 @@ def summarise(results: Sequence[NeuronResult], *, good_score: float = GOOD_SCORE
         recovery_rate=recovered / count if count else NAN, good=good, good_rate=good / count if count else NAN,
         mean_score=_mean([result.score for result in results]),
         median_score=_median([result.score for result in results]),
-        ceiling_mean=_mean([result.ceiling for result in results]),
-        ceiling_median=_median([result.ceiling for result in results]),
+        concept_mean=_mean([result.concept_score for result in results]),
+        concept_median=_median([result.concept_score for result in results]),
+        above_concept=sum(math.isfinite(result.score) and math.isfinite(result.concept_score)
+                          and result.score > result.concept_score for result in results),
+        failures=dict(Counter(result.failure for result in results if result.failure is not None)),
         shuffled_mean=_mean([result.shuffled for result in results]),
         empty_mean=_mean([result.empty for result in results]))
 
@@ -234,7 +243,7 @@ def method_report(run: MethodRun, suite: PlantedSuite, indices: Sequence[int], *
             name=planted.name, category=planted.category, neuron=str(neuron), concept=planted.concept,
             explanation=text, failure=failure, recovered=bool(matched), matched=matched, score=score_value(scored),
             score_top=metrics.pearson_top if metrics else NAN, score_random=metrics.pearson_random if metrics else NAN,
-            ceiling=run.ceilings.get(neuron, NAN), shuffled=baselines.get("shuffled", NAN),
+            concept_score=run.concept_scores.get(neuron, NAN), shuffled=baselines.get("shuffled", NAN),
             empty=baselines.get("empty", NAN), prompt_tokens=sum(item.prompt_tokens for item in tokens),
             completion_tokens=sum(item.completion_tokens for item in tokens)))
     categories: dict[str, list[NeuronResult]] = {}
@@ -287,32 +296,40 @@ def format_planted_report(report: PlantedReport, *, neurons: bool = False) -> st
     """The report as text tables: one row per method, then recovery and score per category (and per neuron)."""
     lines = [f"planted suite {report.suite} ({report.suite_source}), store {report.store}: {report.windows} "
              f"windows of {report.corpus} cut by the {report.tokenizer} tokenizer", ""]
-    header = ["explainer", "simulator", "backend", "neurons", "recovered", f"good(>{report.good_score:g})",
-              "mean", "median", "undefined", "ceiling", "shuffled", "empty", "tokens/neuron", "usd/neuron",
-              "s/neuron"]
+    header = ["explainer", "simulator", "backend", "neurons", "explained", "recovered",
+              f"good(>{report.good_score:g})", "mean", "median", "undefined", "concept", ">concept", "shuffled",
+              "empty", "tokens/neuron", "usd/neuron", "s/neuron"]
     rows = []
     for method in report.methods:
         summary = method.summary
         cost = "-" if method.cost_per_neuron_usd is None else f"{method.cost_per_neuron_usd:.5f}"
         rows.append([method.explainer, method.simulator, method.backend, str(summary.neurons),
-                     percent(summary.recovery_rate), percent(summary.good_rate), number(summary.mean_score),
-                     number(summary.median_score), str(summary.undefined), number(summary.ceiling_mean),
+                     str(summary.explained), percent(summary.recovery_rate), percent(summary.good_rate),
+                     number(summary.mean_score), number(summary.median_score), str(summary.undefined),
+                     number(summary.concept_mean), str(summary.above_concept),
                      number(summary.shuffled_mean),
                      number(summary.empty_mean),
                      f"{method.prompt_tokens_per_neuron + method.completion_tokens_per_neuron:.0f}", cost,
                      number(method.seconds_per_neuron)])
     lines += table(header, rows)
+    lines += ["", "concept: the same simulator's score of the true concept description, a reference point and not "
+              "a bound (>concept counts explanations scoring above it)"]
+    for method in report.methods:
+        for reason, count in sorted(method.summary.failures.items(), key=lambda item: (-item[1], item[0])):
+            lines.append(f"not scored ({method.explainer} / {method.simulator}): {count} x {reason}")
     for method in report.methods:
         lines += ["", f"by category: {method.explainer} / {method.simulator} / {method.backend}"]
-        category_rows = [[name, str(group.neurons), percent(group.recovery_rate), percent(group.good_rate),
-                          number(group.mean_score), number(group.ceiling_mean), number(group.shuffled_mean)]
+        category_rows = [[name, str(group.neurons), str(group.explained), percent(group.recovery_rate),
+                          percent(group.good_rate), number(group.mean_score), number(group.concept_mean),
+                          number(group.shuffled_mean)]
                          for name, group in method.categories.items()]
-        lines += table(["category", "neurons", "recovered", "good", "mean", "ceiling", "shuffled"], category_rows)
+        lines += table(["category", "neurons", "explained", "recovered", "good", "mean", "concept", "shuffled"],
+                       category_rows)
         if neurons:
             neuron_rows = [[result.name, result.category, "yes" if result.recovered else "no",
-                            number(result.score), number(result.ceiling),
+                            number(result.score), number(result.concept_score),
                             clip(result.explanation if result.explanation is not None else f"({result.failure})")]
                            for result in method.neurons]
-            lines += [""] + table(["neuron", "category", "recovered", "score", "ceiling", "explanation"],
+            lines += [""] + table(["neuron", "category", "recovered", "score", "concept", "explanation"],
                                    neuron_rows)
     return "\n".join(lines)

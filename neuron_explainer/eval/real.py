@@ -280,12 +280,13 @@ def _group_label(method: str, explainer_model: str, simulator: str, simulator_mo
     return f"{explainer} / {scorer}"
 
 
-def load_scored_explanations(db: str, *, model_id: str, layers: Sequence[int] = ()) -> list[ScoredExplanation]:
-    """Every stored (explanation, score) pair of `model_id` (positive polarity), from the database at `db`."""
+def load_scored_explanations(db: str, *, model_id: str, layers: Sequence[int] = (),
+                             polarity: str = "positive") -> list[ScoredExplanation]:
+    """Every stored (explanation, score) pair of `model_id` on one polarity, from the database at `db`."""
     from neuron_explainer.db import ExplanationQuery, SortOrder, open_database
 
     query = ExplanationQuery(model=model_id, layers=tuple(layers), limit=None, best_per_neuron=False,
-                             sort=SortOrder.LAYER)
+                             sort=SortOrder.LAYER, polarity=polarity)
     with open_database(db, create=False) as database:
         rows = database.query(query)
     return [ScoredExplanation(
@@ -294,20 +295,21 @@ def load_scored_explanations(db: str, *, model_id: str, layers: Sequence[int] = 
         score_random=row.pearson_random, shuffled=row.baselines.get("shuffled", NAN),
         split={key: row.score_parameters[key] for key in _SPLIT_KEYS if key in row.score_parameters},
         order=row.score_id)
-        for row in rows if row.polarity == "positive"]
+        for row in rows]
 
 
 _SPLIT_KEYS = ("explain_top", "score_top", "score_random", "calibrate_top", "calibrate_random", "stratified")
 
 
 async def fill_shuffled_baselines(items: Sequence[ScoredExplanation], store: Any, simulator: Any, *,
-                                  concurrency: int = 8) -> list[ScoredExplanation]:
+                                  concurrency: int = 8, polarity: str = "positive") -> list[ScoredExplanation]:
     """Items with missing shuffled baselines computed: each neuron scored with another neuron's explanation of
     the same method and seed (a seeded derangement), by `simulator` on the neuron's recorded windows. Only items
     scored by the same kind of simulator get one, so a baseline is always comparable with its score."""
     from dataclasses import replace
 
     from neuron_explainer.explain.splits import SplitConfig
+    from neuron_explainer.explain.types import Polarity
     from neuron_explainer.scoring import ScoreConfig, compute_baselines, shuffled_explanations
 
     pools: dict[tuple[str, int], dict[NeuronId, str]] = {}
@@ -323,7 +325,8 @@ async def fill_shuffled_baselines(items: Sequence[ScoredExplanation], store: Any
         item = items[index]
         async with semaphore:
             record = store.load_neuron(item.neuron.layer, item.neuron.neuron)
-            config = ScoreConfig(split=SplitConfig(seed=item.split_seed, **item.split), bootstrap_samples=0)
+            config = ScoreConfig(split=SplitConfig(seed=item.split_seed, **item.split), bootstrap_samples=0,
+                                 polarity=Polarity(polarity))
             values = await compute_baselines(
                 record, simulator, config=config,
                 shuffled_explanation=assignments[(item.group, item.split_seed)][item.neuron])
@@ -334,7 +337,7 @@ async def fill_shuffled_baselines(items: Sequence[ScoredExplanation], store: Any
 
 
 def run_real_eval(records: str, db: str, *, simulator: str | None = None, llm: str | None = None,
-                  layers: Sequence[int] = (), concurrency: int = 8) -> RealReport:
+                  layers: Sequence[int] = (), concurrency: int = 8, polarity: str = "positive") -> RealReport:
     """The real-neuron report for the record store at `records` from the database at `db`; with `simulator`,
     missing shuffled baselines of the scores made by that kind of simulator are computed (an LLM simulator
     needs `llm`)."""
@@ -346,7 +349,7 @@ def run_real_eval(records: str, db: str, *, simulator: str | None = None, llm: s
     unknown = sorted(set(wanted) - set(manifest.layers))
     if unknown:
         raise UserError(f"layer(s) {unknown} were not recorded in {records}")
-    items = load_scored_explanations(db, model_id=manifest.model_id, layers=wanted)
+    items = load_scored_explanations(db, model_id=manifest.model_id, layers=wanted, polarity=polarity)
     if simulator is not None and items:
         from neuron_explainer.llm import make_backend
         from neuron_explainer.simulate import make_simulator
@@ -355,7 +358,7 @@ def run_real_eval(records: str, db: str, *, simulator: str | None = None, llm: s
             backend = make_backend(llm) if llm else None
             try:
                 return await fill_shuffled_baselines(items, store, make_simulator(simulator, backend),
-                                                     concurrency=concurrency)
+                                                     concurrency=concurrency, polarity=polarity)
             finally:
                 if backend is not None:
                     await backend.aclose()

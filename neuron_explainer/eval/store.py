@@ -51,7 +51,7 @@ class PlantedRecordingConfig:
     """Tokens per window."""
     top_k: int = 40
     """Top windows kept per neuron."""
-    random_k: int = 40
+    random_k: int = 100
     """Shared random windows."""
     seed: int = 0
     """Seed of the random-window sample."""
@@ -105,7 +105,7 @@ def build_planted_store(suite: PlantedSuite, config: PlantedRecordingConfig = Pl
     already loaded tokenizer for `config.tokenizer`.
     """
     from neuron_explainer.activations import RecordStore, record_activations
-    from neuron_explainer.corpus import open_corpus, window_batches
+    from neuron_explainer.corpus import document_batches, open_corpus
     from neuron_explainer.subject.subject import token_strings
 
     started = time.perf_counter()
@@ -113,7 +113,7 @@ def build_planted_store(suite: PlantedSuite, config: PlantedRecordingConfig = Pl
     tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.tokenizer)
     vocab = token_strings(tokenizer)
     identity_source = {"suite": suite.content_hash, "config": asdict(config), "vocab": _vocab_hash(vocab),
-                       "corpus": corpus.content_hash}
+                       "corpus": corpus.content_hash, "document_ids": True}
     identity = hashlib.sha256(json.dumps(identity_source, sort_keys=True).encode()).hexdigest()[:24]
     target = Path(out_dir) if out_dir is not None else cache_dir() / "planted" / f"{suite.name}-{identity}"
     existing = _existing_identity(target)
@@ -122,11 +122,12 @@ def build_planted_store(suite: PlantedSuite, config: PlantedRecordingConfig = Pl
         return PlantedStore(path=target, suite=suite, identity=identity, reused=True,
                             seconds=time.perf_counter() - started)
 
-    batches = list(window_batches(corpus.documents(), tokenizer, length=config.window_length,
-                                  max_windows=config.windows, batch_size=1024))
+    batches = list(document_batches(corpus.documents(), tokenizer, length=config.window_length,
+                                    max_windows=config.windows, batch_size=1024))
     if not batches:
         raise UserError(f"corpus {config.corpus!r} yields no window of {config.window_length} tokens")
-    token_ids = np.concatenate(batches)
+    token_ids = np.concatenate([tokens for tokens, _ in batches])
+    documents = np.concatenate([rows for _, rows in batches])
     logger.info("computing %d planted neurons on %d windows", len(suite.neurons), len(token_ids))
     activations = planted_activations(suite, token_ids, vocab)
     extra = {EXTRA_KEY: {"identity": identity, "suite": suite.as_dict(), "suite_hash": suite.content_hash,
@@ -134,7 +135,7 @@ def build_planted_store(suite: PlantedSuite, config: PlantedRecordingConfig = Pl
     path = record_activations(
         target, token_ids=token_ids, vocab=vocab, activations={PLANTED_LAYER: activations}, top_k=config.top_k,
         random_k=config.random_k, seed=config.seed, model_id=suite.model_id, model_fingerprint=suite.content_hash,
-        hook_point=HOOK_POINT, corpus_spec=config.corpus, extra=extra)
+        hook_point=HOOK_POINT, corpus_spec=config.corpus, extra=extra, documents=documents)
     # The recorder's manifest shows what was recorded; check the store reads back as one before using it.
     RecordStore.open(path)
     return PlantedStore(path=path, suite=suite, identity=identity, reused=False,

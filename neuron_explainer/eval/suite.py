@@ -10,7 +10,7 @@ A suite file:
     [[neuron]]
     name = "digits"               # unique within the suite
     category = "token-class"      # free text; the report groups by it
-    concept = 'digits ("0"-"9")'  # what a perfect explanation would say (scored as the ceiling)
+    concept = 'digits ("0"-"9")'  # what a perfect explanation would say (its score is the concept reference)
     value = 4.0                   # peak activation (default 1)
     jitter = 0.3                  # graded: each token type fires at value * (1 - jitter * u), u fixed per type
     noise = 0.05                  # Gaussian noise at every token, std = noise * value (default 0)
@@ -148,7 +148,7 @@ class PlantedNeuron:
     category: str
     """Group in the report (e.g. token, token-class, word-list, multi-token, position, context)."""
     concept: str
-    """The true concept, written as a good explanation would be (scored as the simulator's ceiling)."""
+    """The true concept, written as a good explanation would be (scored as the concept reference point)."""
     rule: Rule
     """Which tokens fire."""
     checker: Checker

@@ -18,12 +18,13 @@ from neuron_explainer.explain.ngrams import (LayerNgramResponses, NeuronNgrams, 
 from neuron_explainer.explain.parsing import ParsedExplanation, clean_explanation
 from neuron_explainer.explain.registry import EXPLAINERS, explainer_class, register_explainer
 from neuron_explainer.explain.sasc import SascConfig, explain_sasc
-from neuron_explainer.explain.splits import NeuronSplit, SplitConfig, check_no_leakage, oriented_record, split_neuron
+from neuron_explainer.explain.splits import (NeuronSplit, SplitConfig, SplitGroups, check_no_leakage, check_split_groups,
+                                             oriented_record, split_neuron)
 from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity
 
 __all__ = ["CandidateRanker", "ExplainConfig", "ExplainerKind", "Explanation", "NeuronSplit",
-           "ParsedExplanation", "Polarity", "SplitConfig", "check_no_leakage", "clean_explanation",
-           "explain_neuron", "oriented_record", "printable_token",
+           "ParsedExplanation", "Polarity", "SplitConfig", "SplitGroups", "check_no_leakage", "check_split_groups",
+           "clean_explanation", "explain_neuron", "oriented_record", "printable_token",
            "scale_activation", "scale_activations", "split_neuron"]
 __all__ += ["EXPLAINERS", "Explainer", "ExplainerIdentity", "ExplainerSettings", "ExplainResources", "explainer_class",
             "register_explainer"]

@@ -362,7 +362,10 @@ def explain_ngram(ngrams: NeuronNgrams, *, top: int = 10, relative_floor: float 
     (a dead neuron): its "strongest" n-grams would be arbitrary.
     """
     if not any(value > 0 for value in ngrams.top_responses):
-        return Failure(ngrams.neuron, "explain", f"no {ngrams.polarity.value} activation in the explain windows")
+        return Failure(ngrams.neuron, "explain",
+                       f"no word n-gram of the explain windows has a {ngrams.polarity.value} response (a dead "
+                       "neuron, or one that fires only on punctuation, line breaks or word pieces, which word "
+                       "n-grams cannot quote)")
     strongest = max(ngrams.top_responses)
     response_of = dict(zip(ngrams.top_ngrams, ngrams.top_responses))
     shown: list[tuple[str, float]] = []

@@ -57,17 +57,22 @@ def export_plots(database: Database, out: Path, query: ExplanationQuery) -> Expo
     paths: list[Path] = []
     notes: list[str] = []
 
+    # Best rows are per neuron and polarity (unless the query asked for `any`): each side is its own series.
+    sides = sorted({row.polarity for row in best}, key=lambda side: (side != "positive", side))
     figure = figure_class(figsize=(5, 3.5))
     axes = figure.add_subplot()
-    axes.hist([row.score for row in best], bins=40, range=(-1, 1), color="#4477aa")
+    axes.hist([[row.score for row in best if row.polarity == side] for side in sides], bins=40, range=(-1, 1),
+              color=["#4477aa", "#cc6677"][:len(sides)], stacked=True, label=sides)
     axes.set_xlabel("best explanation score (Pearson)")
     axes.set_ylabel("neurons")
-    axes.set_title(f"neurons: {len(best)}")
+    axes.set_title(f"best scores: {len(best)} (neuron x polarity)")
+    axes.legend(loc="best")
     paths += _save(figure, out, "score_histogram")
 
     by_layer: dict[int, list[float]] = {}
     for row in best:
-        by_layer.setdefault(row.neuron.layer, []).append(row.score)
+        if row.polarity == sides[0]:
+            by_layer.setdefault(row.neuron.layer, []).append(row.score)
     layers = sorted(by_layer)
     figure = figure_class(figsize=(max(5, 0.25 * len(layers) + 2), 3.5))
     axes = figure.add_subplot()
@@ -76,15 +81,15 @@ def export_plots(database: Database, out: Path, query: ExplanationQuery) -> Expo
     axes.plot(layers, [sum(by_layer[layer]) / len(by_layer[layer]) for layer in layers], "o-", color="#cc6677",
               markersize=3, label="mean")
     axes.set_xlabel("layer")
-    axes.set_ylabel("best explanation score")
+    axes.set_ylabel(f"best explanation score ({sides[0]})")
     axes.legend(loc="best")
     paths += _save(figure, out, "score_by_layer")
 
-    per_method: dict[str, dict[tuple[str, int, int], float]] = {}
+    per_method: dict[str, dict[tuple[str, int, int, str], float]] = {}
     wanted = [query.method] if query.method is not None else EXPLAINERS.names()
     for method in wanted:
         method_rows = database.iter_query(dataclasses.replace(best_query, method=method))
-        scores = {(row.model_id, row.neuron.layer, row.neuron.neuron): row.score
+        scores = {(row.model_id, row.neuron.layer, row.neuron.neuron, row.polarity): row.score
                   for row in method_rows if math.isfinite(row.score)}
         if scores:
             per_method[method] = scores

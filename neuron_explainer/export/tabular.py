@@ -71,20 +71,25 @@ def _number(value: float, digits: int = 3) -> str:
 def export_markdown(database: Database, out: Path, query: ExplanationQuery) -> ExportResult:
     """A Markdown table of the rows, then the per-layer summary; every cell escaped."""
     rows = database.query(query)
-    summaries = layer_summaries(database.iter_query(dataclasses.replace(query, limit=None, best_per_neuron=True)))
+    summaries = layer_summaries(database.iter_query(dataclasses.replace(query, limit=None, best_per_neuron=True)),
+                                polarity_any=query.polarity == "any")
     lines = ["# Neuron explanations", "",
-             "| Layer | Neuron | Model | Score | 95% CI | Method | Explainer | Explanation |",
-             "|---:|---:|---|---:|---|---|---|---|"]
+             "| Layer | Neuron | Polarity | Model | Score | 95% CI | Method | Explainer | Explanation |",
+             "|---:|---:|---|---|---:|---|---|---|---|"]
     for row in rows:
         lines.append(" | ".join([
-            "", str(row.neuron.layer), str(row.neuron.neuron), markdown_escape(row.model_id), _number(row.score),
+            "", str(row.neuron.layer), str(row.neuron.neuron), row.polarity, markdown_escape(row.model_id),
+            _number(row.score),
             f"{_number(row.ci_low, 2)} – {_number(row.ci_high, 2)}", markdown_escape(row.method),
             markdown_escape(row.explainer_model), markdown_escape(row.text), ""]).strip())
     lines += ["", "## Per layer", "",
-              "| Layer | Neurons | Mean | Median | Fraction >= 0.8 | 95% CI |", "|---:|---:|---:|---:|---:|---|"]
+              "| Polarity | Layer | Neurons | Undefined | Mean | Mean (undefined = 0) | Median | Fraction >= 0.8 | "
+              "95% CI |", "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for summary in summaries:
-        lines.append(f"| {'all' if summary.layer is None else summary.layer} | {summary.neurons} | "
-                     f"{_number(summary.mean)} | {_number(summary.median)} | {_number(summary.fraction_good)} | "
+        lines.append(f"| {summary.polarity} | {'all' if summary.layer is None else summary.layer} | "
+                     f"{summary.neurons} | {summary.neurons - summary.scored} | {_number(summary.mean)} | "
+                     f"{_number(summary.mean_undefined_as_zero)} | "
+                     f"{_number(summary.median)} | {_number(summary.fraction_good)} | "
                      f"{_number(summary.fraction_good_ci[0])} – {_number(summary.fraction_good_ci[1])} |")
     with atomic_text_file(out) as handle:
         handle.write("\n".join(lines) + "\n")

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from neuron_explainer.core.database_url import DEFAULT_DATABASE_URL
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.explain.ngrams import NgramMode
-from neuron_explainer.explain.splits import SplitConfig
+from neuron_explainer.explain.splits import SplitConfig, SplitGroups
 
 SPLIT_DEFAULTS = SplitConfig()
 """The split sizes every command defaults to (the one place they are set is `SplitConfig`)."""
@@ -46,8 +46,8 @@ class RunConfig(BaseModel):
     """Windows to record."""
     top_k: int = 40
     """Top windows kept per neuron."""
-    random: int = 40
-    """Shared random windows kept."""
+    random: int = 100
+    """Shared random windows kept (each neuron draws its own random score and calibration windows from them)."""
     seed: int = 0
     """Seed of the recording and of the neuron sample (and of the split, unless split_seed is set)."""
     split_seed: int | None = None
@@ -56,8 +56,9 @@ class RunConfig(BaseModel):
     """Subject model dtype."""
     device: str = "auto"
     """Subject model device."""
-    polarity: str = "positive"
-    """`positive` or `both` (also record and explain the most negative windows)."""
+    polarity: str = "auto"
+    """`positive`, `both` (also record and explain the most negative windows) or `auto` (both on gated MLPs, where
+    about half the neurons are negative-dominant; positive elsewhere)."""
     neurons: str = "all"
     """Neurons to explain (SPEC), within the recorded layers."""
     sample: int | None = None
@@ -81,6 +82,9 @@ class RunConfig(BaseModel):
     """Held-out top windows scored."""
     score_random_windows: int = SPLIT_DEFAULTS.score_random
     """Random windows scored."""
+    split_groups: str = "auto"
+    """What a split keeps on one side: auto (documents, or adjacent windows in stores without document ids) or
+    documents (refuses a store without document ids)."""
     baselines: bool = False
     """Also score the shuffled and empty baselines."""
     concurrency: int = 8
@@ -129,8 +133,13 @@ class RunConfig(BaseModel):
         for name in ("ctx", "windows", "concurrency", "candidates", "explain_windows"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
-        if self.polarity not in ("positive", "both"):
-            raise ValueError(f"--polarity must be positive or both (got {self.polarity!r})")
+        if self.polarity == "any":
+            raise ValueError("--polarity any only picks results (query, export); a run explains positive, both or "
+                             "auto")
+        if self.polarity not in ("positive", "both", "auto"):
+            raise ValueError(f"--polarity must be positive, both or auto (got {self.polarity!r})")
+        if self.split_groups not in ("auto", "documents"):
+            raise ValueError(f"--split-groups must be auto or documents (got {self.split_groups!r})")
         if self.deadline is not None:
             parse_deadline(self.deadline, now=dt.datetime.now())
         return self
@@ -140,7 +149,7 @@ class RunConfig(BaseModel):
         """The explain/calibrate/score split the run uses."""
         return SplitConfig(seed=self.seed if self.split_seed is None else self.split_seed,
                            explain_top=self.explain_windows, score_top=self.score_top_windows,
-                           score_random=self.score_random_windows)
+                           score_random=self.score_random_windows, groups=SplitGroups(self.split_groups))
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (stored with the run; `RunConfig.model_validate` reads it back)."""

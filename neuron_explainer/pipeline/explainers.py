@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -32,15 +31,6 @@ class ExplainerJob:
     """Stored explanations still waiting for a score under the run's simulator."""
     done: set[NeuronId] = field(default_factory=set)
     """Neurons with nothing left to do for this job (explained and scored, or failed and not retried)."""
-    texts: dict[NeuronId, str] = field(default_factory=dict)
-    """Every stored explanation text under this key, for the shuffled baseline."""
-
-    def shuffled_text(self, neuron: NeuronId) -> str | None:
-        """Another neuron's explanation (seeded by the neuron id), or None when there is no other."""
-        others = sorted(other for other in self.texts if other != neuron)
-        if not others:
-            return None
-        return self.texts[random.Random(f"{neuron}").choice(others)]
 
 
 def make_explainer_jobs(names: Sequence[str], polarities: Sequence[Polarity], settings: ExplainerSettings,

@@ -29,13 +29,13 @@ from neuron_explainer.core.failures import Failure
 from neuron_explainer.core.neurons import NeuronId, parse_neuron_spec
 from neuron_explainer.db import Database, RecordingRef, RunStatus, open_database, score_config_key
 from neuron_explainer.core.units import run_units
-from neuron_explainer.explain import ExplainerSettings, Polarity, explainer_class
+from neuron_explainer.explain import ExplainerSettings, Polarity, check_split_groups, explainer_class
 from neuron_explainer.llm import CacheMode, ResponseCache, UsageLedger, check_backend
 from neuron_explainer.pipeline.config import RunConfig, parse_deadline
 from neuron_explainer.pipeline.explainers import ExplainerJob, make_explainer_jobs
 from neuron_explainer.pipeline.resources import BackendSettings, RunResources
-from neuron_explainer.scoring import SCORERS, ScoreConfig, Scorer, SimulationScorer
-from neuron_explainer.simulate import Score, simulator_needs
+from neuron_explainer.scoring import SCORERS, ScoreConfig, Scorer, SimulationScorer, donor_assignment, score_mean
+from neuron_explainer.simulate import simulator_needs
 
 logger = logging.getLogger(__name__)
 
@@ -86,10 +86,10 @@ class RunSummary:
     """Completion tokens spent this run."""
     cost_usd: float
     """Estimated spend this run."""
-    mean_score: float | None
-    """Mean Pearson score of this run's scores (defined ones)."""
-    median_score: float | None
-    """Median of those."""
+    scores: dict[str, dict[str, Any]]
+    """Per polarity: this run's scores (pooled Pearson) as `ScoreMean.as_dict()` plus `median` of the defined ones."""
+    shuffled: dict[str, dict[str, Any]]
+    """Per polarity: the shuffled baselines this run computed, the same way (empty without baselines)."""
     seconds: float
     """Wall time."""
     stop_reason: str | None = None
@@ -106,7 +106,18 @@ class _Tally:
     scored: int = 0
     failed: int = 0
     done: int = 0
-    scores: list[float] = dataclasses.field(default_factory=list)
+    scores: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    baselines: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+
+    def by_polarity(self, values: list[tuple[str, float]]) -> dict[str, dict[str, Any]]:
+        """`ScoreMean` and median per polarity of (polarity, value) pairs."""
+        found: dict[str, dict[str, Any]] = {}
+        for polarity in sorted({polarity for polarity, _ in values}):
+            chosen = [value for side, value in values if side == polarity]
+            defined = [value for value in chosen if value == value]
+            found[polarity] = {**score_mean(chosen).as_dict(),
+                               "median": statistics.median(defined) if defined else None}
+        return found
 
 
 def recording_directory(config: RunConfig) -> Path:
@@ -123,6 +134,15 @@ def record_config(config: RunConfig) -> RecordConfig:
     return RecordConfig(model=config.model, corpus=config.corpus, layers=config.layers, window_length=config.ctx,
                         windows=config.windows, top_k=config.top_k, random_k=config.random, seed=config.seed,
                         dtype=config.dtype, device=config.device, polarity=RecordPolarity(config.polarity))
+
+
+def check_store_fits(config: RunConfig, store: RecordStore) -> None:
+    """UserError when the run asks for what the store lacks: negative windows, or document groups."""
+    if config.polarity == "both" and store.manifest.polarity != "both":
+        raise UserError(f"--polarity both: the recording {store.path} has no negative windows (recorded with "
+                        f"polarity {store.manifest.polarity}); record with --polarity both, or run with --polarity "
+                        "positive or auto")
+    check_split_groups(config.split, has_document_ids=store.has_document_ids, store=store.path)
 
 
 def ensure_records(config: RunConfig, *, progress: bool = True) -> RecordStore:
@@ -216,8 +236,9 @@ class Pipeline:
             model_id=manifest.model_id, fingerprint=manifest.model_fingerprint, path=str(self.store.path),
             manifest=dataclasses.asdict(manifest), manifest_hash=manifest.recording_id)
         scorer = SCORERS.get(SimulationScorer.name)(self.resources)
+        # `auto` and `both` explain every side the recording has (`both` on a positive-only store was refused).
         polarities = [Polarity.POSITIVE]
-        if manifest.polarity == "both" and self.config.polarity == "both":
+        if manifest.polarity == "both" and self.config.polarity in ("both", "auto"):
             polarities.append(Polarity.NEGATIVE)
         settings = ExplainerSettings(split=self.split, candidates=self.config.candidates,
                                      ngram_mode=self.config.ngram_mode)
@@ -231,16 +252,17 @@ class Pipeline:
         budget = _Budget(self.config, self.ledger, started)
         stop_reason = await self._schedule(todo, jobs, scorer, score_keys, budget)
         self.database.flush()
+        if self.config.baselines and stop_reason is None:
+            stop_reason = await self._fill_baselines(neurons, jobs, scorer, score_keys, budget)
+            self.database.flush()
         totals = self.ledger.totals()
-        scores = self.tally.scores
         status = RunStatus.STOPPED_BUDGET if stop_reason else RunStatus.COMPLETED
         return RunSummary(
             run_id=self.run_id or 0, status=status.value, records=str(self.store.path), selected=len(neurons),
             done=self.tally.done, skipped=skipped, explained=self.tally.explained, scored=self.tally.scored,
             failed=self.tally.failed, prompt_tokens=totals.prompt_tokens, completion_tokens=totals.completion_tokens,
-            cost_usd=round(totals.cost_usd or 0.0, 6), mean_score=statistics.fmean(scores) if scores else None,
-            median_score=statistics.median(scores) if scores else None,
-            seconds=round(time.monotonic() - started, 2), stop_reason=stop_reason)
+            cost_usd=round(totals.cost_usd or 0.0, 6), scores=self.tally.by_polarity(self.tally.scores),
+            shuffled=self.tally.by_polarity(self.tally.baselines), seconds=round(time.monotonic() - started, 2), stop_reason=stop_reason)
 
     def _score_key(self, scorer: Scorer) -> str:
         identity = scorer.identity()
@@ -257,7 +279,6 @@ class Pipeline:
         pending: set[NeuronId] = set()
         for job in jobs:
             stored = self.database.load_explanations(job.key)
-            job.texts = {neuron: explanation.text for neuron, explanation in stored.items()}
             scored = set() if self.config.rescore else self.database.scored_neurons(
                 explanation_key=job.key, score_key=score_keys[job.key])
             failed: set[NeuronId] = set()
@@ -308,6 +329,7 @@ class Pipeline:
         """Every unit of one neuron; each result is queued for commit as soon as it exists."""
         record_ = self.store.load_neuron(neuron.layer, neuron.neuron)
         assert self.recording is not None
+        self.database.record_neuron_stats(self.recording, neuron, record_.stats)
         for job in jobs:
             if neuron in job.done:
                 continue
@@ -318,7 +340,6 @@ class Pipeline:
                     self._fail(result, job.key)
                     continue
                 explanation = result
-                job.texts[neuron] = explanation.text
                 self.database.record_explanation(self.recording, explanation, config_key=job.key, run_id=self.run_id)
                 self.tally.explained += 1
             score = await scorer.score(record_, explanation,
@@ -326,8 +347,6 @@ class Pipeline:
             if isinstance(score, Failure):
                 self._fail(score, score_keys[job.key])
                 continue
-            if self.config.baselines:
-                score = await self._with_baselines(record_, score, scorer, job)
             if self.config.rescore:
                 # Replaced only now that the new score exists: an interrupted rescore loses nothing.
                 await asyncio.to_thread(self.database.delete_scores, explanation_key=job.key,
@@ -335,14 +354,44 @@ class Pipeline:
             self.database.record_score(self.recording, score, explanation_key=job.key,
                                        config_key=score_keys[job.key], run_id=self.run_id)
             self.tally.scored += 1
-            if score.metrics.pearson == score.metrics.pearson:  # not NaN
-                self.tally.scores.append(score.metrics.pearson)
+            self.tally.scores.append((explanation.polarity.value, score.metrics.pearson))
 
-    async def _with_baselines(self, record_: Any, score: Score, scorer: Scorer, job: ExplainerJob) -> Score:
-        other = job.shuffled_text(record_.neuron)
-        baselines = await scorer.baselines(record_, shuffled_explanation=other,
-                                           config=ScoreConfig(split=self.split, polarity=job.polarity))
-        return dataclasses.replace(score, baselines=baselines)
+    async def _fill_baselines(self, neurons: list[NeuronId], jobs: list[ExplainerJob], scorer: Scorer,
+                              score_keys: dict[str, str], budget: _Budget) -> str | None:
+        """Give every stored score of the selected neurons that has no baselines its `shuffled` and `empty` ones.
+
+        Runs once every explanation exists, so the donors are a seeded derangement over the selected neurons
+        explained under the job (scoring/baselines.py): every neuron gets a donor, none serves twice. An
+        interrupted run leaves some scores without baselines; the next run fills them.
+        """
+        semaphore = asyncio.Semaphore(max(1, self.config.concurrency))
+        stop_reason: str | None = None
+        for job in jobs:
+            explained = self.database.load_explanations(job.key, neurons=neurons)
+            donors = donor_assignment(explained, seed=self.split.seed)
+            missing = sorted(self.database.scores_without_baselines(explanation_key=job.key,
+                                                                    score_key=score_keys[job.key]) & set(explained))
+
+            async def fill(neuron: NeuronId, job: ExplainerJob = job,
+                           explained: dict[NeuronId, Any] = explained, donors: dict[NeuronId, NeuronId] = donors
+                           ) -> None:
+                nonlocal stop_reason
+                async with semaphore:
+                    if stop_reason is not None or (reason := budget.exceeded()) is not None:
+                        stop_reason = stop_reason or reason
+                        return
+                    record_ = self.store.load_neuron(neuron.layer, neuron.neuron)
+                    donor = donors.get(neuron)
+                    values = await scorer.baselines(
+                        record_, shuffled_explanation=explained[donor].text if donor else None,
+                        config=ScoreConfig(split=self.split, polarity=job.polarity))
+                    await asyncio.to_thread(self.database.set_score_baselines, explanation_key=job.key,
+                                            score_key=score_keys[job.key], neuron=neuron, baselines=values)
+                    self.tally.baselines.append((job.polarity.value, values.get("shuffled", float("nan"))))
+                    self._persist_ledger()
+
+            await asyncio.gather(*(fill(neuron) for neuron in missing))
+        return stop_reason
 
     def _fail(self, failure: Failure, config_key: str) -> None:
         self.database.record_failure(failure, config_key=config_key, run_id=self.run_id, recording=self.recording)
@@ -365,7 +414,9 @@ def check_inputs(config: RunConfig) -> None:
     if simulator_needs(config.simulator).llm:
         check_backend(config.simulator_llm or config.llm)
     if config.records is not None:
-        select_neurons(RecordStore.open(config.records), config)
+        store = RecordStore.open(config.records)
+        check_store_fits(config, store)
+        select_neurons(store, config)
 
 
 def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: ProgressCallback | None = None,
@@ -380,6 +431,7 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
         status, error, summary = RunStatus.FAILED, None, None
         try:
             store = ensure_records(config, progress=progress)
+            check_store_fits(config, store)
             neurons = select_neurons(store, config)
             pipeline = Pipeline(config, database, store, on_progress=on_progress, subject=subject)
             pipeline.run_id = run_id
@@ -387,8 +439,7 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
             if summary is None:
                 summary = RunSummary(run_id=run_id, status=RunStatus.COMPLETED.value, records=str(store.path),
                                      selected=0, done=0, skipped=0, explained=0, scored=0, failed=0, prompt_tokens=0,
-                                     completion_tokens=0, cost_usd=0.0, mean_score=None, median_score=None,
-                                     seconds=0.0)
+                                     completion_tokens=0, cost_usd=0.0, scores={}, shuffled={}, seconds=0.0)
             status = RunStatus(summary.status)
             return summary
         except KeyboardInterrupt:

@@ -2,17 +2,20 @@
 
 Public surface: the `Scorer` interface (`ScoreResources`, `ScorerIdentity`) and its registry (`SCORERS`,
 `SimulationScorer`); the simulation scoring library (`score_explanation`, `score_explanations`, `ScoreConfig`,
-`calibrate_ranker`, `compute_baselines`, `shuffled_explanations`, `matched_minus_shuffled`) and its metrics.
+`calibrate_ranker`) and its metrics (scoring/correlation.py); the baselines (`donor_assignment`,
+`shuffled_explanations`, `compute_baselines`, `matched_minus_shuffled`, `score_mean`) in scoring/baselines.py.
 """
 
 from neuron_explainer.scoring.base import SCORERS, Scorer, ScorerIdentity, ScoreResources, SimulationScorer
-from neuron_explainer.scoring.correlation import (BaselineGap, Correlation, LinearMap, MetricsReport, ScoreConfig,
+from neuron_explainer.scoring.baselines import (BaselineGap, ScoreMean, compute_baselines, donor_assignment,
+                                                matched_minus_shuffled, score_mean, shuffled_explanations)
+from neuron_explainer.scoring.batch import score_explanations
+from neuron_explainer.scoring.correlation import (Correlation, LinearMap, MetricsReport, ScoreConfig,
                                                   absolute_dev_explained, bootstrap_interval, calibrate_ranker,
-                                                  compute_baselines, compute_metrics, fit_linear,
-                                                  matched_minus_shuffled, pearson, rsquared, score_explanation,
-                                                  score_explanations, shuffled_explanations)
+                                                  compute_metrics, fit_linear, pearson, rsquared, score_explanation)
 
-__all__ = ["SCORERS", "BaselineGap", "Correlation", "LinearMap", "MetricsReport", "ScoreConfig", "ScoreResources",
-           "Scorer", "ScorerIdentity", "SimulationScorer", "absolute_dev_explained", "bootstrap_interval",
-           "calibrate_ranker", "compute_baselines", "compute_metrics", "fit_linear", "matched_minus_shuffled",
-           "pearson", "rsquared", "score_explanation", "score_explanations", "shuffled_explanations"]
+__all__ = ["SCORERS", "BaselineGap", "Correlation", "LinearMap", "MetricsReport", "ScoreConfig", "ScoreMean",
+           "ScoreResources", "Scorer", "ScorerIdentity", "SimulationScorer", "absolute_dev_explained",
+           "bootstrap_interval", "calibrate_ranker", "compute_baselines", "compute_metrics", "donor_assignment",
+           "fit_linear", "matched_minus_shuffled", "pearson", "rsquared", "score_explanation", "score_explanations",
+           "score_mean", "shuffled_explanations"]

@@ -11,7 +11,8 @@ from neuron_explainer.core.failures import Failure
 from neuron_explainer.core.registry import Needs, Registry
 from neuron_explainer.explain.types import Explanation
 from neuron_explainer.llm.base import LLMBackend
-from neuron_explainer.scoring.correlation import ScoreConfig, compute_baselines, score_explanation
+from neuron_explainer.scoring.baselines import compute_baselines
+from neuron_explainer.scoring.correlation import ScoreConfig, score_explanation
 from neuron_explainer.simulate.base import Simulator
 from neuron_explainer.simulate.types import Score
 

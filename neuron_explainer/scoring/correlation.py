@@ -1,4 +1,4 @@
-"""Scoring by simulation: simulate held-out windows, compare with the true activations, calibrate, bootstrap, baselines.
+"""Scoring one explanation: simulate held-out windows, compare with the true activations, calibrate, bootstrap.
 
 Metrics never raise and never invent a 0: an undefined value is NaN with a reason.
 """
@@ -9,17 +9,14 @@ import asyncio
 import datetime as dt
 import logging
 import math
-import random
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from neuron_explainer.activations.records import NeuronRecord, Window
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.failures import Failure
-from neuron_explainer.core.neurons import NeuronId
-from neuron_explainer.core.units import BatchSummary, run_units
 from neuron_explainer.explain.api import CandidateRanker
 from neuron_explainer.explain.formatting import MAX_SCALED
 from neuron_explainer.explain.splits import SplitConfig, check_no_leakage, oriented_record, split_neuron
@@ -354,96 +351,3 @@ def calibrate_ranker(record: NeuronRecord, simulator: Simulator, *, config: Scor
         return list(await asyncio.gather(*(one(text) for text in texts)))
 
     return rank
-
-
-# --- baselines ----------------------------------------------------------------------------------------------
-
-
-def shuffled_explanations(explanations: Mapping[NeuronId, str], *, seed: int = 0) -> dict[NeuronId, str]:
-    """Give every neuron another neuron's explanation (a seeded derangement: nobody keeps its own);
-    empty with fewer than two neurons."""
-    neurons = sorted(explanations)
-    if len(neurons) < 2:
-        return {}
-    order = neurons[:]
-    random.Random(f"shuffle:{seed}").shuffle(order)
-    # Each neuron takes the explanation of the next one around a shuffled cycle.
-    return {order[index]: explanations[order[(index + 1) % len(order)]] for index in range(len(order))}
-
-
-async def compute_baselines(record: NeuronRecord, simulator: Simulator, *, shuffled_explanation: str | None,
-                            config: ScoreConfig = ScoreConfig()) -> dict[str, float]:
-    """Pooled Pearson of another neuron's explanation (`shuffled`) and of an empty explanation (`empty`) on this
-    neuron; NaN where the score is undefined or failed."""
-    async def pooled_score(text: str) -> float:
-        outcome = await score_explanation(record, text, simulator, config=replace(config, bootstrap_samples=0))
-        return outcome.metrics.pearson if isinstance(outcome, Score) else NAN
-
-    baselines = {"empty": await pooled_score("")}
-    if shuffled_explanation is not None:
-        baselines["shuffled"] = await pooled_score(shuffled_explanation)
-    return baselines
-
-
-@dataclass(frozen=True)
-class BaselineGap:
-    """The loop's health metric: matched explanations should beat another neuron's explanation by a margin."""
-
-    matched_mean: float
-    """Mean pooled Pearson of the neurons' own explanations."""
-    shuffled_mean: float
-    """Mean pooled Pearson of the shuffled explanations on the same neurons."""
-    gap: float
-    """matched_mean - shuffled_mean."""
-    neurons: int
-    """Neurons where both are defined."""
-
-
-def matched_minus_shuffled(scores: Sequence[Score]) -> BaselineGap:
-    """Mean matched-minus-shuffled Pearson over the scores that carry a defined `shuffled` baseline."""
-    pairs = [(score.metrics.pearson, score.baselines["shuffled"]) for score in scores
-             if "shuffled" in score.baselines and not math.isnan(score.metrics.pearson)
-             and not math.isnan(score.baselines["shuffled"])]
-    if not pairs:
-        return BaselineGap(NAN, NAN, NAN, 0)
-    matched = float(np.mean([value for value, _ in pairs]))
-    shuffled = float(np.mean([value for _, value in pairs]))
-    return BaselineGap(matched, shuffled, matched - shuffled, len(pairs))
-
-
-# --- many neurons -------------------------------------------------------------------------------------------
-
-
-async def score_explanations(load_record: Callable[[NeuronId], NeuronRecord], explanations: Sequence[Explanation],
-                             simulator: Simulator, *, config: ScoreConfig = ScoreConfig(), baselines: bool = False,
-                             concurrency: int = 8, on_result: Callable[[Score | Failure], None],
-                             shuffle_pool: Sequence[Explanation] | None = None,
-                             progress: bool = True) -> BatchSummary:
-    """Score every explanation (each with its own polarity); with `baselines`, also the shuffled explanation
-    (another neuron's from `shuffle_pool`, default `explanations`, same method and polarity) and the empty one,
-    stored in `Score.baselines`."""
-    shuffled: dict[tuple[str, str, NeuronId], str] = {}
-    if baselines:
-        groups: dict[tuple[str, str], dict[NeuronId, str]] = {}
-        for explanation in (explanations if shuffle_pool is None else shuffle_pool):
-            groups.setdefault((explanation.method.value, explanation.polarity.value), {}).setdefault(
-                explanation.neuron, explanation.text)
-        for (method, polarity), texts in groups.items():
-            for neuron, text in shuffled_explanations(texts, seed=config.split.seed).items():
-                shuffled[(method, polarity, neuron)] = text
-
-    def unit(explanation: Explanation) -> Callable[[], Awaitable[Score | Failure]]:
-        async def run() -> Score | Failure:
-            record = load_record(explanation.neuron)
-            outcome = await score_explanation(record, explanation, simulator, config=config)
-            if baselines and isinstance(outcome, Score):
-                values = await compute_baselines(
-                    record, simulator, config=replace(config, polarity=explanation.polarity),
-                    shuffled_explanation=shuffled.get((explanation.method.value, explanation.polarity.value,
-                                                       explanation.neuron)))
-                outcome = replace(outcome, baselines=values)
-            return outcome
-        return run
-
-    return await run_units([unit(explanation) for explanation in explanations], concurrency=concurrency,
-                           on_result=on_result, description="score", progress=progress)

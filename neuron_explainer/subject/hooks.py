@@ -16,6 +16,13 @@ from typing import Any
 from neuron_explainer.core.errors import UserError
 
 LAYER_PLACEHOLDER = "{layer}"
+GATED_PROJECTION = "mlp.down_proj"
+"""Output projection of gated MLPs (SwiGLU / GeGLU): their neurons act(gate)*up take large values of both signs."""
+
+
+def is_gated_mlp(hook_template: str) -> bool:
+    """Whether a hook point is the input of a gated MLP's output projection."""
+    return hook_template.endswith(GATED_PROJECTION)
 
 
 @dataclass(frozen=True)
@@ -27,7 +34,7 @@ class _Rule:
 
 # Order matters only for models that match several rules (none of the supported families do).
 _RULES = (
-    _Rule("mlp.down_proj", "gated MLP (Llama, Mistral, Qwen, Gemma, SmolLM, ...)"),
+    _Rule(GATED_PROJECTION, "gated MLP (Llama, Mistral, Qwen, Gemma, SmolLM, ...)"),
     _Rule("mlp.c_proj", "GPT-2"),
     _Rule("mlp.dense_4h_to_h", "GPT-NeoX / Pythia"),
     _Rule("mlp.fc_out", "GPT-J"),

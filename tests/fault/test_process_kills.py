@@ -141,7 +141,7 @@ def _record_config(model: Path, corpus: Path, root: Path, db: Path) -> RunConfig
     return RunConfig(db=f"sqlite:///{db}", model=str(model), corpus=str(corpus), layers="all",
                      records_root=str(root), ctx=16, windows=320, top_k=12, random=12, neurons="0-1:0-5",
                      explainers=("ngram",), simulator="lexical", concurrency=2, explain_windows=4,
-                     score_top_windows=3, score_random_windows=3, dtype="float32", device="cpu")
+                     score_top_windows=3, score_random_windows=3, dtype="float32", device="cpu", polarity="positive")
 
 
 def test_sigkill_while_recording_never_leaves_a_store_that_looks_complete(tiny_llama: Path, corpus_file: Path,

@@ -200,7 +200,7 @@ def index_script(rows: Sequence[ResultRow], threshold: float) -> str:
     """data/index.js for best-per-neuron `rows` in site order: `window.NEURON_INDEX` with one compact row each."""
     models = _models_of(rows)
     model_index = {(model.model_id, model.fingerprint): index for index, model in enumerate(models)}
-    lookups: dict[str, dict[str, int]] = {"methods": {}, "explainers": {}, "simulators": {}}
+    lookups: dict[str, dict[str, int]] = {"methods": {}, "explainers": {}, "simulators": {}, "polarities": {}}
 
     def code(kind: str, value: str) -> int:
         return lookups[kind].setdefault(value, len(lookups[kind]))
@@ -208,9 +208,9 @@ def index_script(rows: Sequence[ResultRow], threshold: float) -> str:
     compact = [[model_index[(row.model_id, row.model_fingerprint)], row.neuron.layer, row.neuron.neuron,
                 _round_score(row.score), _round_score(row.ci_low), _round_score(row.ci_high),
                 code("methods", row.method), code("explainers", row.explainer_model),
-                code("simulators", row.simulator), row.text] for row in rows]
+                code("simulators", row.simulator), row.text, code("polarities", row.polarity)] for row in rows]
     value = {"columns": ["model", "layer", "neuron", "score", "ci_low", "ci_high", "method", "explainer",
-                         "simulator", "text"],
+                         "simulator", "text", "polarity"],
              "models": [{"id": model.model_id, "fingerprint": model.fingerprint, "slug": model.slug}
                         for model in models],
              **{kind: list(table) for kind, table in lookups.items()}, "threshold": threshold, "rows": compact}
@@ -408,6 +408,18 @@ def _parallel_pages(database: Database, staging: Path, options: SiteOptions, con
                 future.cancel()
 
 
+def _one_row_per_neuron(rows: Sequence[ResultRow]) -> list[ResultRow]:
+    """The first row of each neuron (a neuron's page shows every explanation, of both polarities)."""
+    seen: set[tuple[str, str, int, int]] = set()
+    unique = []
+    for row in rows:
+        key = (row.model_id, row.model_fingerprint, row.neuron.layer, row.neuron.neuron)
+        if key not in seen:
+            seen.add(key)
+            unique.append(row)
+    return unique
+
+
 def _chunks(models: Sequence[_Model], best_rows: Sequence[ResultRow]) -> list[_Chunk]:
     """Chunks of neurons in site order, each neuron with links to its neighbours in that order."""
     slug_of = {(model.model_id, model.fingerprint): model for model in models}
@@ -541,20 +553,28 @@ def build_site(database: Database, out: str | Path, *, query: ExplanationQuery |
         for model in models:
             entries = [row for row in best_rows
                        if (row.model_id, row.model_fingerprint) == (model.model_id, model.fingerprint)]
-            summaries = layer_summaries(entries, threshold=options.threshold)
-            linked = _layer_pages(staging, context, model, entries, summaries, options.threshold)
+            summaries = layer_summaries(entries, threshold=options.threshold,
+                                        polarity_any=best_query.polarity == "any")
+            # Layer pages list the first side's best rows (positive when present); the other side's summary rows
+            # are shown on the index without a page of their own.
+            first_side = summaries[0].polarity
+            primary = [summary for summary in summaries if summary.polarity == first_side]
+            side_entries = [row for row in entries if best_query.polarity == "any" or row.polarity == first_side]
+            linked = _layer_pages(staging, context, model, side_entries, primary, options.threshold)
+            linked += [(summary, "") for summary in summaries if summary.polarity != first_side]
             layer_count += len(linked) - 1
             sections.append(pages.ModelSection(
                 model_id=model.model_id, fingerprint=model.fingerprint, summaries=linked,
                 histogram_svg=score_histogram([row.score for row in entries], threshold=options.threshold),
-                layers_svg=layer_bars([(summary.layer, summary.fraction_good) for summary in summaries
+                layers_svg=layer_bars([(summary.layer, summary.fraction_good) for summary in primary
                                        if summary.layer is not None],
-                                      label=f"fraction of neurons ≥ {options.threshold:g}")))
-        _write(staging, "index.html", pages.index_page(context, sections=sections, neuron_count=len(best_rows)))
+                                      label=f"fraction of neurons ≥ {options.threshold:g} ({first_side})")))
+        _write(staging, "index.html", pages.index_page(context, sections=sections,
+                                                            neuron_count=len(_one_row_per_neuron(best_rows))))
         with tqdm(total=len(best_rows), unit="neuron", desc="html", disable=None if options.progress else True,
                   dynamic_ncols=True) as bar:
-            written = _neuron_pages(database, staging, options, context, registered, _chunks(models, best_rows),
-                                    jobs, bar)
+            written = _neuron_pages(database, staging, options, context, registered,
+                                    _chunks(models, _one_row_per_neuron(best_rows)), jobs, bar)
         if options.records is None and not written.stores and best_rows:
             notes.append("no record store found at the recorded paths: neuron pages show only the scored windows "
                          "(pass --records DIR to include top and random windows)")

@@ -11,7 +11,7 @@
     return;
   }
   const MODEL = 0, LAYER = 1, NEURON = 2, SCORE = 3, CI_LOW = 4, CI_HIGH = 5, METHOD = 6, EXPLAINER = 7,
-    SIMULATOR = 8, TEXT = 9;
+    SIMULATOR = 8, TEXT = 9, POLARITY = 10;
   const rows = data.rows;
   const manyModels = data.models.length > 1;
   const PAGE_SIZES = [50, 100, 250, 1000];
@@ -135,6 +135,7 @@
   const COLUMNS = [
     {key: "layer", title: "Layer", numeric: true},
     {key: "neuron", title: "Neuron", numeric: true},
+    {key: "polarity", title: "Polarity"},
     {key: "text", title: "Explanation"},
     {key: "score", title: "Score", numeric: true},
     {key: "ci", title: "95% CI", sortable: false},
@@ -219,6 +220,7 @@
     switch (key) {
       case "text": return row[TEXT];
       case "method": return data.methods[row[METHOD]];
+      case "polarity": return data.polarities[row[POLARITY]];
       case "explainer": return data.explainers[row[EXPLAINER]];
       default: return data.models[row[MODEL]].id;
     }
@@ -277,6 +279,7 @@
     link.href = href;
     neuronCell.appendChild(link);
     tr.appendChild(neuronCell);
+    tr.appendChild(cell(data.polarities[row[POLARITY]], "polarity"));
     const textCell = element("td", "text");
     const textLink = element("a", null, row[TEXT]);
     textLink.href = href;
