@@ -354,6 +354,11 @@ class Database:
         with self._read_engine.connect() as connection:
             return reads.scored_neurons(connection, explanation_key=explanation_key, score_key=score_key)
 
+    def failure_reasons(self, neuron: NeuronId) -> list[tuple[str, str]]:
+        """(stage, reason) of every stored failure of a neuron, newest first."""
+        with self._read_engine.connect() as connection:
+            return reads.failure_reasons(connection, neuron)
+
     def scores_without_baselines(self, *, explanation_key: str, score_key: str) -> set[NeuronId]:
         """Neurons whose score (explanation under `explanation_key`, score under `score_key`) has no baselines."""
         with self._read_engine.connect() as connection:

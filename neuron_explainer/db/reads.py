@@ -97,6 +97,14 @@ def scores_without_baselines(connection: Connection, *, explanation_key: str, sc
     return {NeuronId(row.layer, row.neuron) for row in connection.execute(statement)}
 
 
+def failure_reasons(connection: Connection, neuron: NeuronId) -> list[tuple[str, str]]:
+    """(stage, reason) of every stored failure of a neuron, newest first."""
+    f = FailureRow.__table__
+    statement = (select(f.c.stage, f.c.reason).where(f.c.layer == neuron.layer, f.c.neuron == neuron.neuron)
+                 .order_by(f.c.id.desc()))
+    return [(row.stage, row.reason) for row in connection.execute(statement)]
+
+
 def failed_neurons(connection: Connection, *, stage: str, config_key: str) -> set[NeuronId]:
     """Neurons with a recorded failure at `stage` under `config_key` (in any run; subtract what succeeded)."""
     f = FailureRow.__table__

@@ -277,16 +277,21 @@ def _stored_results(db: str, *, model_id: str, neurons: Sequence[NeuronId], meth
                       if item.explanation.method is method.explainer and item.explanation.split_seed == seed
                       and item.explanation.polarity is Polarity.POSITIVE]
             if not stored:
-                explanations[neuron] = Failure(neuron, "explain", "the run stored no explanation (a failure; keep "
-                                                                  "the results with --db to read why)")
+                # The reason the run stored with the failure (databases made per method hold one run's results).
+                reasons = database.failure_reasons(neuron)
+                stage, reason = reasons[0] if reasons else ("explain", "the run stored no explanation")
+                explanations[neuron] = Failure(neuron, stage, reason)
                 continue
             newest = max(stored, key=lambda item: item.id)
             explanations[neuron] = newest.explanation
             matching = [item for item in newest.scores
                         if method.simulator is None or item.score.simulator is method.simulator]
-            scores[neuron] = (max(matching, key=lambda item: item.id).score if matching
-                              else Failure(neuron, "score", "the run stored no score (a failure; keep the results "
-                                                            "with --db to read why)"))
+            if matching:
+                scores[neuron] = max(matching, key=lambda item: item.id).score
+            else:
+                reasons = [item for item in database.failure_reasons(neuron) if item[0] in ("score", "simulate")]
+                stage, reason = reasons[0] if reasons else ("score", "the run stored no score")
+                scores[neuron] = Failure(neuron, stage, reason)
     return explanations, scores
 
 
