@@ -530,6 +530,8 @@ def build_site(database: Database, out: str | Path, *, query: ExplanationQuery |
     best_query = dataclasses.replace(query or ExplanationQuery(limit=None), best_per_neuron=True)
     best_rows = sorted(database.iter_query(best_query),
                        key=lambda row: (row.model_id, row.model_fingerprint, row.neuron.layer, row.neuron.neuron))
+    # One page per neuron (its page shows both polarities); the index lists the best row of each polarity.
+    page_rows = _one_row_per_neuron(best_rows)
     models = _models_of(best_rows)
     notes: list[str] = []
     if not best_rows:
@@ -541,7 +543,7 @@ def build_site(database: Database, out: str | Path, *, query: ExplanationQuery |
         registered = recording_paths(connection)
     context = pages.PageContext(version=__version__, threshold=options.threshold,
                                 generated=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
-    jobs = _jobs(options, len(best_rows))
+    jobs = _jobs(options, len(page_rows))
 
     staging = _prepare_target(out)
     try:
@@ -570,22 +572,22 @@ def build_site(database: Database, out: str | Path, *, query: ExplanationQuery |
                                        if summary.layer is not None],
                                       label=f"fraction of neurons ≥ {options.threshold:g} ({first_side})")))
         _write(staging, "index.html", pages.index_page(context, sections=sections,
-                                                            neuron_count=len(_one_row_per_neuron(best_rows))))
-        with tqdm(total=len(best_rows), unit="neuron", desc="html", disable=None if options.progress else True,
+                                                            neuron_count=len(page_rows)))
+        with tqdm(total=len(page_rows), unit="neuron", desc="html", disable=None if options.progress else True,
                   dynamic_ncols=True) as bar:
             written = _neuron_pages(database, staging, options, context, registered,
-                                    _chunks(models, _one_row_per_neuron(best_rows)), jobs, bar)
+                                    _chunks(models, page_rows), jobs, bar)
         if options.records is None and not written.stores and best_rows:
             notes.append("no record store found at the recorded paths: neuron pages show only the scored windows "
                          "(pass --records DIR to include top and random windows)")
         _write(staging, SITE_MARKER, json.dumps({
             "format": SITE_FORMAT, "version": 1, "generator": f"neuron-explainer {__version__}",
-            "generated": context.generated, "neurons": len(best_rows),
+            "generated": context.generated, "neurons": len(page_rows),
             "models": [{"id": model.model_id, "fingerprint": model.fingerprint, "slug": model.slug}
                        for model in models]}, indent=2) + "\n")
         _swap_into_place(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return SiteSummary(path=out, index=out / "index.html", neurons=len(best_rows), layer_pages=layer_count,
+    return SiteSummary(path=out, index=out / "index.html", neurons=len(page_rows), layer_pages=layer_count,
                        neurons_with_records=written.with_records, record_stores=tuple(sorted(written.stores)),
                        notes=tuple(notes), seconds=time.perf_counter() - started, jobs=jobs)
