@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 
 from neuron_explainer.core.errors import UserError
-from neuron_explainer.eval import (PlantedEvalConfig, PlantedRecordingConfig, build_planted_store, load_suite,
-                                   parse_methods, parse_suite, planted_activations, run_planted_eval)
+from neuron_explainer.eval import (PlantedEvalConfig, PlantedRecordingConfig, build_planted_store,
+                                   format_planted_report, load_suite, parse_methods, parse_suite, planted_activations,
+                                   run_planted_eval)
 from neuron_explainer.eval.suite import BUILTIN_SUITE_PATH
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -274,6 +275,13 @@ def test_offline_eval_recovers_token_neurons_and_shows_where_cheap_methods_fail(
     assert abs(method.summary.shuffled_mean) < 0.2
     data = json.loads(json.dumps(report.as_dict(), allow_nan=False))
     assert data["methods"][0]["categories"]["token"]["recovered"] == 1
+    # Every neuron is counted: explained, or listed under the reason its run stored.
+    summary = method.summary
+    assert summary.explained == sum(result.explanation is not None for result in method.neurons)
+    assert summary.neurons - summary.explained <= sum(summary.failures.values())
+    assert all(result.failure for result in method.neurons if result.explanation is None)
+    text = format_planted_report(report)
+    assert "explained" in text and ">concept" in text and "ceiling" not in text
 
 
 def _unescape(token: str) -> str:
