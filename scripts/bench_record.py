@@ -1,15 +1,17 @@
-"""Benchmark the recorder: recording overhead vs a bare forward pass, memory flatness in N, and dtype speed.
+"""Benchmark the recorder: recording throughput against a bare forward pass per dtype and depth, and flat memory.
 
-Throughput: the same batches run through (a) a bare forward pass truncated at the deepest requested layer and
-(b) the recorder's step (capture every requested layer + fold into top-k / random sample / stats), interleaved
-batch by batch and alternating which goes first, so machine load hits both alike. The ratio
-record throughput / bare throughput should be >= 0.90.
+Throughput: for each dtype (float32, bfloat16) and each layer set (layers 0-3, all layers) the same batches run
+through (a) a bare forward pass truncated at the deepest requested layer and (b) the recorder's step (capture every
+requested layer + fold into top-k / random sample / stats), interleaved batch by batch and alternating which goes
+first, so machine load hits both alike. The ratio record throughput / bare throughput should be >= 0.95; it is
+printed for every dtype and layer set side by side, with the process CPU-time ratio (less sensitive to other
+processes on a shared machine) and the load average.
 
 Memory: `record` runs in a fresh subprocess for N and 4N windows; the peak resident set of the recording itself
 (the high-water mark is reset after the model loads) should agree within 10%: the recorder keeps nothing per
 window in memory.
 
-Dtype: bare forward tokens/s in float32 vs bfloat16 on the same batches, interleaved.
+    .venv/bin/python scripts/bench_record.py [--quick] [--layer-sets 0-3 all] [--dtypes float32 bfloat16]
 
 Prints human-readable lines and a final JSON line {"bench": "record", ...}.
 """
@@ -20,13 +22,15 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+TARGET_RATIO = 0.95
+"""Recording throughput / bare forward-pass throughput to reach."""
 
 
 def _batches(subject: Any, windows: int, batch_size: int) -> list:
@@ -38,7 +42,7 @@ def _batches(subject: Any, windows: int, batch_size: int) -> list:
 
 
 def throughput(subject: Any, layers: list[int], batches: list) -> dict:
-    """Interleaved bare-forward vs record-step timing over the same batches."""
+    """Interleaved bare-forward vs record-step timing over the same batches (wall and process CPU time)."""
     from neuron_explainer.activations.accumulate import RecordingAccumulator
     from neuron_explainer.activations.recorder import record_batch
 
@@ -46,55 +50,38 @@ def throughput(subject: Any, layers: list[int], batches: list) -> dict:
                                        top_k=40, random_k=40, quantile_tokens=2048, both=False, seed=0)
     deepest = max(layers)
 
-    def bare(batch) -> float:
-        start = time.perf_counter()
+    def bare(batch) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
         subject.forward_only(batch, deepest_layer=deepest)
-        return time.perf_counter() - start
+        return time.perf_counter() - wall, time.process_time() - cpu
 
-    def recording(batch) -> float:
-        start = time.perf_counter()
+    def recording(batch) -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
         record_batch(subject, accumulator, batch, layers)
-        return time.perf_counter() - start
+        return time.perf_counter() - wall, time.process_time() - cpu
 
     bare(batches[0])  # warm-up (allocator, kernels); not counted
-    bare_seconds = record_seconds = 0.0
+    totals = {"bare": [0.0, 0.0], "record": [0.0, 0.0]}
     for index, batch in enumerate(batches):
-        if index % 2 == 0:
-            bare_seconds += bare(batch)
-            record_seconds += recording(batch)
-        else:
-            record_seconds += recording(batch)
-            bare_seconds += bare(batch)
+        # Alternate which goes first, so a load spike or a warm cache favours neither.
+        steps = (("bare", bare), ("record", recording)) if index % 2 == 0 else (("record", recording), ("bare", bare))
+        for name, step in steps:
+            wall, cpu = step(batch)
+            totals[name][0] += wall
+            totals[name][1] += cpu
     count = sum(len(batch) for batch in batches)
-    return {"windows": count, "bare_windows_per_s": count / bare_seconds,
-            "record_windows_per_s": count / record_seconds, "throughput_ratio": bare_seconds / record_seconds}
+    return {"windows": count, "bare_windows_per_s": count / totals["bare"][0],
+            "record_windows_per_s": count / totals["record"][0],
+            "throughput_ratio": totals["bare"][0] / totals["record"][0],
+            "cpu_time_ratio": totals["bare"][1] / totals["record"][1]}
 
 
-def dtype_speed(subjects: dict[str, Any], layers: list[int], batches: list) -> dict:
-    """Bare forward tokens/s per dtype on the same batches, interleaved."""
-    seconds: dict[str, list[float]] = {name: [] for name in subjects}
-    deepest = max(layers)
-    for subject in subjects.values():
-        subject.forward_only(batches[0], deepest_layer=deepest)
-    for index, batch in enumerate(batches):
-        order = list(subjects) if index % 2 == 0 else list(reversed(subjects))
-        for name in order:
-            start = time.perf_counter()
-            subjects[name].forward_only(batch, deepest_layer=deepest)
-            seconds[name].append(time.perf_counter() - start)
-    tokens = sum(batch.size for batch in batches)
-    return {f"{name}_tokens_per_s": tokens / sum(values) for name, values in seconds.items()} | {
-        "bf16_speedup": sum(seconds["float32"]) / sum(seconds["bfloat16"]),
-        "bf16_speedup_median_batch": statistics.median(
-            f / b for f, b in zip(seconds["float32"], seconds["bfloat16"]))}
-
-
-def peak_memory(model: str, layer_spec: str, windows: int, batch_size: int) -> float:
+def peak_memory(model: str, layer_spec: str, windows: int, batch_size: int, dtype: str) -> float:
     """Peak RSS (MiB) of a `record` run, in a fresh process, counted from after the model has loaded."""
     with tempfile.TemporaryDirectory() as directory:
         output = subprocess.run(
             [sys.executable, __file__, "--memory-child", "--model", model, "--layers", layer_spec,
-             "--windows", str(windows), "--batch-size", str(batch_size), "--out", str(Path(directory) / "store")],
+             "--windows", str(windows), "--batch-size", str(batch_size), "--dtype", dtype, "--out", str(Path(directory) / "store")],
             check=True, capture_output=True, text=True).stdout
     return float(output.strip().splitlines()[-1])
 
@@ -122,15 +109,19 @@ def memory_child(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
-    parser.add_argument("--layers", default="0-3", help="layer SPEC to record (default 0-3)")
-    parser.add_argument("--windows", type=int, default=640, help="windows for the throughput comparison")
+    parser.add_argument("--layer-sets", nargs="+", default=["0-3", "all"],
+                        help="layer SPECs whose recording is compared with a bare pass (default: 0-3 all)")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"], help="model dtypes compared")
+    parser.add_argument("--windows", type=int, default=640, help="windows per comparison with at most 4 layers")
+    parser.add_argument("--deep-windows", type=int, default=192,
+                        help="windows per comparison with more than 4 layers (each costs a deeper pass)")
     parser.add_argument("--memory-windows", type=int, default=256, help="N for the N vs 4N memory comparison")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--dtype", default="float32", help="dtype of the throughput and memory runs")
-    parser.add_argument("--quick", action="store_true", help="small sizes (about a minute on 2 idle cores)")
+    parser.add_argument("--dtype", default="float32", help="dtype of the memory runs")
+    parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes on 2 idle cores)")
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--skip-dtype", action="store_true")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--layers", default="0-3", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -140,35 +131,54 @@ def main() -> None:
     from neuron_explainer.subject import Subject, describe_model
 
     if args.quick:
-        args.windows, args.memory_windows = 96, 32
+        args.windows, args.deep_windows, args.memory_windows = 96, 64, 32
     info = describe_model(args.model)
-    layers = parse_layers(args.layers, info.num_layers)
-    subject = Subject.load(args.model, dtype=args.dtype)
-    batches = _batches(subject, args.windows, args.batch_size)
-    result: dict = {"bench": "record", "model": args.model, "layers": args.layers, "dtype": args.dtype,
-                    "batch_size": args.batch_size, "threads": _threads()}
-    figures = throughput(subject, layers, batches)
-    result.update(figures)
-    print(f"record vs bare forward ({figures['windows']} windows, layers {args.layers}, {args.dtype}): "
-          f"{figures['record_windows_per_s']:.1f} vs {figures['bare_windows_per_s']:.1f} windows/s, "
-          f"ratio {figures['throughput_ratio']:.3f} (target >= 0.90)")
-    if not args.skip_dtype:
-        subjects = {name: subject if args.dtype == name else Subject.load(args.model, dtype=name)
-                    for name in ("float32", "bfloat16")}
-        speeds = dtype_speed(subjects, layers, batches[:max(2, len(batches) // 2)])
-        result.update(speeds)
-        print(f"bare forward: float32 {speeds['float32_tokens_per_s']:.0f} tok/s, bfloat16 "
-              f"{speeds['bfloat16_tokens_per_s']:.0f} tok/s (bf16 speed-up {speeds['bf16_speedup']:.2f}x)")
-        del subjects
-    del subject, batches
+    load_before = _load_average()
+    result: dict = {"bench": "record", "model": args.model, "batch_size": args.batch_size, "threads": _threads(),
+                    "load_average_start": load_before}
+    print(f"load average (1/5/15 min) at start: {load_before}")
+    ratios: dict[str, dict[str, Any]] = {}
+    for dtype in args.dtypes:
+        subject = Subject.load(args.model, dtype=dtype)
+        for spec in args.layer_sets:
+            layers = parse_layers(spec, info.num_layers)
+            windows = args.windows if len(layers) <= 4 else args.deep_windows
+            figures = throughput(subject, layers, _batches(subject, windows, args.batch_size))
+            ratios.setdefault(spec, {})[dtype] = figures
+            print(f"layers {spec:>5} {dtype:>8}: record {figures['record_windows_per_s']:7.1f} vs bare "
+                  f"{figures['bare_windows_per_s']:7.1f} windows/s over {figures['windows']} windows: ratio "
+                  f"{figures['throughput_ratio']:.3f} (CPU-time ratio {figures['cpu_time_ratio']:.3f}; target >= "
+                  f"{TARGET_RATIO}); load {_load_average()}", flush=True)
+        del subject
+    result["layer_sets"] = {spec: {dtype: {key: round(value, 4) if isinstance(value, float) else value
+                                           for key, value in figures.items()}
+                                   for dtype, figures in by_dtype.items()} for spec, by_dtype in ratios.items()}
+    print("\nrecording / bare forward pass, side by side (wall-time ratio, CPU-time ratio):")
+    print(f"{'layers':>8} " + " ".join(f"{dtype:>18}" for dtype in args.dtypes))
+    for spec, by_dtype in ratios.items():
+        print(f"{spec:>8} " + " ".join(f"{by_dtype[d]['throughput_ratio']:8.3f} ({by_dtype[d]['cpu_time_ratio']:.3f})"
+                                       for d in args.dtypes))
+    every = [figures["throughput_ratio"] for by_dtype in ratios.values() for figures in by_dtype.values()]
+    result["throughput_ratio"] = min(every)
+    result.update({f"throughput_ratio_{dtype}": min(by_dtype[dtype]["throughput_ratio"] for by_dtype in ratios.values())
+                   for dtype in args.dtypes})
+    if "float32" in args.dtypes and "bfloat16" in args.dtypes:
+        first = next(iter(ratios.values()))
+        result["bf16_bare_speedup"] = first["bfloat16"]["bare_windows_per_s"] / first["float32"]["bare_windows_per_s"]
     if not args.skip_memory:
-        small = peak_memory(args.model, args.layers, args.memory_windows, args.batch_size)
-        large = peak_memory(args.model, args.layers, 4 * args.memory_windows, args.batch_size)
+        small = peak_memory(args.model, args.layer_sets[0], args.memory_windows, args.batch_size, args.dtype)
+        large = peak_memory(args.model, args.layer_sets[0], 4 * args.memory_windows, args.batch_size, args.dtype)
         result.update({"memory_windows": args.memory_windows, "peak_rss_mib_n": small, "peak_rss_mib_4n": large,
                        "memory_ratio": large / small})
-        print(f"peak RSS while recording: {small:.0f} MiB for {args.memory_windows} windows, {large:.0f} MiB for "
-              f"{4 * args.memory_windows} (ratio {large / small:.3f}, target <= 1.10)")
+        print(f"peak RSS while recording layers {args.layer_sets[0]}: {small:.0f} MiB for {args.memory_windows} "
+              f"windows, {large:.0f} MiB for {4 * args.memory_windows} (ratio {large / small:.3f}, target <= 1.10)")
+    result["load_average_end"] = _load_average()
+    print(f"load average (1/5/15 min) at end: {result['load_average_end']}")
     print(json.dumps({key: round(value, 4) if isinstance(value, float) else value for key, value in result.items()}))
+
+
+def _load_average() -> str:
+    return " / ".join(f"{value:.2f}" for value in os.getloadavg())
 
 
 def _threads() -> int:
