@@ -538,7 +538,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         bar.total = progress.total
         bar.set_postfix(failed=progress.failed, tokens=progress.tokens, cost=f"${progress.cost_usd:.4f}",
                         refresh=False)
+        bar.set_description_str(progress.activity or "neurons", refresh=False)
         bar.update(progress.done - bar.n)
+        bar.refresh()
 
     try:
         summary = run_pipeline(config, on_progress=on_progress)

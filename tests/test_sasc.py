@@ -323,3 +323,46 @@ def test_concurrent_neurons_share_the_subject_model_safely(planted_subject: Subj
               for results in (concurrent, sequential)]
     assert scores[0] == pytest.approx(scores[1], rel=1e-5)
     assert scores[0][0] > 100 * max(abs(value) for value in scores[0][1:])
+
+
+def test_batched_sasc_gives_every_neuron_the_explanation_it_gets_alone(planted_subject: Subject) -> None:
+    from neuron_explainer.explain.sasc import SascBatcher, explain_sasc_many
+
+    layer = isolated_ngram_responses(planted_subject, [PLANTED.layer], CORPUS, NgramConfig())[PLANTED.layer]
+    neurons = [layer.for_neuron(index) for index in (PLANTED.neuron, 3, 20, 31)]
+    themes = ["animals", "months of the year", "a riddle with no sentences"]
+    scripted = _scripted_responder(themes)
+
+    def respond(request: dict) -> str:
+        # A function of the prompt alone, so the order in which batched requests arrive does not matter.
+        prompt = request["messages"][-1]["content"]
+        return themes[len(prompt) % len(themes)] if SUMMARY_MARK in prompt else scripted(request)
+
+    config = SascConfig(synthetic_texts=12)
+    steps: list[tuple[str, int, int]] = []
+    with FakeOpenAIServer(responder=respond) as server:
+        backend = _backend(server)
+        alone = [asyncio.run(explain_sasc(ngrams, planted_subject, backend, config=config)) for ngrams in neurons]
+        batched = asyncio.run(explain_sasc_many(neurons, planted_subject, backend, config=config,
+                                                on_step=lambda *step: steps.append(step)))
+
+        async def concurrently() -> list:
+            batcher = SascBatcher(planted_subject, backend, config=config)
+            return await asyncio.gather(*(batcher.explain(ngrams) for ngrams in neurons))
+
+        grouped = asyncio.run(concurrently())
+    assert [phase for phase, _, _ in steps] == ["summaries", "sentences", "responses"]
+    assert steps[0][1:] == (4, 4 * config.candidates)
+    for results in (batched, grouped):
+        for one, many in zip(alone, results, strict=True):
+            assert isinstance(one, Explanation) and isinstance(many, Explanation)
+            assert (many.neuron, many.text) == (one.neuron, one.text)
+            assert (many.prompt_tokens, many.completion_tokens) == (one.prompt_tokens, one.completion_tokens)
+            assert [candidate["text"] for candidate in many.extra["candidates"]] == \
+                [candidate["text"] for candidate in one.extra["candidates"]]
+            assert many.extra["concept_texts"] == one.extra["concept_texts"]
+            for first, second in zip(one.extra["candidates"], many.extra["candidates"], strict=True):
+                assert (first["synthetic_score"] is None) == (second["synthetic_score"] is None)
+                if first["synthetic_score"] is not None:
+                    assert second["synthetic_score"] == pytest.approx(first["synthetic_score"], rel=1e-4, abs=1e-6)
+    assert {explanation.text for explanation in alone} >= {"animals"}

@@ -179,6 +179,9 @@ class _Context:
     async def isolated_ngrams(self, layer: int, config: Any) -> Any:
         raise UserError("in-process evaluation reads in-context n-grams only")
 
+    def report_activity(self, activity: str) -> None:
+        """The evaluation's own progress bar counts neurons; a step's activity is not shown."""
+
 
 async def _with_context(method: Method, records: Mapping[NeuronId, NeuronRecord],
                         body: Callable[[_Context], Any], *, subject: Any = None) -> Any:

@@ -7,6 +7,7 @@ every stage, lives in `neuron_explainer.core`).
 
 SASC and the LLM-free n-gram explainer: `isolated_ngram_responses` (a layer's cached n-gram sweep) or
 `in_context_ngram_responses` -> `NeuronNgrams`; `explain_sasc(ngrams, subject, backend, config=)`, `SascConfig`;
+`explain_sasc_many` (several neurons in shared batches) and `SascBatcher` (batches concurrent requests);
 `explain_ngram(ngrams)`; `NgramConfig`, `NgramMode`, `LayerNgramResponses`.
 """
 
@@ -17,7 +18,7 @@ from neuron_explainer.explain.ngrams import (LayerNgramResponses, NeuronNgrams, 
                                              in_context_ngram_responses, isolated_ngram_responses)
 from neuron_explainer.explain.parsing import ParsedExplanation, clean_explanation
 from neuron_explainer.explain.registry import EXPLAINERS, explainer_class, register_explainer
-from neuron_explainer.explain.sasc import SascConfig, explain_sasc
+from neuron_explainer.explain.sasc import SascBatcher, SascConfig, explain_sasc, explain_sasc_many
 from neuron_explainer.explain.splits import (NeuronSplit, SplitConfig, SplitGroups, check_no_leakage, check_split_groups,
                                              oriented_record, split_neuron)
 from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity
@@ -28,5 +29,6 @@ __all__ = ["CandidateRanker", "ExplainConfig", "ExplainerKind", "Explanation", "
            "scale_activation", "scale_activations", "split_neuron"]
 __all__ += ["EXPLAINERS", "Explainer", "ExplainerIdentity", "ExplainerSettings", "ExplainResources", "explainer_class",
             "register_explainer"]
-__all__ += ["LayerNgramResponses", "NeuronNgrams", "NgramConfig", "NgramMode", "SascConfig", "explain_ngram",
-            "explain_sasc", "in_context_ngram_responses", "isolated_ngram_responses"]
+__all__ += ["LayerNgramResponses", "NeuronNgrams", "NgramConfig", "NgramMode", "SascBatcher", "SascConfig",
+            "explain_ngram", "explain_sasc", "explain_sasc_many", "in_context_ngram_responses",
+            "isolated_ngram_responses"]

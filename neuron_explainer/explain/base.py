@@ -33,6 +33,9 @@ class ExplainResources(Protocol):
     async def isolated_ngrams(self, layer: int, config: NgramConfig) -> LayerNgramResponses:
         """Every neuron of `layer`'s response to each corpus n-gram read alone (one cached sweep)."""
 
+    def report_activity(self, activity: str) -> None:
+        """Tell whoever watches the run what a long step is doing now (shown by the CLI's progress bar)."""
+
 
 @dataclass(frozen=True)
 class ExplainerSettings:

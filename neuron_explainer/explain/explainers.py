@@ -12,7 +12,7 @@ from neuron_explainer.explain.api import ExplainConfig, explain_neuron
 from neuron_explainer.explain.base import Explainer, ExplainerIdentity, ExplainerSettings, ExplainResources
 from neuron_explainer.explain.ngrams import (NGRAM_EXPLANATION_DEFAULTS, NeuronNgrams, NgramConfig, NgramMode,
                                              explain_ngram, in_context_ngrams_for_record)
-from neuron_explainer.explain.sasc import SascConfig, explain_sasc, sasc_prompt_files
+from neuron_explainer.explain.sasc import SascBatcher, SascConfig, sasc_prompt_files
 from neuron_explainer.explain.token_pairs import PROMPT_FILES as TOKEN_PAIR_PROMPTS
 from neuron_explainer.explain.types import Explanation
 
@@ -88,6 +88,7 @@ class SascExplainer(Explainer):
         self.ngram_config = NgramConfig()
         self.sasc_config = SascConfig(seed=settings.split.seed)
         self.ngrams_for = ngram_source(settings, resources, self.ngram_config)
+        self._batcher: SascBatcher | None = None
 
     def identity(self) -> ExplainerIdentity:
         return ExplainerIdentity(
@@ -96,5 +97,12 @@ class SascExplainer(Explainer):
             backend=self.backend.name, model=self.backend.model, prompt_hash=sasc_prompt_files().hash)
 
     async def explain(self, record: NeuronRecord) -> Explanation | Failure:
-        return await explain_sasc(await self.ngrams_for(record), self.resources.subject(), self.backend,
-                                  config=self.sasc_config, split_seed=self.settings.split.seed)
+        ngrams = await self.ngrams_for(record)
+        if self._batcher is None:
+            # Neurons explained concurrently share LLM batches and subject passes (same results, fewer calls).
+            self._batcher = SascBatcher(self.resources.subject(), self.backend, config=self.sasc_config,
+                                        split_seed=self.settings.split.seed, on_step=self._report)
+        return await self._batcher.explain(ngrams)
+
+    def _report(self, phase: str, neurons: int, items: int) -> None:
+        self.resources.report_activity(f"sasc {phase}: {neurons} neuron(s), {items} item(s)")

@@ -18,7 +18,7 @@ import logging
 import math
 import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -240,68 +240,178 @@ async def explain_sasc(ngrams: NeuronNgrams, subject: Any, backend: LLMBackend, 
     the raw answers) when no candidate theme can be read from the LLM's answers, or a call fails with anything
     but a `UserError` (LLM errors that should stop the run, such as a bad key, propagate).
     """
-    neuron = ngrams.neuron
-    if not ngrams.top_ngrams:
-        return Failure(neuron=neuron, stage="explain", reason="no n-grams to summarise (empty corpus or windows)")
-    try:
-        return await _explain(ngrams, subject, backend, config, split_seed)
-    except LLMError as exc:
-        if exc.stops_run:
+    return (await explain_sasc_many([ngrams], subject, backend, config=config, split_seed=split_seed))[0]
+
+
+SascStep = Callable[[str, int, int], None]
+"""Progress callback: (phase, neurons in the batch, LLM prompts or sentences in the phase)."""
+
+
+async def explain_sasc_many(neurons: Sequence[NeuronNgrams], subject: Any, backend: LLMBackend, *,
+                            config: SascConfig = SascConfig(), split_seed: int = 0,
+                            on_step: SascStep | None = None) -> list[Explanation | Failure]:
+    """SASC for several neurons at once, with exactly the texts and choices `explain_sasc` gives each alone.
+
+    Each phase runs for every neuron together: all summary prompts in one `generate_many` (an in-process model
+    batches them; a remote API runs them concurrently), then all sentence prompts, then one subject-model pass per
+    layer over every neuron's sentences (a pass yields all neurons of the layer). When a batched phase fails with a
+    non-fatal error, the neurons are explained one at a time so the failure lands on the neuron that caused it.
+    """
+    if len(neurons) > 1:
+        try:
+            return await _explain_together(neurons, subject, backend, config, split_seed, on_step)
+        except LLMError as exc:
+            if exc.stops_run:
+                raise
+            logger.warning("batched SASC failed (%s); explaining %d neurons one at a time", exc, len(neurons))
+        except UserError:
             raise
-        logger.warning("SASC explaining %s failed: %s", neuron, exc)
-        return Failure(neuron=neuron, stage="explain", reason=f"SASC error: {type(exc).__name__}: {exc}")
-    except UserError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - one neuron's backend failure must not end a night's run
-        logger.warning("SASC explaining %s failed: %s", neuron, exc)
-        return Failure(neuron=neuron, stage="explain", reason=f"SASC error: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - isolate the neuron that failed below
+            logger.warning("batched SASC failed (%s); explaining %d neurons one at a time", exc, len(neurons))
+    results: list[Explanation | Failure] = []
+    for ngrams in neurons:
+        try:
+            results.extend(await _explain_together([ngrams], subject, backend, config, split_seed, on_step))
+        except LLMError as exc:
+            if exc.stops_run:
+                raise
+            logger.warning("SASC explaining %s failed: %s", ngrams.neuron, exc)
+            results.append(Failure(neuron=ngrams.neuron, stage="explain",
+                                   reason=f"SASC error: {type(exc).__name__}: {exc}"))
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one neuron's backend failure must not end a night's run
+            logger.warning("SASC explaining %s failed: %s", ngrams.neuron, exc)
+            results.append(Failure(neuron=ngrams.neuron, stage="explain",
+                                   reason=f"SASC error: {type(exc).__name__}: {exc}"))
+    return results
 
 
-async def _explain(ngrams: NeuronNgrams, subject: Any, backend: LLMBackend, config: SascConfig,
-                   split_seed: int) -> Explanation | Failure:
-    neuron = ngrams.neuron
+class SascBatcher:
+    """Explains neurons requested concurrently in shared batches (`explain_sasc_many`), like a group commit.
+
+    The first request starts a batch; requests arriving while it runs wait and go together in the next one. So a
+    pipeline that explains several neurons concurrently batches their LLM calls and subject passes, with the same
+    results as one `explain_sasc` each.
+    """
+
+    def __init__(self, subject: Any, backend: LLMBackend, *, config: SascConfig = SascConfig(), split_seed: int = 0,
+                 on_step: SascStep | None = None) -> None:
+        self.subject = subject
+        self.backend = backend
+        self.config = config
+        self.split_seed = split_seed
+        self.on_step = on_step
+        self._pending: list[tuple[NeuronNgrams, asyncio.Future[Explanation | Failure]]] = []
+        self._draining: asyncio.Task[None] | None = None
+
+    async def explain(self, ngrams: NeuronNgrams) -> Explanation | Failure:
+        """This neuron's SASC explanation (as `explain_sasc` would give it)."""
+        future: asyncio.Future[Explanation | Failure] = asyncio.get_running_loop().create_future()
+        self._pending.append((ngrams, future))
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        # One turn of the loop lets requests made in the same turn (workers starting together) join the batch.
+        await asyncio.sleep(0)
+        while self._pending:
+            batch, self._pending = self._pending, []
+            waiting = [(ngrams, future) for ngrams, future in batch if not future.cancelled()]
+            if not waiting:
+                continue
+            try:
+                results = await explain_sasc_many([ngrams for ngrams, _ in waiting], self.subject, self.backend,
+                                                  config=self.config, split_seed=self.split_seed,
+                                                  on_step=self.on_step)
+            except Exception as exc:  # noqa: BLE001 - handed to every waiting caller, which re-raises it
+                for _, future in waiting:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(waiting, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+
+async def _explain_together(neurons: Sequence[NeuronNgrams], subject: Any, backend: LLMBackend,
+                            config: SascConfig, split_seed: int,
+                            on_step: SascStep | None) -> list[Explanation | Failure]:
     prompts = sasc_prompt_files()
-    ledger = _TokenLedger()
+    ledgers = [_TokenLedger() for _ in neurons]
+    step = on_step or (lambda phase, count, size: None)
+    active = [index for index, ngrams in enumerate(neurons) if ngrams.top_ngrams]
 
-    summaries = await asyncio.gather(*(
-        _generate(backend, prompts.render(SUMMARIZE_PROMPT, ngrams="\n".join(sample)), config,
-                  max_tokens=config.summary_max_tokens, ledger=ledger, one_line=True)
-        for sample in _ngram_samples(ngrams, config)))
-    themes: list[str] = []
-    for answer in summaries:
-        theme = clean_theme(answer)
-        if theme is not None and theme.casefold() not in {known.casefold() for known in themes}:
-            themes.append(theme)
-    if not themes:
-        raw = "\n---\n".join(summaries)
-        return Failure(neuron=neuron, stage="explain",
-                       reason=f"no usable theme in {len(summaries)} SASC summary answer(s)", raw_output=raw[:4000])
+    summary_prompts = [(index, prompts.render(SUMMARIZE_PROMPT, ngrams="\n".join(sample)))
+                       for index in active for sample in _ngram_samples(neurons[index], config)]
+    step("summaries", len(neurons), len(summary_prompts))
+    answers = await _generate_many(backend, summary_prompts, config, max_tokens=config.summary_max_tokens,
+                                   ledgers=ledgers, one_line=True)
+    summaries: dict[int, list[str]] = {index: [] for index in active}
+    for (index, _), answer in zip(summary_prompts, answers, strict=True):
+        summaries[index].append(answer)
+    themes: dict[int, list[str]] = {}
+    for index, neuron_answers in summaries.items():
+        found: list[str] = []
+        for answer in neuron_answers:
+            theme = clean_theme(answer)
+            if theme is not None and theme.casefold() not in {known.casefold() for known in found}:
+                found.append(theme)
+        if found:
+            themes[index] = found
 
-    text_lists = await asyncio.gather(*(
-        _generate(backend, prompts.render(name, concept=theme, count=str(config.synthetic_texts)), config,
-                  max_tokens=config.texts_max_tokens, ledger=ledger)
-        for theme in themes for name in (CONCEPT_PROMPT, CONTRAST_PROMPT)))
-    parsed = [parse_text_list(answer, limit=config.synthetic_texts) for answer in text_lists]
-    all_texts = [text for texts in parsed for text in texts]
-    responses = await asyncio.to_thread(_neuron_responses, subject, all_texts, neuron.layer, neuron.neuron)
+    text_prompts = [(index, prompts.render(name, concept=theme, count=str(config.synthetic_texts)))
+                    for index, found in themes.items() for theme in found for name in (CONCEPT_PROMPT, CONTRAST_PROMPT)]
+    step("sentences", len(themes), len(text_prompts))
+    text_lists = await _generate_many(backend, text_prompts, config, max_tokens=config.texts_max_tokens,
+                                      ledgers=ledgers)
+    parsed: dict[int, list[list[str]]] = {index: [] for index in themes}
+    for (index, _), answer in zip(text_prompts, text_lists, strict=True):
+        parsed[index].append(parse_text_list(answer, limit=config.synthetic_texts))
+    sentences_by_layer: dict[int, list[str]] = {}
+    for index, lists in parsed.items():
+        sentences_by_layer.setdefault(neurons[index].neuron.layer, []).extend(
+            text for texts in lists for text in texts)
+    step("responses", len(themes), sum(len(texts) for texts in sentences_by_layer.values()))
+    responses = await asyncio.to_thread(_layer_responses, subject, sentences_by_layer)
+
+    results: list[Explanation | Failure] = []
+    for index, ngrams in enumerate(neurons):
+        if not ngrams.top_ngrams:
+            results.append(Failure(neuron=ngrams.neuron, stage="explain",
+                                   reason="no n-grams to summarise (empty corpus or windows)"))
+        elif index not in themes:
+            raw = "\n---\n".join(summaries[index])
+            results.append(Failure(neuron=ngrams.neuron, stage="explain",
+                                   reason=f"no usable theme in {len(summaries[index])} SASC summary answer(s)",
+                                   raw_output=raw[:4000]))
+        else:
+            layer = responses[ngrams.neuron.layer]
+            results.append(_explanation(ngrams, themes[index], parsed[index],
+                                        lambda text, layer=layer, neuron=ngrams.neuron.neuron: layer[text][neuron],
+                                        backend, prompts.hash, ledgers[index], config, split_seed))
+    return results
+
+
+def _explanation(ngrams: NeuronNgrams, themes: list[str], parsed: list[list[str]], response: Callable[[str], float],
+                 backend: LLMBackend, prompt_hash: str, ledger: "_TokenLedger", config: SascConfig,
+                 split_seed: int) -> Explanation:
+    """The chosen candidate of one neuron, given its themes, their parsed sentence lists and its responses."""
     sign = -1.0 if ngrams.polarity is Polarity.NEGATIVE else 1.0
-
     candidates: list[SascCandidate] = []
-    offset = 0
     for index, theme in enumerate(themes):
         concept_texts, contrast_texts = parsed[2 * index], parsed[2 * index + 1]
-        concept = sign * responses[offset:offset + len(concept_texts)]
-        offset += len(concept_texts)
-        contrast = sign * responses[offset:offset + len(contrast_texts)]
-        offset += len(contrast_texts)
+        concept = sign * np.array([response(text) for text in concept_texts], dtype=np.float64)
+        contrast = sign * np.array([response(text) for text in contrast_texts], dtype=np.float64)
         candidates.append(_score_candidate(theme, concept_texts, contrast_texts, concept, contrast, ngrams.std,
                                            config))
 
     scored = [candidate for candidate in candidates if math.isfinite(candidate.synthetic_score)]
     chosen = max(scored, key=lambda candidate: candidate.synthetic_score) if scored else candidates[0]
     return Explanation(
-        neuron=neuron, text=chosen.text, method=ExplainerKind.SASC, polarity=ngrams.polarity,
-        explainer_backend=backend.name, explainer_model=backend.model, prompt_hash=prompts.hash,
+        neuron=ngrams.neuron, text=chosen.text, method=ExplainerKind.SASC, polarity=ngrams.polarity,
+        explainer_backend=backend.name, explainer_model=backend.model, prompt_hash=prompt_hash,
         parameters={**ngrams.parameters, **config.as_dict(), "ngram_source": ngrams.source},
         source_window_ids=ngrams.window_ids, split_seed=split_seed,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -364,24 +474,34 @@ class _TokenLedger:
         self.completion_tokens += result.usage.completion_tokens
 
 
-async def _generate(backend: LLMBackend, text: str, config: SascConfig, *, max_tokens: int,
-                    ledger: _TokenLedger, one_line: bool = False) -> str:
+async def _generate_many(backend: LLMBackend, prompts: Sequence[tuple[int, str]], config: SascConfig, *,
+                         max_tokens: int, ledgers: Sequence["_TokenLedger"], one_line: bool = False) -> list[str]:
+    """One answer per (neuron index, prompt text), all prompts in one `generate_many`; usage goes to each ledger."""
+    if not prompts:
+        return []
     if backend.capabilities.chat:
-        prompt: Prompt = [Message(role="user", content=text)]
+        batch: list[Prompt] = [[Message(role="user", content=text)] for _, text in prompts]
         stop = None
     else:
         # A completion model continues the prompt; the summary is the rest of the "Shared idea:" line.
-        prompt, stop = text.rstrip(), (["\n"] if one_line else ["\n\n\n"])
-    result = await backend.generate(prompt, temperature=config.temperature, max_tokens=max_tokens, seed=config.seed,
-                                    stop=stop)
-    ledger.add(result)
-    return result.generations[0].text if result.generations else ""
+        batch, stop = [text.rstrip() for _, text in prompts], (["\n"] if one_line else ["\n\n\n"])
+    results = await backend.generate_many(batch, temperature=config.temperature, max_tokens=max_tokens,
+                                          seed=config.seed, stop=stop)
+    answers = []
+    for (index, _), result in zip(prompts, results, strict=True):
+        ledgers[index].add(result)
+        answers.append(result.generations[0].text if result.generations else "")
+    return answers
 
 
-def _neuron_responses(subject: Any, texts: list[str], layer: int, neuron: int) -> np.ndarray:
-    if not texts:
-        return np.zeros(0, dtype=np.float64)
-    return np.asarray(text_responses(subject, texts, [layer])[layer][:, neuron], dtype=np.float64)
+def _layer_responses(subject: Any, sentences_by_layer: dict[int, list[str]]) -> dict[int, dict[str, np.ndarray]]:
+    """{layer: {sentence: every neuron's response}}: one subject pass per layer over its distinct sentences."""
+    responses: dict[int, dict[str, np.ndarray]] = {}
+    for layer, sentences in sentences_by_layer.items():
+        distinct = list(dict.fromkeys(sentences))
+        matrix = text_responses(subject, distinct, [layer])[layer] if distinct else np.zeros((0, 0))
+        responses[layer] = {text: matrix[row].astype(np.float64) for row, text in enumerate(distinct)}
+    return responses
 
 
 def _json_float(value: float) -> float | None:

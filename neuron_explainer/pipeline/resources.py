@@ -7,6 +7,7 @@ planted one) instead of the model the recording names.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,8 @@ class RunResources:
         self._simulator: Simulator | None = None
         self._layer_ngrams: dict[int, LayerNgramResponses] = {}
         self._ngram_lock = asyncio.Lock()
+        self.on_activity: Callable[[str], None] | None = None
+        """Called with what a long step is doing now (the run's progress callback)."""
 
     def backend(self, spec: str) -> LLMBackend:
         """One backend object per spec."""
@@ -112,6 +115,11 @@ class RunResources:
                 self._layer_ngrams.update(await asyncio.to_thread(
                     isolated_ngram_responses, self.subject(), layers, texts, config, progress=True))
         return self._layer_ngrams[layer]
+
+    def report_activity(self, activity: str) -> None:
+        """Pass a long step's current activity on to the run's progress callback, if any."""
+        if self.on_activity is not None:
+            self.on_activity(activity)
 
     async def aclose(self) -> None:
         """Release the backends and the response cache file."""

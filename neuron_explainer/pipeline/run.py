@@ -56,6 +56,8 @@ class RunProgress:
     """Estimated spend so far."""
     tokens: int
     """Prompt + completion tokens so far."""
+    activity: str = ""
+    """What a long step is doing now (e.g. SASC's phase), empty when nothing is worth saying."""
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,8 @@ class Pipeline:
                             concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm, device=config.device,
                             dtype=config.dtype),
             store, split=self.split, cache=cache, ledger=self.ledger, subject=subject)
+        self.resources.on_activity = self._report_progress
+        self._total = 0
 
     async def aclose(self) -> None:
         """Release backends and the response cache file."""
@@ -291,11 +295,18 @@ class Pipeline:
             pending |= selected - job.done
         return sorted(pending)
 
+    def _report_progress(self, activity: str) -> None:
+        if self.on_progress is not None:
+            totals = self.ledger.totals()
+            self.on_progress(RunProgress(done=self.tally.done, total=self._total, failed=self.tally.failed,
+                                         cost_usd=totals.cost_usd or 0.0,
+                                         tokens=totals.prompt_tokens + totals.completion_tokens, activity=activity))
+
     async def _schedule(self, todo: list[NeuronId], jobs: list[ExplainerJob], scorer: Scorer,
                         score_keys: dict[str, str], budget: _Budget) -> str | None:
         """Run one unit per neuron through the shared runner; stop launching when a budget is reached (in-flight
         units finish)."""
-        total = len(todo)
+        self._total = len(todo)
 
         def unit(neuron: NeuronId) -> Callable[[], Awaitable[None]]:
             async def run() -> None:
@@ -307,11 +318,7 @@ class Pipeline:
             self._persist_ledger()
             # A full disk or read-only file stops the night here, not after every neuron has been paid for.
             self.database.check_writes()
-            if self.on_progress is not None:
-                totals = self.ledger.totals()
-                self.on_progress(RunProgress(done=self.tally.done, total=total, failed=self.tally.failed,
-                                             cost_usd=totals.cost_usd or 0.0,
-                                             tokens=totals.prompt_tokens + totals.completion_tokens))
+            self._report_progress("")
 
         try:
             summary = await run_units([unit(neuron) for neuron in todo], concurrency=self.config.concurrency,
