@@ -560,6 +560,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             for polarity, values in table.items():
                 print(f"  {label:<9} {polarity}: {_mean_text(values)}")
         print(f"  took      {summary.seconds:.1f} s")
+        for line in summary.failures:
+            print(f"  failed    {line}")
     return 0
 
 

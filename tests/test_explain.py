@@ -108,6 +108,10 @@ def test_prompt_is_trimmed_to_the_budget_weakest_windows_first():
     ("\"The 0", "The 0"),
     ("commas\"", "commas"),
     ("the word \"it", "the word \"it"),
+    # A greedy decoding loop keeps what came before it and one turn of it.
+    ("The neuron fires on the action of the action of the action of the action of the action of the", "the action of"),
+    ("calls to open() in file handling code, code, code, code, code", "calls to open() in file handling code"),
+    ("very very big numbers", "very very big numbers"),
 ])
 def test_clean_explanation(raw, cleaned):
     assert clean_explanation(raw).text == cleaned
@@ -115,7 +119,7 @@ def test_clean_explanation(raw, cleaned):
 
 @pytest.mark.parametrize("raw", ["", "   \n ", "\"\"", ".", "I'm sorry, but I can't help with that.",
                                  "There is no clear pattern in these activations.", "As an AI, I think it is digits",
-                                 " ".join(["word"] * 40)])
+                                 " ".join(f"word{index}" for index in range(40))])
 def test_unusable_answers_are_rejected(raw):
     outcome = clean_explanation(raw)
     assert outcome.text is None and outcome.reason

@@ -61,6 +61,25 @@ def _unquote(text: str) -> str:
     return text
 
 
+LOOP_REPEATS = 3
+"""A phrase said this many times in a row is a decoding loop, not content."""
+
+
+def _cut_repetition_loop(text: str) -> str:
+    """Keep an answer up to the first pass through a loop ("the action of the action of the action of ...").
+
+    Small models decoding greedily fall into such loops until the token budget runs out; the phrase before the
+    loop and one turn of it are the answer they meant, the rest is the loop.
+    """
+    words = text.split()
+    for start in range(len(words)):
+        for length in range(1, (len(words) - start) // LOOP_REPEATS + 1):
+            unit = words[start:start + length]
+            if all(words[start + turn * length:start + (turn + 1) * length] == unit for turn in range(1, LOOP_REPEATS)):
+                return " ".join(words[:start + length]).rstrip(" .;,")
+    return text
+
+
 def clean_explanation(raw: str) -> ParsedExplanation:
     """Reduce an answer to one phrase: first content line, labels/lead-ins/wrapping quotes/final period removed."""
     if _REFUSAL.search(raw):
@@ -73,7 +92,7 @@ def clean_explanation(raw: str) -> ParsedExplanation:
         text = _LEAD_IN.sub("", text, count=1)
         text = _unquote(text.strip())
         text = text.rstrip(" .;,")
-    text = " ".join(text.split())
+    text = _cut_repetition_loop(" ".join(text.split()))
     if not text:
         return ParsedExplanation(None, "the answer is empty")
     if len(text) > MAX_CHARACTERS or len(text.split()) > MAX_WORDS:

@@ -96,6 +96,8 @@ class RunSummary:
     """Wall time."""
     stop_reason: str | None = None
     """Which budget stopped the run, if one did."""
+    failures: tuple[str, ...] = ()
+    """One line per failure written this run: the neuron, the method's stage and why, in words."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -110,6 +112,7 @@ class _Tally:
     done: int = 0
     scores: list[tuple[str, float]] = dataclasses.field(default_factory=list)
     baselines: list[tuple[str, float]] = dataclasses.field(default_factory=list)
+    failures: list[str] = dataclasses.field(default_factory=list)
 
     def by_polarity(self, values: list[tuple[str, float]]) -> dict[str, dict[str, Any]]:
         """`ScoreMean` and median per polarity of (polarity, value) pairs."""
@@ -266,7 +269,8 @@ class Pipeline:
             done=self.tally.done, skipped=skipped, explained=self.tally.explained, scored=self.tally.scored,
             failed=self.tally.failed, prompt_tokens=totals.prompt_tokens, completion_tokens=totals.completion_tokens,
             cost_usd=round(totals.cost_usd or 0.0, 6), scores=self.tally.by_polarity(self.tally.scores),
-            shuffled=self.tally.by_polarity(self.tally.baselines), seconds=round(time.monotonic() - started, 2), stop_reason=stop_reason)
+            shuffled=self.tally.by_polarity(self.tally.baselines), seconds=round(time.monotonic() - started, 2), stop_reason=stop_reason,
+            failures=tuple(self.tally.failures))
 
     def _score_key(self, scorer: Scorer) -> str:
         identity = scorer.identity()
@@ -344,7 +348,7 @@ class Pipeline:
             if explanation is None:
                 result = await job.explain(record_)
                 if isinstance(result, Failure):
-                    self._fail(result, job.key)
+                    self._fail(result, job.key, job.method.value)
                     continue
                 explanation = result
                 self.database.record_explanation(self.recording, explanation, config_key=job.key, run_id=self.run_id)
@@ -352,7 +356,7 @@ class Pipeline:
             score = await scorer.score(record_, explanation,
                                        config=ScoreConfig(split=self.split, polarity=explanation.polarity))
             if isinstance(score, Failure):
-                self._fail(score, score_keys[job.key])
+                self._fail(score, score_keys[job.key], job.method.value)
                 continue
             if self.config.rescore:
                 # Replaced only now that the new score exists: an interrupted rescore loses nothing.
@@ -400,9 +404,10 @@ class Pipeline:
             await asyncio.gather(*(fill(neuron) for neuron in missing))
         return stop_reason
 
-    def _fail(self, failure: Failure, config_key: str) -> None:
+    def _fail(self, failure: Failure, config_key: str, method: str) -> None:
         self.database.record_failure(failure, config_key=config_key, run_id=self.run_id, recording=self.recording)
         self.tally.failed += 1
+        self.tally.failures.append(f"{failure.neuron} {method} ({failure.stage}): {failure.reason}")
 
 
 async def _run_then_close(pipeline: Pipeline, neurons: list[NeuronId]) -> RunSummary:
