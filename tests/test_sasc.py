@@ -77,7 +77,8 @@ def test_bullets_plain_lines_wrapped_items_quotes_and_limits() -> None:
     ("the word 'the'", "the word 'the'"),
     ("I'm sorry, I cannot find a pattern.", None),
     ("", None),
-    (" ".join(["word"] * 20), None),
+    (" ".join(f"word{index}" for index in range(20)), None),
+    (" ".join(["word"] * 20), "word"),  # a decoding loop is cut to one turn
 ])
 def test_clean_theme(answer: str, theme: str | None) -> None:
     assert clean_theme(answer) == theme
