@@ -166,7 +166,7 @@ def _add_query_filters(parser: argparse.ArgumentParser, *, limit: int | None) ->
     parser.add_argument("--min-score", type=float, default=None, help="lowest best score (inclusive)")
     parser.add_argument("--max-score", type=float, default=None, help="highest best score (inclusive)")
     parser.add_argument("--search", default=None, help="case-insensitive text in the explanation (literal)")
-    parser.add_argument("--method", default=None, help="explainer method: token-pairs, sasc, ngram")
+    parser.add_argument("--method", default=None, help="explainer method: token-pairs, sasc, lexicon, ngram")
     parser.add_argument("--model", default=None, help="subject model id")
     parser.add_argument("--explainer-model", default=None, help="explainer LLM model name")
     parser.add_argument("--simulator", default=None, help="simulator: all-at-once, generated, lexical, embedding")
@@ -405,8 +405,8 @@ def _add_eval(commands: argparse._SubParsersAction) -> None:
     kinds = parser.add_subparsers(dest="eval_kind", required=True, metavar="KIND", parser_class=type(parser))
     planted = kinds.add_parser("planted", help="recover synthetic neurons whose concept is known")
     planted.add_argument("--planted", default=None, help="suite file (TOML); default: the built-in suite")
-    planted.add_argument("--explainer", default="ngram",
-                         help="explainer(s), comma-separated: token-pairs, sasc, ngram (default ngram)")
+    planted.add_argument("--explainer", default="lexicon",
+                         help="explainer(s), comma-separated: token-pairs, sasc, lexicon, ngram (default lexicon)")
     planted.add_argument("--simulator", default=None,
                          help="simulator(s), comma-separated: all-at-once, generated, lexical, embedding "
                               "(default: the best the backend allows; lexical without --llm)")

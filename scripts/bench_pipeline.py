@@ -4,7 +4,8 @@ One recording of the default subject model (SmolLM2-135M) over python-docs windo
 record-or-reuse step, then one `run_pipeline` per method on the same sampled neurons, each into its own fresh
 database, all with the same backend:
 
-- `ngram` explainer + `lexical` simulator: the LLM-free path (no tokens);
+- `lexicon` explainer + `lexical` simulator: the LLM-free path (no tokens), and the older `ngram` explainer beside
+  it;
 - `token-pairs` explainer + the backend's default simulator (all-at-once slots for `local:default`): the offline
   default of `neuron-explainer run`;
 - `sasc` explainer + the same simulator (full mode only: it asks the backend for 20 sentences per side per
@@ -14,8 +15,8 @@ Neurons per minute count explain + simulate + score + database writes (recording
 reported apart). Tokens per neuron are the run's ledger totals (every LLM call of explaining and scoring) divided
 by the neurons done. Peak RSS is this process's.
 
-    .venv/bin/python scripts/bench_pipeline.py [--quick] [--llm local:default] [--layer 3] [--windows 300]
-        [--neurons 12] [--llm-neurons 3]
+    .venv/bin/python scripts/bench_pipeline.py [--quick] [--llm-free] [--llm local:default] [--layer 3]
+        [--windows 300] [--neurons 12] [--llm-neurons 3]
 
 The last line printed is a JSON summary: {"bench": "pipeline", ...}.
 """
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--layer", type=int, default=3, help="layer recorded and explained")
     parser.add_argument("--windows", type=int, default=None, help="windows recorded (default 300, quick 60)")
     parser.add_argument("--neurons", type=int, default=None, help="neurons for the LLM-free method (default 24)")
+    parser.add_argument("--llm-free", action="store_true", help="only the LLM-free methods (lexicon, ngram)")
     parser.add_argument("--llm-neurons", type=int, default=None, help="neurons per LLM method (default 3, quick 1)")
     args = parser.parse_args()
     windows = args.windows or (60 if args.quick else 300)
@@ -88,11 +90,12 @@ def main() -> None:
         result.update({"record_s": round(record_s, 2), "record_windows_per_s": round(store.num_windows / record_s, 2)})
         print(f"recorded {store.num_windows} windows of layer {args.layer} in {record_s:.1f} s")
         base["records"] = str(store.path)
-        methods = {"ngram": run_method(base, directory, "ngram", ("ngram",), "lexical",
-                                       f"{args.layer}:0-{cheap_neurons - 1}")}
+        methods = {name: run_method(base, directory, name, (name,), "lexical", f"{args.layer}:0-{cheap_neurons - 1}")
+                   for name in ("lexicon", "ngram")}
         llm_spec = f"{args.layer}:0-{llm_neurons - 1}"
-        methods["token-pairs"] = run_method(base, directory, "token-pairs", ("token-pairs",), None, llm_spec)
-        if not args.quick:
+        if not args.llm_free:
+            methods["token-pairs"] = run_method(base, directory, "token-pairs", ("token-pairs",), None, llm_spec)
+        if not (args.quick or args.llm_free):
             methods["sasc"] = run_method(base, directory, "sasc", ("sasc",), None, llm_spec)
         for name, figures in methods.items():
             print(f"{name:12s} {figures['neurons']:3d} neurons in {figures['seconds']:8.1f} s -> "
@@ -100,8 +103,9 @@ def main() -> None:
                   f"({figures['prompt_tokens_per_neuron']} prompt + {figures['completion_tokens_per_neuron']} "
                   f"completion), mean score {figures['mean_score']}")
     result["methods"] = methods
-    result["neurons_per_minute"] = methods["token-pairs"]["neurons_per_minute"]
-    result["llm_free_neurons_per_minute"] = methods["ngram"]["neurons_per_minute"]
+    if "token-pairs" in methods:
+        result["neurons_per_minute"] = methods["token-pairs"]["neurons_per_minute"]
+    result["llm_free_neurons_per_minute"] = methods["lexicon"]["neurons_per_minute"]
     result["tokens_per_neuron"] = {name: figures["tokens_per_neuron"] for name, figures in methods.items()}
     result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(json.dumps(result))

@@ -287,6 +287,6 @@ def test_score_explanations_batch_attaches_baselines():
     assert (summary.succeeded, summary.failed) == (3, 0) and len(results) == 3
     by_neuron = {result.neuron: result for result in results}
     assert by_neuron[NeuronId(1, 0)].metrics.pearson > 0.9
-    assert set(by_neuron[NeuronId(1, 0)].baselines) == {"shuffled", "empty"}
+    assert set(by_neuron[NeuronId(1, 0)].baselines) == {"shuffled", "empty", "lexical_ceiling"}
     # Neuron 1:0's shuffled explanation is "a" or "b": neither names the firing token.
     assert not by_neuron[NeuronId(1, 0)].baselines["shuffled"] > 0.2

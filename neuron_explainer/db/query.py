@@ -172,6 +172,11 @@ class ResultRow:
     baselines: dict[str, float] = field(default_factory=dict)
     """Baseline scores, if computed."""
 
+    @property
+    def lexical_ceiling(self) -> float:
+        """The neuron's lexical ceiling on this score's windows (a baseline; NaN when not computed)."""
+        return self.baselines.get("lexical_ceiling", math.nan)
+
     def as_dict(self) -> dict[str, Any]:
         """Flat JSON-ready mapping (NaN becomes None; `neuron` split into `layer` and `neuron`)."""
         out: dict[str, Any] = {"layer": self.neuron.layer, "neuron": self.neuron.neuron}

@@ -50,6 +50,12 @@ class ScoredExplanation:
     """Pearson over random windows."""
     shuffled: float
     """Score of another neuron's explanation on this neuron (NaN when not computed)."""
+    ceiling: float = NAN
+    """The neuron's lexical ceiling on the same windows (NaN when undefined or not computed)."""
+    has_ceiling: bool = False
+    """True when the ceiling was computed (it may still be undefined)."""
+    has_shuffled: bool = False
+    """True when the shuffled baseline was computed (it may still be undefined)."""
     split: dict[str, Any] = field(default_factory=dict)
     """The split settings the score was made with (from its stored parameters), for baselines on the same windows."""
     order: int = 0
@@ -81,6 +87,29 @@ class Distribution:
 
 
 @dataclass(frozen=True)
+class VersusCeiling:
+    """One layer's explanations side by side with the lexical ceiling and the shuffled floor (undefined = 0)."""
+
+    neurons: int
+    """Neurons with a score and a computed ceiling."""
+    score: float
+    """Mean score, undefined counted as 0."""
+    ceiling: float
+    """Mean lexical ceiling of the same neurons, undefined counted as 0."""
+    shuffled: float
+    """Mean shuffled score of those with one stored, undefined counted as 0 (NaN when none)."""
+    beats_ceiling: float
+    """Fraction of neurons whose score is at least their ceiling."""
+
+    @property
+    def verdict(self) -> str:
+        """`above ceiling` when the mean score reaches the mean ceiling, else `below ceiling`."""
+        if not self.neurons:
+            return "no ceiling"
+        return "above ceiling" if self.score >= self.ceiling else "below ceiling"
+
+
+@dataclass(frozen=True)
 class GroupReport:
     """One method's results on the recording."""
 
@@ -100,6 +129,9 @@ class GroupReport:
     """matched_mean - shuffled_mean."""
     gap_neurons: int
     """Neurons in the gap."""
+    versus_ceiling: dict[int, VersusCeiling] = field(default_factory=dict)
+    """Per layer, the explanations against the lexical ceiling (an explanation below it adds nothing a token
+    lookup would not)."""
 
 
 @dataclass(frozen=True)
@@ -179,6 +211,24 @@ def distribution(items: Sequence[ScoredExplanation]) -> Distribution:
         mean_top=statistics.fmean(top) if top else NAN, mean_random=statistics.fmean(random_only) if random_only else NAN)
 
 
+def _zero_if_undefined(value: float) -> float:
+    return value if math.isfinite(value) else 0.0
+
+
+def versus_ceiling(items: Sequence[ScoredExplanation]) -> VersusCeiling:
+    """Scores against the lexical ceiling and the shuffled floor on the items whose ceiling was computed."""
+    with_ceiling = [item for item in items if item.has_ceiling]
+    if not with_ceiling:
+        return VersusCeiling(0, NAN, NAN, NAN, NAN)
+    shuffled = [_zero_if_undefined(item.shuffled) for item in with_ceiling if item.has_shuffled]
+    return VersusCeiling(
+        neurons=len(with_ceiling), score=statistics.fmean(_zero_if_undefined(item.score) for item in with_ceiling),
+        ceiling=statistics.fmean(_zero_if_undefined(item.ceiling) for item in with_ceiling),
+        shuffled=statistics.fmean(shuffled) if shuffled else NAN,
+        beats_ceiling=statistics.fmean(_zero_if_undefined(item.score) >= _zero_if_undefined(item.ceiling)
+                                       for item in with_ceiling))
+
+
 def _ranks(values: Sequence[float]) -> np.ndarray:
     """Ranks 1..n with tied values sharing their mean rank."""
     array = np.asarray(values, dtype=np.float64)
@@ -246,7 +296,8 @@ def build_real_report(items: Sequence[ScoredExplanation], *, model_id: str, reco
             group=group, overall=distribution(chosen),
             layers={layer: distribution(layer_items) for layer, layer_items in sorted(per_layer.items())},
             coverage={layer: len(per_layer.get(layer, [])) / neurons_per_layer for layer in layers},
-            matched_mean=matched, shuffled_mean=shuffled, gap=matched - shuffled, gap_neurons=len(with_baseline)))
+            matched_mean=matched, shuffled_mean=shuffled, gap=matched - shuffled, gap_neurons=len(with_baseline),
+            versus_ceiling={layer: versus_ceiling(layer_items) for layer, layer_items in sorted(per_layer.items())}))
         if len(seeds) >= 2:
             seed_a, seed_b = sorted(seeds)[:2]
             common = sorted(set(seeds[seed_a]) & set(seeds[seed_b]))
@@ -268,7 +319,7 @@ def build_real_report(items: Sequence[ScoredExplanation], *, model_id: str, reco
             spearman=spearman([first_seed_items[first_group][neuron].score for neuron in common],
                               [first_seed_items[second_group][neuron].score for neuron in common])))
     if len(groups) < 2:
-        notes.append("one method only; explain with several (--explainer token-pairs,sasc,ngram) to compare them")
+        notes.append("one method only; explain with several (--explainer token-pairs,sasc,lexicon) to compare them")
     return RealReport(model_id=model_id, records=records, layers=tuple(layers), neurons_per_layer=neurons_per_layer,
                       groups=tuple(group_reports), agreement=tuple(agreement), stability=tuple(stability),
                       notes=tuple(notes))
@@ -293,6 +344,8 @@ def load_scored_explanations(db: str, *, model_id: str, layers: Sequence[int] = 
         neuron=row.neuron, group=_group_label(row.method, row.explainer_model, row.simulator, row.simulator_model),
         simulator=row.simulator, split_seed=row.split_seed, text=row.text, score=row.score, score_top=row.pearson_top,
         score_random=row.pearson_random, shuffled=row.baselines.get("shuffled", NAN),
+        ceiling=row.lexical_ceiling, has_ceiling="lexical_ceiling" in row.baselines,
+        has_shuffled="shuffled" in row.baselines,
         split={key: row.score_parameters[key] for key in _SPLIT_KEYS if key in row.score_parameters},
         order=row.score_id)
         for row in rows]
@@ -333,7 +386,29 @@ async def fill_shuffled_baselines(items: Sequence[ScoredExplanation], store: Any
             return index, values.get("shuffled", NAN)
 
     found = dict(await asyncio.gather(*(one(index) for index in missing)))
-    return [replace(item, shuffled=found[index]) if index in found else item for index, item in enumerate(items)]
+    return [replace(item, shuffled=found[index], has_shuffled=True) if index in found else item
+            for index, item in enumerate(items)]
+
+
+def fill_lexical_ceilings(items: Sequence[ScoredExplanation], store: Any, *,
+                          polarity: str = "positive") -> list[ScoredExplanation]:
+    """Items (all of one polarity) with missing lexical ceilings computed from the record store on each score's
+    own split (no simulator or LLM involved, so every score gets one)."""
+    from dataclasses import replace
+
+    from neuron_explainer.explain.splits import SplitConfig
+    from neuron_explainer.explain.types import Polarity
+    from neuron_explainer.scoring import ScoreConfig, lexical_ceiling
+
+    filled = []
+    for item in items:
+        if not item.has_ceiling:
+            record = store.load_neuron(item.neuron.layer, item.neuron.neuron)
+            config = ScoreConfig(split=SplitConfig(seed=item.split_seed, **item.split), bootstrap_samples=0,
+                                 polarity=Polarity(polarity))
+            item = replace(item, ceiling=lexical_ceiling(record, config=config), has_ceiling=True)
+        filled.append(item)
+    return filled
 
 
 def run_real_eval(records: str, db: str, *, simulator: str | None = None, llm: str | None = None,
@@ -349,7 +424,8 @@ def run_real_eval(records: str, db: str, *, simulator: str | None = None, llm: s
     unknown = sorted(set(wanted) - set(manifest.layers))
     if unknown:
         raise UserError(f"layer(s) {unknown} were not recorded in {records}")
-    items = load_scored_explanations(db, model_id=manifest.model_id, layers=wanted, polarity=polarity)
+    items = fill_lexical_ceilings(load_scored_explanations(db, model_id=manifest.model_id, layers=wanted,
+                                                           polarity=polarity), store, polarity=polarity)
     if simulator is not None and items:
         from neuron_explainer.llm import make_backend
         from neuron_explainer.simulate import make_simulator
@@ -387,6 +463,12 @@ def format_real_report(report: RealReport) -> str:
                      number(overall.mean_top), number(overall.mean_random)])
         lines += table(["layer", "scored", "undefined", "coverage", "mean", "median", "p10", "p90", ">=0.5",
                         "top-only", "random-only"], rows)
+        if group.versus_ceiling:
+            lines += ["", f"{group.group} against the lexical ceiling (means, undefined counted as 0)"]
+            lines += table(["layer", "neurons", "score", "lexical ceiling", "shuffled", "score >= ceiling", "verdict"],
+                           [[str(layer), str(item.neurons), number(item.score), number(item.ceiling),
+                             number(item.shuffled), number(item.beats_ceiling), item.verdict]
+                            for layer, item in group.versus_ceiling.items()])
     if report.agreement:
         lines += ["", "agreement between methods (Spearman across neurons)"]
         lines += table(["method", "method", "neurons", "spearman"],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from neuron_explainer.core.registry import Registry
 from neuron_explainer.explain.base import Explainer
 from neuron_explainer.explain.explainers import NgramExplainer, SascExplainer, TokenPairsExplainer
+from neuron_explainer.explain.lexicon import LexiconExplainer
 
 EXPLAINERS: Registry[type[Explainer]] = Registry("explainer")
 """Explainer classes by name, in the order error messages list them."""
@@ -12,6 +13,7 @@ EXPLAINERS: Registry[type[Explainer]] = Registry("explainer")
 EXPLAINERS.register(TokenPairsExplainer.name, TokenPairsExplainer)
 EXPLAINERS.register(SascExplainer.name, SascExplainer)
 EXPLAINERS.register(NgramExplainer.name, NgramExplainer)
+EXPLAINERS.register(LexiconExplainer.name, LexiconExplainer)
 
 
 def register_explainer(explainer: type[Explainer]) -> type[Explainer]:

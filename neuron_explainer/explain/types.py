@@ -17,11 +17,13 @@ class ExplainerKind(Name):
     TOKEN_PAIRS: ClassVar[ExplainerKind]
     SASC: ClassVar[ExplainerKind]
     NGRAM: ClassVar[ExplainerKind]
+    LEXICON: ClassVar[ExplainerKind]
 
 
 ExplainerKind.TOKEN_PAIRS = ExplainerKind("token-pairs")
 ExplainerKind.SASC = ExplainerKind("sasc")
 ExplainerKind.NGRAM = ExplainerKind("ngram")
+ExplainerKind.LEXICON = ExplainerKind("lexicon")
 
 
 class Polarity(str, Enum):

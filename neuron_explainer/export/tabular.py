@@ -74,12 +74,12 @@ def export_markdown(database: Database, out: Path, query: ExplanationQuery) -> E
     summaries = layer_summaries(database.iter_query(dataclasses.replace(query, limit=None, best_per_neuron=True)),
                                 polarity_any=query.polarity == "any")
     lines = ["# Neuron explanations", "",
-             "| Layer | Neuron | Polarity | Model | Score | 95% CI | Method | Explainer | Explanation |",
-             "|---:|---:|---|---|---:|---|---|---|---|"]
+             "| Layer | Neuron | Polarity | Model | Score | Lexical ceiling | 95% CI | Method | Explainer | Explanation |",
+             "|---:|---:|---|---|---:|---:|---|---|---|---|"]
     for row in rows:
         lines.append(" | ".join([
             "", str(row.neuron.layer), str(row.neuron.neuron), row.polarity, markdown_escape(row.model_id),
-            _number(row.score),
+            _number(row.score), _number(row.lexical_ceiling),
             f"{_number(row.ci_low, 2)} – {_number(row.ci_high, 2)}", markdown_escape(row.method),
             markdown_escape(row.explainer_model), markdown_escape(row.text), ""]).strip())
     lines += ["", "## Per layer", "",

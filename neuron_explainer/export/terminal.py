@@ -22,18 +22,19 @@ def _clip(text: str, width: int) -> str:
 
 
 def format_rows_table(rows: Sequence[ResultRow], *, width: int = 120) -> str:
-    """A fixed-width table: neuron, polarity, score, method, explainer model, explanation (clipped to `width`)."""
+    """A fixed-width table: neuron, polarity, score, method, explainer model, lexical ceiling, explanation (clipped
+    to `width`)."""
     if not rows:
         return "no matching explanations"
-    header = ("neuron", "polarity", "score", "method", "explainer", "explanation")
-    cells = [(str(row.neuron), row.polarity, _number(row.score), row.method, _clip(row.explainer_model, 24), row.text)
-             for row in rows]
+    header = ("neuron", "polarity", "score", "method", "explainer", "ceiling", "explanation")
+    cells = [(str(row.neuron), row.polarity, _number(row.score), row.method, _clip(row.explainer_model, 24),
+              _number(row.lexical_ceiling), row.text) for row in rows]
     columns = len(header) - 1
     widths = [max(len(header[index]), *(len(cell[index]) for cell in cells)) for index in range(columns)]
     text_width = max(width - sum(widths) - 2 * columns, 20)
     lines = ["  ".join(value.ljust(size) for value, size in zip(header[:columns], widths)) + "  " + header[-1]]
     for cell in cells:
-        lines.append("  ".join(value.rjust(size) if index == 2 else value.ljust(size)
+        lines.append("  ".join(value.rjust(size) if index in (2, 5) else value.ljust(size)
                                for index, (value, size) in enumerate(zip(cell[:columns], widths)))
                      + "  " + _clip(cell[-1], text_width))
     return "\n".join(lines)

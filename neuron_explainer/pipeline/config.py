@@ -64,7 +64,8 @@ class RunConfig(BaseModel):
     sample: int | None = None
     """Explain a seeded random sample of this many neurons from the selection."""
     explainers: tuple[str, ...] = ("token-pairs",)
-    """Explainers to run: token-pairs, sasc, ngram (or any registered one)."""
+    """Explainers to run: token-pairs, sasc, lexicon (LLM-free weighted tokens and classes), ngram (or any
+    registered one)."""
     ngram_mode: Annotated[NgramMode, Field(strict=False)] = NgramMode.IN_CONTEXT
     """Where sasc/ngram read n-gram responses: in-context (free after recording) or isolated (one cached sweep of
     the subject model per layer, as in SASC)."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from neuron_explainer.activations.records import NeuronRecord
+from neuron_explainer.scoring.ceiling import LEXICAL_CEILING, lexical_ceiling
 from neuron_explainer.scoring.correlation import ScoreConfig, score_explanation
 from neuron_explainer.simulate.base import Simulator
 from neuron_explainer.simulate.types import Score
@@ -46,13 +47,13 @@ def shuffled_explanations(explanations: Mapping[NeuronId, str], *, seed: int = 0
 
 async def compute_baselines(record: NeuronRecord, simulator: Simulator, *, shuffled_explanation: str | None,
                             config: ScoreConfig = ScoreConfig()) -> dict[str, float]:
-    """Pooled Pearson of another neuron's explanation (`shuffled`) and of an empty explanation (`empty`) on this
-    neuron's split; NaN where the score is undefined or failed."""
+    """Pooled Pearson of another neuron's explanation (`shuffled`), of an empty explanation (`empty`) and of the
+    token lookup (`lexical_ceiling`, scoring/ceiling.py) on this neuron's split; NaN where undefined or failed."""
     async def pooled_score(text: str) -> float:
         outcome = await score_explanation(record, text, simulator, config=replace(config, bootstrap_samples=0))
         return outcome.metrics.pearson if isinstance(outcome, Score) else NAN
 
-    baselines = {EMPTY: await pooled_score("")}
+    baselines = {EMPTY: await pooled_score(""), LEXICAL_CEILING: lexical_ceiling(record, config=config)}
     if shuffled_explanation is not None:
         baselines[SHUFFLED] = await pooled_score(shuffled_explanation)
     return baselines

@@ -1,0 +1,231 @@
+"""The lexical ceiling, the `lexicon` explainer, its token-class rules and the weighted-list grammar the lexical
+simulator reads: hostile tokens, malformed explanations, planted neurons, and a run through the pipeline."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+import sqlite3
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neuron_explainer.activations import record_activations
+from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.neurons import NeuronId
+from neuron_explainer.activations.records import Window
+from neuron_explainer.eval.real import ScoredExplanation, versus_ceiling
+from neuron_explainer.explain.lexical_grammar import (ItemKind, LexicalItem, LexicalParseError, format_items,
+                                                      is_weighted_list, item_scores, parse_items, quotable, quote)
+from neuron_explainer.explain.lexicon import explain_lexicon, fit_items
+from neuron_explainer.explain.token_classes import (FIXED_CLASSES, candidate_classes, class_named,
+                                                    mentioned_classes, prefix_class, suffix_class)
+from neuron_explainer.explain.types import ExplainerKind, Explanation
+from neuron_explainer.pipeline import RunConfig, run_pipeline
+from neuron_explainer.scoring import ScoreConfig, lexical_ceiling, score_explanation
+from neuron_explainer.simulate.lexical import LexicalSimulator, lexical_scores
+from neuron_explainer.simulate.token_lookup import TokenLookup
+
+sys.path.insert(0, str(Path(__file__).parent))
+from neuron_records import corpus_windows, digit_activation, planted_record, word_activation  # noqa: E402
+
+HOSTILE_TOKENS = ("", " ", "\n", "\u0120", "\u010a\u0120\u0120", "\ufffd", "\udcff", "\x00", "\u200b", "\u0663",
+                  "\uff11", "\u00c9COLE", "\u00df", "\u03a9\u039c\u0395\u0393\u0391", "\U0001f600", "e\u0301",
+                  "\t\t", "\r\n", "_\u00e9_", "(\u0663)", "--", "\u2019s")
+"""Empty strings, whitespace, byte-level BPE markers, replacement and lone surrogate characters, zero-width and
+full-width characters, Arabic-Indic and full-width digits, accented and Greek capitals, emoji, combining marks."""
+
+# Per fixed class: tokens that belong to it and tokens that do not (the hostile ones are checked separately).
+CLASS_CASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "digits": ((" 7", "2045", "0", "\u0663"), ("x1", "1.5", "", " ", "\u00bd")),
+    "numbers": (("3.11", " 1,000", "-2", "1e-5", "7"), ("3.", "v3", "", ".")),
+    "all-caps words": ((" RFC", "HTTP", "\u03a9\u039c\u0395\u0393\u0391", "\u00c9COLE"), ("A", "Http", "R2D2", "", "__")),
+    "capitalised words": ((" Python", "The", "\u00c9cole"), ("THE", "the", "A", "McDonald", "", "\u00df")),
+    "lower-case words": ((" the", "ing", "\u00df"), ("The", "x1", "", "_")),
+    "punctuation": ((".", " ,", "?!", ".,"), ("(", "a.", "", " ", "...a")),
+    "commas": ((",", " ,,"), (".", ", a", "")),
+    "full stops": ((".", "..."), (",", "", ".a")),
+    "colons": ((":", " ::"), (";", "")),
+    "quote marks": (("\"", " '", "\u201c", "``"), ("a'", "", "(")),
+    "opening brackets": (("(", " [", "{", "(("), (")", "()", "", "a(")),
+    "closing brackets": ((")", " ]", "}", "),", ")."), ("(", ",)", "", "a)")),
+    "brackets": (("(", ")", "[]", "{}"), ("<", "", "(a")),
+    "operators": (("=", " +", "==", "->", "<=", "%", "!="), ("!", "a", "", "=a")),
+    "underscores": (("_", "__init__", " snake_case", "_\u00e9_"), ("-", "a", "", "_-")),
+    "line breaks": (("\n", " \n", "\n\n  ", "\r\n"), (" ", "a\n", "", "\u010a")),
+    "spaces": ((" ", "    ", "\t"), ("\n", "", "a ")),
+}
+
+
+def test_every_fixed_class_has_cases() -> None:
+    assert set(CLASS_CASES) == {token_class.name for token_class in FIXED_CLASSES}
+
+
+@pytest.mark.parametrize("name", sorted(CLASS_CASES))
+def test_class_rule_members_non_members_and_hostile_tokens(name: str) -> None:
+    token_class = class_named(name)
+    assert token_class is not None and token_class.name == name
+    members, non_members = CLASS_CASES[name]
+    assert [token for token in members if not token_class(token)] == []
+    assert [token for token in non_members if token_class(token)] == []
+    for token in HOSTILE_TOKENS:
+        assert isinstance(token_class(token), bool)
+    assert token_class("") is False
+
+
+def test_affix_classes_on_pieces_and_hostile_tokens() -> None:
+    tion, un = suffix_class("tion"), prefix_class("un")
+    assert tion(" function") and tion("tion") and tion("ACTION") and not tion("tions") and not tion("tion_")
+    assert un(" undo") and un("Un") and not un(" fun") and not un("un-")
+    for token_class in candidate_classes():
+        assert all(isinstance(token_class(token), bool) for token in HOSTILE_TOKENS)
+    assert class_named("words ending in -ful").name == "words ending in -ful"
+    assert class_named("words starting with pre-")("prefix")
+    assert class_named("no such class") is None and class_named("") is None
+
+
+def test_free_form_text_names_classes() -> None:
+    names = [token_class.name for token_class in mentioned_classes(
+        "digits, opening parentheses, ACRONYMS, line breaks and the '-tion' suffix")]
+    assert names == ["digits", "all-caps words", "opening brackets", "line breaks", "words ending in -tion"]
+    assert mentioned_classes("number words such as one and two") == ()
+    assert mentioned_classes("") == ()
+
+
+def test_weighted_list_round_trip_and_scores() -> None:
+    items = (LexicalItem(ItemKind.PHRASE, "def", 1.0), LexicalItem(ItemKind.PHRASE, '"', 0.5),
+             LexicalItem(ItemKind.CLASS, "digits", 0.25, class_named("digits")))
+    text = format_items(items)
+    assert text == 'fires on "def" (1.00), `"` (0.50); also on digits (0.25)'
+    assert is_weighted_list(text)
+    assert [(item.kind, item.text, item.weight) for item in parse_items(text)] == [
+        (item.kind, item.text, item.weight) for item in items]
+    assert item_scores(parse_items(text), ("def", " Def", ' "', " 42", "x")) == (1.0, 0.8, 0.5, 0.25, 0.0)
+    assert quote("`\"") == "‘`\"’" and not quotable("`\"‘’") and not quotable(" x") and not quotable("")
+
+
+def test_free_form_explanations_read_as_before_plus_classes() -> None:
+    tokens = ("United", " States", " def", " 12", ".")
+    assert lexical_scores('"United States" and "def"', tokens) == (1.0, 1.0, 1.0, 0.0, 0.0)
+    assert lexical_scores("the neuron fires on digits", tokens) == (0.0, 0.0, 0.0, 1.0, 0.0)
+    assert lexical_scores("closing parentheses", ("(", " paren", "closing", " Parenthesis")) == (0.0, 0.0, 0.5, 0.0)
+    # "fires on" without a (decimal weight) is free-form text, not a malformed list.
+    assert lexical_scores("fires on the word def (in code)", tokens) == (0.0, 0.0, 0.5, 0.0, 0.0)
+
+
+MALFORMED = [
+    'fires on "def (1.00)',                   # unclosed quote
+    'fires on "def" (1.00), flurbs (0.50)',   # unknown class
+    'fires on "def" (1.00) "class" (0.50)',   # missing separator
+    'fires on "def" (1.50)',                  # weight above 1
+    'fires on "" (0.50)',                     # empty quote
+    'fires on (0.50)',                        # no item
+    'fires on "def" (0.50),',                 # trailing separator
+    'fires on "def" (0.50), digits (1.0.5)',  # garbled weight
+    'fires on digits (0.50); also on',        # dangling tail
+]
+
+
+@pytest.mark.parametrize("text", MALFORMED)
+def test_malformed_list_is_one_clear_failure_with_the_raw_text(text: str) -> None:
+    with pytest.raises(LexicalParseError) as caught:
+        parse_items(text)
+    assert caught.value.raw == text and repr(text) in str(caught.value)
+    record = planted_record(word_activation("def"))
+    outcome = asyncio.run(score_explanation(record, text, LexicalSimulator()))
+    assert isinstance(outcome, Failure) and outcome.stage == "simulate"
+    assert "malformed lexical explanation" in outcome.reason and repr(text) in outcome.reason
+
+
+def test_parser_never_crashes_on_garbage() -> None:
+    rng = random.Random(0)
+    alphabet = 'fires on "`‘’(),;.0123456789 digitsalso\n\u0663\ufffd'
+    for _ in range(2000):
+        text = "fires on " + "".join(rng.choice(alphabet) for _ in range(rng.randrange(30))) + " (0.5)"
+        try:
+            items = parse_items(text)
+        except LexicalParseError as exc:
+            assert exc.raw == text
+        else:
+            item_scores(items, ("a", " 1", "\n", ""))
+
+
+def _window(window_id: int, pairs: list[tuple[str, float]]) -> Window:
+    return Window(window_id=window_id, tokens=tuple(token for token, _ in pairs),
+                  activations=tuple(value for _, value in pairs))
+
+
+def test_token_lookup_shrinks_toward_the_mean_and_backs_off_to_it() -> None:
+    lookup = TokenLookup.fit([_window(0, [("a", 4.0), ("b", 0.0), ("a", 4.0), ("c", 0.0)])], shrinkage=1.0)
+    assert lookup.fallback == 2.0
+    assert lookup.values["a"] == pytest.approx((8.0 + 2.0) / 3)
+    assert lookup.values["b"] == pytest.approx(1.0)
+    assert lookup.predict(["a", "zzz", ""]) == (pytest.approx(10 / 3), 2.0, 2.0)
+    assert TokenLookup.fit([]).predict(["a"]) == (0.0,)
+
+
+def test_lexical_ceiling_of_a_token_neuron_is_high_and_undefined_when_constant() -> None:
+    assert lexical_ceiling(planted_record(word_activation("the"))) > 0.95
+    assert math.isnan(lexical_ceiling(planted_record(lambda token: 0.0)))  # undefined, never a made-up 0
+
+
+def test_explainer_names_classes_and_tokens() -> None:
+    digits = explain_lexicon(planted_record(digit_activation))
+    assert isinstance(digits, Explanation) and digits.method is ExplainerKind.LEXICON
+    assert ("digits" in digits.text or "numbers" in digits.text) and digits.text.startswith("fires on")
+    the = explain_lexicon(planted_record(word_activation("the")))
+    assert isinstance(the, Explanation) and '"the"' in the.text.lower()
+    assert the.source_window_ids and the.extra["items"][0]["weight"] == 1.0
+    dead = explain_lexicon(planted_record(lambda token: 0.0))
+    assert isinstance(dead, Failure) and "no positive activation" in dead.reason
+    assert fit_items([]) == "no explain windows"
+
+
+def test_explainer_reaches_the_ceiling_on_planted_token_neurons() -> None:
+    simulator = LexicalSimulator()
+    for rule in (digit_activation, word_activation("the"), lambda token: 1.0 if token.strip() in "([{" and
+                 token.strip() else 0.0):
+        record = planted_record(rule)
+        explanation = explain_lexicon(record)
+        score = asyncio.run(score_explanation(record, explanation, simulator, config=ScoreConfig(bootstrap_samples=0)))
+        assert score.metrics.pearson >= lexical_ceiling(record) - 0.02, explanation.text
+
+
+def test_versus_ceiling_counts_undefined_as_zero() -> None:
+    def item(score: float, ceiling: float, shuffled: float | None) -> ScoredExplanation:
+        return ScoredExplanation(neuron=NeuronId(0, 0), group="g", simulator="lexical", split_seed=0, text="t",
+                                 score=score, score_top=score, score_random=score,
+                                 shuffled=math.nan if shuffled is None else shuffled, ceiling=ceiling,
+                                 has_ceiling=True, has_shuffled=shuffled is not None)
+
+    result = versus_ceiling([item(0.6, 0.4, 0.0), item(math.nan, 0.2, None), item(0.3, math.nan, math.nan)])
+    assert result.neurons == 3 and result.score == pytest.approx(0.3) and result.ceiling == pytest.approx(0.2)
+    assert result.shuffled == pytest.approx(0.0) and result.beats_ceiling == pytest.approx(2 / 3)
+    assert result.verdict == "above ceiling"
+    assert versus_ceiling([]).verdict == "no ceiling"
+
+
+def test_run_with_the_lexicon_explainer_stores_the_ceiling(tmp_path: Path) -> None:
+    windows = corpus_windows(count=120, length=32)
+    vocab = sorted({token for window in windows for token in window})
+    index = {token: position for position, token in enumerate(vocab)}
+    token_ids = np.array([[index[token] for token in window] for window in windows], dtype=np.int32)
+    rules = [digit_activation, word_activation("the"), word_activation("of")]
+    activations = np.array([[[rule(token) for rule in rules] for token in window] for window in windows],
+                           dtype=np.float32)
+    store = record_activations(tmp_path / "records", token_ids=token_ids, vocab=vocab, activations={0: activations})
+    db = tmp_path / "n.db"
+    summary = run_pipeline(RunConfig(db=f"sqlite:///{db}", records=str(store), explainers=("lexicon",),
+                                     simulator="lexical", baselines=True, concurrency=2), progress=False)
+    assert (summary.explained, summary.scored, summary.failed) == (3, 3, 0)
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("select e.method, e.text, s.pearson, s.baselines_json from explanations e "
+                                  "join scores s on s.explanation_id = e.id order by e.id").fetchall()
+    assert [row[0] for row in rows] == ["lexicon"] * 3
+    assert rows[1][1] == 'fires on "the" (1.00)' and rows[2][1] == 'fires on "of" (1.00)'
+    for _, _, pearson, baselines in rows:
+        assert pearson > 0.75 and json.loads(baselines)["lexical_ceiling"] > 0.5
