@@ -93,6 +93,7 @@ def test_free_form_text_names_classes() -> None:
         "digits, opening parentheses, ACRONYMS, line breaks and the '-tion' suffix")]
     assert names == ["digits", "all-caps words", "opening brackets", "line breaks", "words ending in -tion"]
     assert mentioned_classes("number words such as one and two") == ()
+    assert mentioned_classes("numbers written as words") == ()
     assert mentioned_classes("") == ()
 
 

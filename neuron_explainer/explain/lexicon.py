@@ -112,7 +112,7 @@ def fit_items(windows: Sequence[Window], *, config: LexiconConfig = LexiconConfi
         return "the activations are constant in the explain windows"
     distinct, position_of = np.unique(np.array(tokens, dtype=object), return_inverse=True)
     stripped = [str(token).strip() for token in distinct]
-    candidates = _candidates([str(token) for token in distinct])
+    candidates = _candidates([str(token) for token in distinct], np.bincount(position_of, minlength=len(distinct)))
     if not candidates:
         return "no token of the explain windows can be quoted or classed"
     quality = np.stack([candidate.quality for candidate in candidates])[:, position_of]
@@ -157,9 +157,14 @@ def _class_named_alike(item: LexicalItem, candidates: Sequence[_Candidate],
     return None
 
 
-def _candidates(distinct: Sequence[str]) -> list[_Candidate]:
+def _candidates(distinct: Sequence[str], counts: Sequence[int]) -> list[_Candidate]:
     """Quoted-token candidates (one per stripped form) and every class with a member among the tokens."""
-    phrases = sorted({token.strip() for token in distinct if quotable(token.strip())})
+    # Most frequent form first: where forms tie (case variants of a token), the list quotes the common one.
+    frequency: dict[str, int] = {}
+    for token, count in zip(distinct, counts):
+        if quotable(token.strip()):
+            frequency[token.strip()] = frequency.get(token.strip(), 0) + int(count)
+    phrases = sorted(frequency, key=lambda phrase: (-frequency[phrase], phrase))
     candidates = [_Candidate(LexicalItem(ItemKind.PHRASE, phrase),
                              np.array([phrase_match(phrase, token) for token in distinct]))
                   for phrase in phrases]

@@ -131,7 +131,7 @@ _BRACKET_WORDS = r"(?:brackets?|parenthes[ie]s|parens?|braces?)"
 FIXED_CLASSES: tuple[TokenClass, ...] = (
     TokenClass("digits", lambda token: _stripped(token).isdecimal(), (r"\bdigits?\b", r"\bnumerals?\b")),
     TokenClass("numbers", lambda token: _NUMBER.fullmatch(_stripped(token)) is not None,
-               (r"\bnumbers?\b(?! words)", r"\bnumeric\b")),
+               (r"\bnumbers?\b(?!\s+(?:words|as words|written (?:as|in) words|written out|spelled|spelt))", r"\bnumeric\b")),
     TokenClass("all-caps words", _all_caps,
                (r"\ball[- ]caps\b", r"\bacronyms?\b", r"\bcapital letters\b", r"\binitialisms?\b",
                 r"\bupper[- ]?case (?:words|letters)\b")),
