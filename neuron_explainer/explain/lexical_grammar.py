@@ -194,9 +194,10 @@ def _singular(word: str) -> str:
     return word[:-1] if len(word) > 3 and word.endswith("s") else word
 
 
-def phrase_match(phrase: str, token: str) -> float:
-    """How a single token matches a quoted phrase: 1 exactly, 0.8 case-insensitively, else 0 (spaces stripped)."""
-    candidate = token.strip()
+def phrase_match(phrase: str, text: str) -> float:
+    """How a token (or a run of tokens joined) matches a quoted phrase: 1 exactly, 0.8 case-insensitively, else 0
+    (surrounding spaces stripped)."""
+    candidate = text.strip()
     if candidate == phrase:
         return EXACT_WEIGHT
     return CASE_INSENSITIVE_WEIGHT if candidate.casefold() == phrase.casefold() else 0.0
@@ -205,9 +206,10 @@ def phrase_match(phrase: str, token: str) -> float:
 def item_scores(items: Sequence[LexicalItem], tokens: Sequence[str]) -> tuple[float, ...]:
     """Prediction per token: the largest weight of any item the token matches (0 when none does)."""
     scores = [0.0] * len(tokens)
+    heads = [token.lstrip().casefold() for token in tokens]
     for item in items:
         if item.kind is ItemKind.PHRASE:
-            _mark_phrase(item, tokens, scores)
+            _mark_phrase(item, tokens, heads, scores)
         elif item.kind is ItemKind.CLASS and item.token_class is not None:
             for position, token in enumerate(tokens):
                 if item.weight > scores[position] and item.token_class(token):
@@ -219,17 +221,18 @@ def item_scores(items: Sequence[LexicalItem], tokens: Sequence[str]) -> tuple[fl
     return tuple(scores)
 
 
-def _mark_phrase(item: LexicalItem, tokens: Sequence[str], scores: list[float]) -> None:
+def _mark_phrase(item: LexicalItem, tokens: Sequence[str], heads: Sequence[str], scores: list[float]) -> None:
     phrase, folded = item.text, item.text.casefold()
-    for start in range(len(tokens)):
+    for start, head in enumerate(heads):
+        # A match starting here must begin with this token's text: skip the rest cheaply (most tokens).
+        if head and not folded.startswith(head) and folded != head.rstrip():
+            continue
         joined = ""
         for end in range(start, min(len(tokens), start + MAX_PHRASE_TOKENS)):
             joined += tokens[end]
-            candidate = joined.strip()
-            if len(candidate) > len(phrase):
+            if len(joined.strip()) > len(phrase):
                 break
-            quality = (EXACT_WEIGHT if candidate == phrase
-                       else CASE_INSENSITIVE_WEIGHT if candidate.casefold() == folded else 0.0)
+            quality = phrase_match(phrase, joined)
             if quality:
                 for position in range(start, end + 1):
                     scores[position] = max(scores[position], quality * item.weight)

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from neuron_explainer.activations.records import NeuronRecord, Window
-from neuron_explainer.explain.lexical_grammar import (ItemKind, LexicalItem, format_items, phrase_match,
-                                                      quotable)
+from neuron_explainer.explain.lexical_grammar import (CASE_INSENSITIVE_WEIGHT, EXACT_WEIGHT, ItemKind, LexicalItem,
+                                                      format_items, quotable)
 from neuron_explainer.explain.splits import SplitConfig, oriented_record, split_neuron
-from neuron_explainer.explain.token_classes import FIXED_CLASSES, candidate_classes
+from neuron_explainer.explain.token_classes import FIXED_CLASSES, candidate_classes, class_memberships
 from neuron_explainer.core.failures import Failure
 from neuron_explainer.explain.base import Explainer, ExplainerIdentity, ExplainerSettings, ExplainResources
 from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity
@@ -159,20 +159,32 @@ def _class_named_alike(item: LexicalItem, candidates: Sequence[_Candidate],
 
 def _candidates(distinct: Sequence[str], counts: Sequence[int]) -> list[_Candidate]:
     """Quoted-token candidates (one per stripped form) and every class with a member among the tokens."""
+    stripped = [token.strip() for token in distinct]
     # Most frequent form first: where forms tie (case variants of a token), the list quotes the common one.
     frequency: dict[str, int] = {}
-    for token, count in zip(distinct, counts):
-        if quotable(token.strip()):
-            frequency[token.strip()] = frequency.get(token.strip(), 0) + int(count)
+    for form, count in zip(stripped, counts):
+        if quotable(form):
+            frequency[form] = frequency.get(form, 0) + int(count)
     phrases = sorted(frequency, key=lambda phrase: (-frequency[phrase], phrase))
-    candidates = [_Candidate(LexicalItem(ItemKind.PHRASE, phrase),
-                             np.array([phrase_match(phrase, token) for token in distinct]))
-                  for phrase in phrases]
-    for token_class in candidate_classes():
-        members = np.array([token_class(token) for token in distinct], dtype=np.float64)
-        if members.any():
+    row_of = {phrase: row for row, phrase in enumerate(phrases)}
+    rows_by_fold: dict[str, list[int]] = {}
+    for row, phrase in enumerate(phrases):
+        rows_by_fold.setdefault(phrase.casefold(), []).append(row)
+    # The same qualities as `phrase_match`, built per token rather than per (phrase, token) pair.
+    quality = np.zeros((len(phrases), len(distinct)))
+    for column, form in enumerate(stripped):
+        for row in rows_by_fold.get(form.casefold(), ()):
+            quality[row, column] = CASE_INSENSITIVE_WEIGHT
+        if form in row_of:
+            quality[row_of[form], column] = EXACT_WEIGHT
+    candidates = [_Candidate(LexicalItem(ItemKind.PHRASE, phrase), quality[row]) for row, phrase in enumerate(phrases)]
+    classes = candidate_classes()
+    membership = np.array([class_memberships(token) for token in distinct], dtype=np.float64).reshape(
+        len(distinct), len(classes))
+    for index, token_class in enumerate(classes):
+        if membership[:, index].any():
             candidates.append(_Candidate(LexicalItem(ItemKind.CLASS, token_class.name, token_class=token_class),
-                                         members))
+                                         membership[:, index]))
     return candidates
 
 

@@ -169,6 +169,12 @@ def candidate_classes() -> tuple[TokenClass, ...]:
     return _candidates()
 
 
+@lru_cache(maxsize=200_000)
+def class_memberships(token: str) -> tuple[bool, ...]:
+    """Whether the token belongs to each of `candidate_classes()`, in order (cached: vocabularies repeat)."""
+    return tuple(token_class(token) for token_class in _candidates())
+
+
 @lru_cache(maxsize=1)
 def _candidates() -> tuple[TokenClass, ...]:
     return (FIXED_CLASSES + tuple(suffix_class(suffix) for suffix in SUFFIXES)
