@@ -15,8 +15,8 @@ Neurons per minute count explain + simulate + score + database writes (recording
 reported apart). Tokens per neuron are the run's ledger totals (every LLM call of explaining and scoring) divided
 by the neurons done. Peak RSS is this process's.
 
-    .venv/bin/python scripts/bench_pipeline.py [--quick] [--llm-free] [--llm local:default] [--layer 3]
-        [--windows 300] [--neurons 12] [--llm-neurons 3]
+    .venv/bin/python scripts/bench_pipeline.py [--quick] [--llm-free] [--records DIR] [--llm local:default]
+        [--layer 3] [--windows 300] [--neurons 12] [--llm-neurons 3]
 
 The last line printed is a JSON summary: {"bench": "pipeline", ...}.
 """
@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--windows", type=int, default=None, help="windows recorded (default 300, quick 60)")
     parser.add_argument("--neurons", type=int, default=None, help="neurons for the LLM-free method (default 24)")
     parser.add_argument("--llm-free", action="store_true", help="only the LLM-free methods (lexicon, ngram)")
+    parser.add_argument("--records", default=None,
+                        help="reuse this record store (recorded with --layer) instead of recording")
     parser.add_argument("--llm-neurons", type=int, default=None, help="neurons per LLM method (default 3, quick 1)")
     args = parser.parse_args()
     windows = args.windows or (60 if args.quick else 300)
@@ -84,11 +86,19 @@ def main() -> None:
         split = ({"explain_windows": 3, "score_top_windows": 2, "score_random_windows": 2} if args.quick else {})
         base = dict(model=args.model, layers=str(args.layer), windows=windows, ctx=64,
                     records_root=str(directory / "records"), llm=args.llm, concurrency=4, **split)
-        started = time.perf_counter()
-        store = ensure_records(RunConfig(**base), progress=False)
-        record_s = time.perf_counter() - started
-        result.update({"record_s": round(record_s, 2), "record_windows_per_s": round(store.num_windows / record_s, 2)})
-        print(f"recorded {store.num_windows} windows of layer {args.layer} in {record_s:.1f} s")
+        if args.records:
+            from neuron_explainer.activations import RecordStore
+
+            store = RecordStore.open(args.records)
+            result["records"] = args.records
+            print(f"reusing {store.num_windows} recorded windows of {args.records}")
+        else:
+            started = time.perf_counter()
+            store = ensure_records(RunConfig(**base), progress=False)
+            record_s = time.perf_counter() - started
+            result.update({"record_s": round(record_s, 2),
+                           "record_windows_per_s": round(store.num_windows / record_s, 2)})
+            print(f"recorded {store.num_windows} windows of layer {args.layer} in {record_s:.1f} s")
         base["records"] = str(store.path)
         methods = {name: run_method(base, directory, name, (name,), "lexical", f"{args.layer}:0-{cheap_neurons - 1}")
                    for name in ("lexicon", "ngram")}

@@ -129,9 +129,9 @@ class GroupReport:
     """matched_mean - shuffled_mean."""
     gap_neurons: int
     """Neurons in the gap."""
-    versus_ceiling: dict[int, VersusCeiling] = field(default_factory=dict)
-    """Per layer, the explanations against the lexical ceiling (an explanation below it adds nothing a token
-    lookup would not)."""
+    versus_ceiling: dict[int, dict[int, VersusCeiling]] = field(default_factory=dict)
+    """Per split seed and layer, the explanations against the lexical ceiling (an explanation below it says less
+    than a token lookup would)."""
 
 
 @dataclass(frozen=True)
@@ -229,6 +229,13 @@ def versus_ceiling(items: Sequence[ScoredExplanation]) -> VersusCeiling:
                                        for item in with_ceiling))
 
 
+def _versus_ceiling_per_layer(items: Iterable[ScoredExplanation]) -> dict[int, VersusCeiling]:
+    per_layer: dict[int, list[ScoredExplanation]] = {}
+    for item in items:
+        per_layer.setdefault(item.neuron.layer, []).append(item)
+    return {layer: versus_ceiling(layer_items) for layer, layer_items in sorted(per_layer.items())}
+
+
 def _ranks(values: Sequence[float]) -> np.ndarray:
     """Ranks 1..n with tied values sharing their mean rank."""
     array = np.asarray(values, dtype=np.float64)
@@ -297,7 +304,7 @@ def build_real_report(items: Sequence[ScoredExplanation], *, model_id: str, reco
             layers={layer: distribution(layer_items) for layer, layer_items in sorted(per_layer.items())},
             coverage={layer: len(per_layer.get(layer, [])) / neurons_per_layer for layer in layers},
             matched_mean=matched, shuffled_mean=shuffled, gap=matched - shuffled, gap_neurons=len(with_baseline),
-            versus_ceiling={layer: versus_ceiling(layer_items) for layer, layer_items in sorted(per_layer.items())}))
+            versus_ceiling={seed: _versus_ceiling_per_layer(by_neuron.values()) for seed, by_neuron in sorted(seeds.items())}))
         if len(seeds) >= 2:
             seed_a, seed_b = sorted(seeds)[:2]
             common = sorted(set(seeds[seed_a]) & set(seeds[seed_b]))
@@ -465,10 +472,11 @@ def format_real_report(report: RealReport) -> str:
                         "top-only", "random-only"], rows)
         if group.versus_ceiling:
             lines += ["", f"{group.group} against the lexical ceiling (means, undefined counted as 0)"]
-            lines += table(["layer", "neurons", "score", "lexical ceiling", "shuffled", "score >= ceiling", "verdict"],
-                           [[str(layer), str(item.neurons), number(item.score), number(item.ceiling),
+            lines += table(["seed", "layer", "neurons", "score", "lexical ceiling", "shuffled", "score >= ceiling",
+                            "verdict"],
+                           [[str(seed), str(layer), str(item.neurons), number(item.score), number(item.ceiling),
                              number(item.shuffled), number(item.beats_ceiling), item.verdict]
-                            for layer, item in group.versus_ceiling.items()])
+                            for seed, layers in group.versus_ceiling.items() for layer, item in layers.items()])
     if report.agreement:
         lines += ["", "agreement between methods (Spearman across neurons)"]
         lines += table(["method", "method", "neurons", "spearman"],
