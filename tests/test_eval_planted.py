@@ -385,7 +385,7 @@ def test_eval_planted_command_writes_json_and_reports_bad_files_in_one_line(tmp_
     assert main([*common, "--planted", str(small_suite_file), "--format", "json", "--out", str(out)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(out.read_text())
-    assert [method["explainer"] for method in printed["methods"]] == ["ngram"]
+    assert [method["explainer"] for method in printed["methods"]] == ["lexicon"]  # the default explainer
     assert printed["suite"] == "small" and len(printed["methods"][0]["neurons"]) == 4
 
     assert main([*common, "--planted", str(small_suite_file), "--limit", "2", "--details"]) == 0

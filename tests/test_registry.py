@@ -59,7 +59,7 @@ def test_a_registered_toy_explainer_runs_through_eval_run_and_explain(toy_regist
 
 
 def test_unknown_names_list_the_registered_ones_and_needs_are_declared(toy_registered):
-    with pytest.raises(UserError, match="unknown explainer 'magic': choose one of token-pairs, sasc, ngram, toy"):
+    with pytest.raises(UserError, match="unknown explainer 'magic': choose one of token-pairs, sasc, ngram, lexicon, toy"):
         EXPLAINERS.get("magic")
     assert [name for name in EXPLAINERS if EXPLAINERS.get(name).needs.llm] == ["token-pairs", "sasc"]
     assert [name for name in EXPLAINERS if EXPLAINERS.get(name).needs.subject] == ["sasc"]
