@@ -390,7 +390,7 @@ def test_eval_planted_command_writes_json_and_reports_bad_files_in_one_line(tmp_
 
     assert main([*common, "--planted", str(small_suite_file), "--limit", "2", "--details"]) == 0
     table = capsys.readouterr().out
-    assert re.search(r"ngram +lexical +none +2 ", table) and "by category" in table and "digits" in table
+    assert re.search(r"lexicon +lexical +none +2 ", table) and "by category" in table and "digits" in table
 
     assert main([*common, "--planted", str(small_suite_file), "--only", "context,digits", "--format", "json"]) == 0
     chosen = json.loads(capsys.readouterr().out)["methods"][0]["neurons"]
