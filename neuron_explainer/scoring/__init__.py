@@ -16,8 +16,8 @@ from neuron_explainer.scoring.correlation import (Correlation, LinearMap, Metric
                                                   absolute_dev_explained, bootstrap_interval, calibrate_ranker,
                                                   compute_metrics, fit_linear, pearson, rsquared, score_explanation)
 
-__all__ = ["SCORERS", "BaselineGap", "Correlation", "LinearMap", "MetricsReport", "ScoreConfig", "ScoreMean",
+__all__ = ["BaselineGap", "Correlation", "LinearMap", "MetricsReport", "SCORERS", "ScoreConfig", "ScoreMean",
            "ScoreResources", "Scorer", "ScorerIdentity", "SimulationScorer", "absolute_dev_explained",
            "bootstrap_interval", "calibrate_ranker", "compute_baselines", "compute_metrics", "donor_assignment",
-           "fit_linear", "lexical_ceiling", "matched_minus_shuffled", "pearson", "rsquared", "score_explanation", "score_explanations",
-           "score_mean", "shuffled_explanations"]
+           "fit_linear", "lexical_ceiling", "matched_minus_shuffled", "pearson", "rsquared", "score_explanation",
+           "score_explanations", "score_mean", "shuffled_explanations"]
