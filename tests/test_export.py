@@ -109,7 +109,7 @@ def test_markdown_escapes_cells(database: Database, tmp_path: Path) -> None:
     assert export(database, "markdown", out).rows == 10
     lines = out.read_text(encoding="utf-8").splitlines()
     row = next(line for line in lines if line.startswith("| 0 | 0 |"))
-    assert row.count(" | ") == 8  # escaped pipes do not add columns
+    assert row.count(" | ") == 9  # escaped pipes do not add columns
     assert markdown_escape(NASTY) in row and "<b>" not in row
     assert markdown_escape("a|b*c_[d](e)`f`") == "a\\|b\\*c\\_\\[d\\](e)\\`f\\`"
     assert "| all | 10 |" in "\n".join(lines)
