@@ -197,7 +197,7 @@ def test_run_baselines_are_a_derangement_over_the_selected_neurons(store: Path, 
     simulator = make_simulator("lexical", None)
     for neuron, _, baselines_json in rows:
         stored = json.loads(baselines_json)
-        assert set(stored) == {"shuffled", "empty"}
+        assert set(stored) == {"shuffled", "empty", "lexical_ceiling"}
         expected = asyncio.run(compute_baselines(opened.load_neuron(0, neuron), simulator,
                                                  shuffled_explanation=texts[donors[NeuronId(0, neuron)]],
                                                  config=ScoreConfig(split=SplitConfig())))
