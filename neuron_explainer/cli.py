@@ -20,6 +20,8 @@ from neuron_explainer.core.database_url import DEFAULT_DATABASE_URL as DEFAULT_D
 from neuron_explainer.core.errors import UserError
 
 EXIT_USER_ERROR = 2
+EXIT_BACKEND_DOWN = 3
+"""`run` stopped because its backend failed too many units in a row (see docs/nightly.md)."""
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -232,20 +234,87 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
     from neuron_explainer.core.neurons import NeuronId
     from neuron_explainer.db import open_database
-    from neuron_explainer.export.terminal import format_neuron_detail, format_source_windows, neuron_detail_as_dict
+    from neuron_explainer.db.history import read_failures
+    from neuron_explainer.export.history_tables import format_failures, neuron_details_with_failures
+    from neuron_explainer.export.terminal import format_neuron_detail, format_source_windows
 
     neuron = NeuronId.parse(args.neuron)
-    with open_database(args.db, create=False) as database:
+    with open_database(args.db, create=False) as database, database.reader() as connection:
         details = database.neuron_details(neuron, model=args.model)
-    if not details:
+        failures = read_failures(connection, neurons=[neuron], include_resolved=True)
+    if not details and not failures:
         raise UserError(f"neuron {neuron} is not in {args.db}")
     if args.format == "json":
-        print(json.dumps([neuron_detail_as_dict(detail) for detail in details], indent=2, ensure_ascii=False))
+        print(json.dumps(neuron_details_with_failures(neuron, details, failures), indent=2, ensure_ascii=False))
         return 0
     width = shutil.get_terminal_size((120, 24)).columns
-    print(format_neuron_detail(details, windows=args.windows, width=width), end="")
+    if details:
+        print(format_neuron_detail(details, windows=args.windows, width=width), end="")
+    if failures:
+        print(f"failures of {neuron} (open: no later run stored the missing result):")
+        print(format_failures(failures, width=_terminal_width()))
     if args.records:
         print(format_source_windows(details, args.records, width=width), end="")
+    return 0
+
+
+def _terminal_width() -> int | None:
+    """Columns of the terminal stdout is, or None (no cutting) when it is a file or a pipe."""
+    import shutil
+
+    return shutil.get_terminal_size().columns if sys.stdout.isatty() else None
+
+
+def _add_runs(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("runs", help="the runs: status, selection, totals, spend and duration")
+    parser.add_argument("--db", default=DEFAULT_DB, help=f"database URL or SQLite file (default {DEFAULT_DB})")
+    parser.add_argument("--limit", type=int, default=20, help="latest runs to list (default 20)")
+    parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.set_defaults(handler=_cmd_runs)
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from neuron_explainer.db import open_database
+    from neuron_explainer.db.history import read_runs
+    from neuron_explainer.export.history_tables import format_runs
+
+    if args.limit < 1:
+        raise UserError(f"--limit must be at least 1 (got {args.limit})")
+    with open_database(args.db, create=False) as database, database.reader() as connection:
+        runs = read_runs(connection, limit=args.limit)
+    if args.format == "json":
+        print_json([run.as_dict() for run in runs])
+    else:
+        print(format_runs(runs, width=_terminal_width()))
+    return 0
+
+
+def _add_failures(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("failures", help="stored failures: neuron, stage, kind and reason",
+                                 description="By default the open ones (no later run stored the missing result), "
+                                             "the latest per unit of work. Transient failures are retried by the "
+                                             "next run; permanent ones by `run --retry-failed`.")
+    parser.add_argument("--db", default=DEFAULT_DB, help=f"database URL or SQLite file (default {DEFAULT_DB})")
+    parser.add_argument("--run", type=int, default=None, help="only failures stored by this run")
+    parser.add_argument("--all", action="store_true", help="also failures a later run has fixed, and repeats")
+    parser.add_argument("--limit", type=int, default=None, help="most rows (default all)")
+    parser.add_argument("--format", choices=["table", "json"], default="table")
+    parser.set_defaults(handler=_cmd_failures)
+
+
+def _cmd_failures(args: argparse.Namespace) -> int:
+    from neuron_explainer.db import open_database
+    from neuron_explainer.db.history import read_failures
+    from neuron_explainer.export.history_tables import format_failures
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1 (got {args.limit})")
+    with open_database(args.db, create=False) as database, database.reader() as connection:
+        failures = read_failures(connection, run_id=args.run, include_resolved=args.all, limit=args.limit)
+    if args.format == "json":
+        print_json([failure.as_dict() for failure in failures])
+    else:
+        print(format_failures(failures, width=_terminal_width()))
     return 0
 
 
@@ -526,26 +595,20 @@ def _flag_type(annotation: Any) -> Callable[[str], Any]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from neuron_explainer.pipeline import RunProgress, config_field_names, load_config, run_pipeline
+    from neuron_explainer.interrupts import second_interrupt_exits
+    from neuron_explainer.progress import Snapshot, progress_reporter
 
     overrides = {name: getattr(args, name) for name in config_field_names()}
     config = load_config(args.config, overrides)
-    bar = tqdm(total=0, unit="neuron", desc="neurons", disable=None, dynamic_ncols=True)
+    with progress_reporter(sys.stderr) as report:
+        def on_progress(progress: RunProgress) -> None:
+            report(Snapshot(done=progress.done, total=progress.total, failed=progress.failed,
+                            cost_usd=progress.cost_usd))
 
-    def on_progress(progress: RunProgress) -> None:
-        bar.total = progress.total
-        bar.set_postfix(failed=progress.failed, tokens=progress.tokens, cost=f"${progress.cost_usd:.4f}",
-                        refresh=False)
-        bar.set_description_str(progress.activity or "neurons", refresh=False)
-        bar.update(progress.done - bar.n)
-        bar.refresh()
-
-    try:
-        summary = run_pipeline(config, on_progress=on_progress)
-    finally:
-        bar.close()
+        with second_interrupt_exits("interrupted twice: stopped at once; results of the last few seconds that were "
+                                    "not yet committed are lost, the same command redoes them"):
+            summary = run_pipeline(config, progress=sys.stderr.isatty(), on_progress=on_progress)
     if args.json:
         print_json(summary.as_dict())
     else:
@@ -562,7 +625,19 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"  took      {summary.seconds:.1f} s")
         for line in summary.failures:
             print(f"  failed    {line}")
+    if summary.status == "stopped: backend failing":
+        sys.stderr.write(f"neuron-explainer: stopped: {summary.stop_reason}\n")
+        return EXIT_BACKEND_DOWN
     return 0
+
+
+_INTERRUPTED = {
+    "run": "interrupted; every neuron finished before the interrupt is saved, run the same command to resume",
+    "record": "interrupted; nothing was recorded (a store is only kept once complete), run the same command again",
+    "explain": "interrupted; the results finished before the interrupt are in the --out file",
+    "score": "interrupted; the results finished before the interrupt are in the --out file",
+}
+"""What an interrupted command leaves behind, said only where it is true."""
 
 
 COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
@@ -571,6 +646,8 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_show_record,
     _add_query,
     _add_show,
+    _add_runs,
+    _add_failures,
     _add_export,
     _add_serve,
     _add_explain,
@@ -596,6 +673,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the process exit code."""
     args = build_parser().parse_args(argv)
+    if not sys.stderr.isatty():
+        from neuron_explainer.progress import quiet_progress_bars
+
+        quiet_progress_bars()
     level = logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     debug = os.environ.get("NEURON_EXPLAINER_DEBUG") == "1"
@@ -609,7 +690,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"neuron-explainer: error: {message}\n")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        sys.stderr.write("neuron-explainer: interrupted; finished work is saved, run the same command to resume\n")
+        sys.stderr.write(f"neuron-explainer: {_INTERRUPTED.get(args.command, 'interrupted')}\n")
         return 130
 
 

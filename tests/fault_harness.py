@@ -128,6 +128,15 @@ class FaultMix:
         return self.kinds[name]()
 
 
+PROGRESS_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d neurons: ")
+"""A progress line of `run` when stderr is not a terminal (see neuron_explainer/progress.py)."""
+
+
+def is_log_line(line: str, levels: tuple[str, ...] = ("WARNING ", "ERROR ")) -> bool:
+    """A logging line of one of `levels`, or a progress line: what may precede the CLI's one error line."""
+    return line.startswith(levels) or PROGRESS_LINE.match(line) is not None
+
+
 def rows(db: Path, query: str, parameters: Sequence[object] = ()) -> list[tuple]:
     """Sorted result rows of a read-only query on a SQLite file."""
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:

@@ -20,7 +20,7 @@ from neuron_explainer.activations import record_activations
 from neuron_explainer.core.errors import UserError
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fault_harness import read_only, rows, run_cli, word_store  # noqa: E402
+from fault_harness import is_log_line, read_only, rows, run_cli, word_store  # noqa: E402
 from neuron_records import corpus_windows  # noqa: E402
 
 ERROR_PREFIX = "neuron-explainer: error: "
@@ -65,6 +65,14 @@ def ws(tmp_path_factory: pytest.TempPathFactory, tiny_llama: Path) -> Workspace:
     (root / "typo.toml").write_text('modle = "default"\n', encoding="utf-8")
     (root / "notdb.db").write_text("hello, I am not a database\n", encoding="utf-8")
     (root / "garbage.jsonl").write_text("{this is not json\n", encoding="utf-8")
+    (root / "layers3.toml").write_text("layers = 3\n", encoding="utf-8")
+    (root / "many.toml").write_text('windows = "many"\n', encoding="utf-8")
+    (root / "huge.toml").write_text("windows = 1e20\n", encoding="utf-8")
+    (root / "config-dir").mkdir()
+    truncated = root / "truncated-store"
+    shutil.copytree(store, truncated)
+    top = truncated / "layer_000" / "top_activations.npy"
+    top.write_bytes(top.read_bytes()[:top.stat().st_size // 2])
     return Workspace(root=root, tiny=tiny_llama, store=store, db=db, newer_db=newer)
 
 
@@ -114,6 +122,18 @@ CASES: dict[str, Case] = {
     "record: output is a file": Case(lambda ws: ["record", "--model", str(ws.tiny), "--corpus",
                                                  str(ws.root / "corpus.txt"), "--out", str(ws.root / "short.txt")],
                                      ("short.txt", "not a directory"), unchanged=("short.txt",)),
+    "record: window longer than the model's positions": Case(lambda ws: _record(ws, "--ctx", "300"),
+                                                              ("--ctx 300", "256 positions"), ("new-records",)),
+    "record: window far longer than the corpus": Case(lambda ws: _record(ws, "--ctx", "100000"),
+                                                      ("--ctx 100000",), ("new-records",)),
+    "record: window count beyond any corpus": Case(lambda ws: _record(ws, "--windows", "1" + "0" * 20),
+                                                   ("--windows must be at most",), ("new-records",)),
+    "record: window count in float notation": Case(lambda ws: _record(ws, "--windows", "1e20"),
+                                                   ("--windows", "invalid int value: '1e20'"), ("new-records",)),
+    "record: top-k in float notation": Case(lambda ws: _record(ws, "--top-k", "1e11"),
+                                            ("--top-k", "invalid int value: '1e11'"), ("new-records",)),
+    "record: top-k buffers beyond memory": Case(lambda ws: _record(ws, "--top-k", "100000000000"),
+                                                ("--top-k 100000000000", "GiB"), ("new-records",)),
     # info
     "info: unknown model": Case(lambda ws: ["info", "--model", str(ws.root / "no-such-model")],
                                 ("cannot load model", "no-such-model")),
@@ -160,6 +180,32 @@ CASES: dict[str, Case] = {
     "run: document groups on a store without document ids": Case(
         lambda ws: _run(ws, "--explainer", "ngram", "--simulator", "lexical", "--split-groups", "documents"),
         ("--split-groups documents", "no document ids"), ("new.db",)),
+    "run: window longer than the model's positions": Case(
+        lambda ws: ["run", "--model", str(ws.tiny), "--corpus", str(ws.root / "corpus.txt"), "--records-root",
+                    str(ws.root / "new-records"), "--db", ws.db_url("new.db"), "--explainer", "ngram", "--simulator",
+                    "lexical", "--ctx", "300"], ("--ctx 300", "256 positions"), ("new.db", "new-records")),
+    "run: window count beyond any corpus": Case(
+        lambda ws: ["run", "--model", str(ws.tiny), "--corpus", str(ws.root / "corpus.txt"), "--records-root",
+                    str(ws.root / "new-records"), "--db", ws.db_url("new.db"), "--explainer", "ngram", "--simulator",
+                    "lexical", "--windows", "1" + "0" * 20], ("--windows must be at most",), ("new.db", "new-records")),
+    "run: top-k in float notation": Case(lambda ws: _run(ws, "--top-k", "1e11"),
+                                         ("--top-k", "invalid int value: '1e11'"), ("new.db",)),
+    "run: TOML layers as a number": Case(lambda ws: ["run", "--config", str(ws.root / "layers3.toml"), "--db",
+                                                     ws.db_url("new.db")], ("config key 'layers'", "got 3"),
+                                         ("new.db",)),
+    "run: TOML windows as a word": Case(lambda ws: ["run", "--config", str(ws.root / "many.toml"), "--db",
+                                                    ws.db_url("new.db")], ("config key 'windows'", "'many'"),
+                                        ("new.db",)),
+    "run: TOML windows in float notation": Case(lambda ws: ["run", "--config", str(ws.root / "huge.toml"), "--db",
+                                                            ws.db_url("new.db")], ("config key 'windows'", "1e+20"),
+                                                ("new.db",)),
+    "run: config that is a directory": Case(lambda ws: ["run", "--config", str(ws.root / "config-dir"), "--db",
+                                                        ws.db_url("new.db")], ("--config", "is a directory"),
+                                            ("new.db",)),
+    "run: truncated array in the store": Case(lambda ws: ["run", "--records", str(ws.root / "truncated-store"),
+                                                          "--db", ws.db_url("new.db"), "--explainer", "ngram",
+                                                          "--simulator", "lexical"],
+                                              ("top_activations.npy", "damaged"), ("new.db",)),
     # explain / score
     "explain: a polarity the recording lacks": Case(
         lambda ws: ["explain", "--records", str(ws.store), "--neurons", "0:1", "--llm",
@@ -230,6 +276,13 @@ CASES: dict[str, Case] = {
                                                         "--db", ws.db_url("good.db")], ("no record store",)),
     "serve: not a generated site": Case(lambda ws: ["serve", str(ws.root / "nosite"), "--port", "0"],
                                         ("not a generated site",)),
+    "show-record: truncated array in the store": Case(lambda ws: ["show-record", "0:1", "--records",
+                                                                  str(ws.root / "truncated-store")],
+                                                      ("top_activations.npy", "damaged")),
+    "runs: missing database": Case(lambda ws: ["runs", "--db", ws.db_url("missing.db")], ("no database at",),
+                                   ("missing.db",)),
+    "failures: database that is not a database": Case(lambda ws: ["failures", "--db", ws.db_url("notdb.db")],
+                                                      ("not a SQLite database",), unchanged=("notdb.db",)),
     "show-record: missing record store": Case(lambda ws: ["show-record", "0:1", "--records",
                                                           str(ws.root / "nostore")], ("no record store",)),
 }
@@ -242,7 +295,7 @@ def _error_line(err: str) -> str:
     assert "Traceback" not in err
     errors = [line for line in lines if line.startswith(ERROR_PREFIX)]
     assert len(errors) == 1 and lines[-1] == errors[0], lines
-    assert all(line.startswith(("WARNING ", "INFO ")) for line in lines[:-1]), lines
+    assert all(is_log_line(line, ("WARNING ", "INFO ")) for line in lines[:-1]), lines
     return errors[0]
 
 

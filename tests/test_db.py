@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import shutil
@@ -288,6 +289,12 @@ def test_upgrade_from_version_1_fixture(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     shutil.copy(FIXTURE_V1, path)
     assert _rows(path, "SELECT value FROM ne_meta WHERE key = 'schema_version'") == [("1",)]
+    with contextlib.closing(sqlite3.connect(path)) as connection:
+        connection.execute("INSERT INTO failures (run_id, stage, config_key, subject_model_id, layer, neuron, reason, "
+                           "raw_output, created_at) VALUES (1, 'explain', ?, 1, 2, 4, 'backend error: "
+                           "LLMTransientError: gave up after 6 attempts: HTTP 503', '', '2024-01-01T00:00:00Z')",
+                           ("e1" * 32,))
+        connection.commit()
     with open_database(str(path), create=False) as database:
         assert database.schema_version_found == 1
         rows = database.query(ExplanationQuery(limit=None, best_per_neuron=False, sort="layer"))
@@ -297,7 +304,11 @@ def test_upgrade_from_version_1_fixture(tmp_path: Path) -> None:
         assert [row.text for row in database.query(ExplanationQuery(search="PYTHON"))] == [
             "the word 'def' in Python code"]
         assert database.usage_totals().cached_tokens == 0
-        assert database.failed_neurons(stage="explain", config_key="e1" * 32) == {NeuronId(2, 3)}
+        assert database.failed_neurons(stage="explain", config_key="e1" * 32) == {NeuronId(2, 3), NeuronId(2, 4)}
+        # Version 3 classified old failures: a backend that gave up is transient (the next run retries it), an
+        # unusable answer permanent (retried with --retry-failed).
+        assert database.failed_neurons(stage="explain", config_key="e1" * 32, kind="permanent") == {NeuronId(2, 3)}
+        assert database.failed_neurons(stage="explain", config_key="e1" * 32, kind="transient") == {NeuronId(2, 4)}
         assert database.run(1).status == "completed"
         [old_score] = database.neuron_details(NeuronId(0, 2))[0].explanations[0].scores
         [window] = old_score.score.windows  # moved from scores.windows_json into score_windows

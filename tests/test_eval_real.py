@@ -15,7 +15,7 @@ import pytest
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.eval import run_real_eval
-from neuron_explainer.eval.real import ScoredExplanation, build_real_report, spearman
+from neuron_explainer.eval.real import ScoredExplanation, build_real_report, format_real_report, spearman
 
 sys.path.insert(0, str(Path(__file__).parent))
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
@@ -142,6 +142,8 @@ def test_report_gives_layers_gap_agreement_and_stability(results):
     assert any("token-pairs[scripted]" in note and "--simulator generated" in note for note in report.notes)
     assert any("one split seed only" in note for note in report.notes)
     json.dumps(report.as_dict(), allow_nan=False)
+    text = format_real_report(report)
+    assert "no neuron has a shuffled baseline yet" in text and "- = -" not in text and "over 0 neurons" not in text
 
 
 def test_missing_shuffled_baselines_are_computed_with_the_same_simulator(results):

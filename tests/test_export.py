@@ -19,6 +19,7 @@ from neuron_explainer.core.errors import UserError
 from neuron_explainer.db import Database, ExplanationQuery, open_database
 from neuron_explainer.export import FORMATS, export
 from neuron_explainer.export.escaping import csv_cell, latex_escape, markdown_escape
+from neuron_explainer.export.paper import latex_text
 from neuron_explainer.export.summary import layer_summaries
 
 NASTY = "tokens like & % $ # _ { } ~ ^ \\ and | pipes <b>"
@@ -78,15 +79,30 @@ def test_latex_escapes_every_special_and_summarises_layers(database: Database, t
     assert summary_rows["0"].startswith("$+$ & 0 & 2 & 0 & 0.80 & 0.80 & 0.50 [")
     assert summary_rows["1"].startswith("$+$ & 1 & 2 & 1 & 0.20 & 0.20 & 0.00 [0.00, 0.00]")
     assert summary_rows["All"].startswith("$+$ & All & 10 & 1 & ")
-    assert "\\begin{tabular}" in text and text.count("\\begin{table}") == 2
+    assert "\\begin{longtable}" in text and text.count("\\begin{table}") == 1
+    # Captions name the subject model, explainer, simulator and metric.
+    captions = re.findall(r"\\caption\{(.*?)\}\\label|\\caption\{(.*)\}$", text, re.MULTILINE)
+    assert len(captions) == 2
+    for caption in ("".join(parts) for parts in captions):
+        assert "Subject model: tiny-llama" in caption and "Explainer: " in caption and "Simulator: " in caption
+        assert "Pearson correlation" in caption
+
+
+def test_latex_text_uses_typographic_quotes_and_no_ligatures() -> None:
+    assert latex_text('the word "def" in \'code\'') == "the word ``def'' in `code'"
+    assert latex_text("it's a --flag & 50%") == "it's a -{}-flag \\& 50\\%"
+    assert latex_text('("quoted")') == "(``quoted'')"
+
+
+PAPER = ("\\documentclass{article}\n\\usepackage[T1]{fontenc}\n\\usepackage{booktabs}\n\\usepackage{longtable}\n"
+         "\\begin{document}\n\\input{tables.tex}\n\\end{document}\n")
+"""The standard article the LaTeX export must compile in."""
 
 
 @pytest.mark.skipif(shutil.which("pdflatex") is None, reason="needs pdflatex with booktabs")
 def test_latex_output_compiles(database: Database, tmp_path: Path) -> None:
     export(database, "latex", tmp_path / "tables.tex")
-    (tmp_path / "paper.tex").write_text("\\documentclass{article}\n\\usepackage[T1]{fontenc}\n"
-                                        "\\usepackage{booktabs}\n\\begin{document}\n\\input{tables.tex}\n"
-                                        "\\end{document}\n", encoding="utf-8")
+    (tmp_path / "paper.tex").write_text(PAPER, encoding="utf-8")
     done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "paper.tex"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:]
@@ -110,6 +126,7 @@ def test_markdown_escapes_cells(database: Database, tmp_path: Path) -> None:
     lines = out.read_text(encoding="utf-8").splitlines()
     row = next(line for line in lines if line.startswith("| 0 | 0 |"))
     assert row.count(" | ") == 9  # escaped pipes do not add columns
+    assert "n/a – n/a" not in "\n".join(lines)
     assert markdown_escape(NASTY) in row and "<b>" not in row
     assert markdown_escape("a|b*c_[d](e)`f`") == "a\\|b\\*c\\_\\[d\\](e)\\`f\\`"
     assert "| all | 10 |" in "\n".join(lines)
@@ -143,7 +160,8 @@ def test_plots_are_written_as_png_and_pdf(database: Database, tmp_path: Path) ->
         header = path.read_bytes()[:8]
         assert header.startswith(b"\x89PNG") if path.suffix == ".png" else header.startswith(b"%PDF")
         assert path.stat().st_size > 1000
-    assert result.notes == ()
+    # The neuron whose score is undefined is counted in a note (also drawn on both figures), never dropped silently.
+    assert result.notes == ("1 of 10 neurons have an undefined score (not shown)",)
 
 
 def test_plots_without_matplotlib_name_the_install(database: Database, tmp_path: Path) -> None:

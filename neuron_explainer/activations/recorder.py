@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from neuron_explainer.activations.accumulate import RecordingAccumulator
+from neuron_explainer.activations.limits import check_buffers_fit, check_window_fits, first_batch_or_error
 from neuron_explainer.activations.store import (
     MANIFEST_FILE,
     RUN_ONLY_CONFIG_FIELDS,
@@ -35,6 +36,8 @@ from neuron_explainer.core.neurons import parse_layers
 logger = logging.getLogger(__name__)
 
 DEFAULT_WINDOWS = 2000
+MAX_COUNT = 10**12
+"""Largest window count, length or k a recording accepts (far beyond any corpus; keeps numbers sane)."""
 _DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -99,8 +102,14 @@ class RecordConfig:
     def validate(self) -> None:
         """UserError for values no recording can use."""
         for name in ("window_length", "windows", "top_k", "random_k", "batch_size", "quantile_sample_tokens"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+            flag = "--ctx" if name == "window_length" else f"--{name.replace('_', '-')}"
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise UserError(f"{flag} must be a whole number, got {value!r}")
+            if value < 1:
+                raise UserError(f"{flag} must be at least 1, got {value}")
+            if value > MAX_COUNT:
+                raise UserError(f"{flag} must be at most {MAX_COUNT:.0e}, got {value}")
         if self.store_dtype not in ("float16", "float32"):
             raise UserError(f"store dtype must be float16 or float32, got {self.store_dtype!r}")
 
@@ -164,6 +173,7 @@ def manifest_matches(manifest: Manifest, config: RecordConfig, *, model_fingerpr
 def record(config: RecordConfig, out_dir: Path | str, *, progress: bool = True, subject: Any = None) -> RecordSummary:
     """Record (or reuse) a store at out_dir; `subject` may pass an already loaded Subject for config.model."""
     from neuron_explainer.corpus import document_batches, open_corpus
+    from neuron_explainer.subject.info import max_positions
     from neuron_explainer.subject.subject import Subject, token_strings
 
     started = time.perf_counter()
@@ -175,6 +185,12 @@ def record(config: RecordConfig, out_dir: Path | str, *, progress: bool = True, 
         subject = Subject.load(config.model, device=config.device, dtype=config.dtype,
                                hook_template=config.hook_template)
     layers = parse_layers(config.layers, subject.num_layers)
+    special = len(subject.special_tokens.prefix) + len(subject.special_tokens.suffix)
+    check_window_fits(config.window_length, special, max_positions(subject.model.config),
+                      subject.loaded.model_id)
+    check_buffers_fit(layers=len(layers), neurons_per_layer=subject.neurons_per_layer,
+                      window_length=config.window_length, top_k=config.top_k, random_k=config.random_k,
+                      both=RecordPolarity(config.polarity) is RecordPolarity.BOTH)
     compute_dtype = str(subject.dtype).removeprefix("torch.")
     existing = _existing_manifest(target)
     if existing is not None and manifest_matches(existing, config, model_fingerprint=subject.loaded.fingerprint,
@@ -190,8 +206,10 @@ def record(config: RecordConfig, out_dir: Path | str, *, progress: bool = True, 
         tokenizer=subject.tokenizer_info(),
         config=config.as_dict(), num_model_layers=subject.num_layers, compute_dtype=compute_dtype,
         device=str(subject.loaded.device))
-    batches = document_batches(corpus.documents(), subject.tokenizer, length=config.window_length,
-                               max_windows=config.windows, batch_size=config.batch_size, pack=config.pack)
+    batches = first_batch_or_error(
+        document_batches(corpus.documents(), subject.tokenizer, length=config.window_length,
+                         max_windows=config.windows, batch_size=config.batch_size, pack=config.pack),
+        corpus=corpus.spec, window_length=config.window_length)
 
     def feed(token_ids: np.ndarray, accumulator: RecordingAccumulator) -> None:
         record_batch(subject, accumulator, token_ids, layers)
@@ -288,9 +306,6 @@ def _accumulate_into_store(target: Path, manifest: Manifest, batches: Iterable[t
                 feed(batch, accumulator)
                 writer.append_windows(batch, documents)
                 bar.update(len(batch))
-        if accumulator.windows == 0:
-            raise UserError(f"corpus {manifest.corpus_spec!r} yields no window of {config.window_length} tokens: "
-                            "its documents are all shorter; use a smaller --ctx or --pack")
         if accumulator.has_nan():
             raise UserError("the model produced NaN or infinite activations (float16 overflow?); try --dtype float32")
         if accumulator.windows < config.windows:

@@ -369,7 +369,7 @@ class RecordStore:
     def token_ids(self) -> np.ndarray:
         """int32 [windows, length], memory-mapped."""
         if self._tokens is None:
-            self._tokens = np.load(self.path / TOKENS_FILE, mmap_mode="r")
+            self._tokens = load_array(self.path / TOKENS_FILE, mmap=True)
         return self._tokens
 
     @property
@@ -383,7 +383,7 @@ class RecordStore:
     def random_window_ids(self) -> np.ndarray:
         """The shared random sample, ascending window ids."""
         if self._random_ids is None:
-            self._random_ids = np.load(self.path / RANDOM_WINDOWS_FILE)
+            self._random_ids = load_array(self.path / RANDOM_WINDOWS_FILE, mmap=False)
         return self._random_ids
 
     @property
@@ -453,6 +453,12 @@ class RecordStore:
         return NeuronRecord(neuron=NeuronId(layer, neuron), top_windows=top, random_windows=random,
                             stats=self.neuron_stats(layer, neuron), bottom_windows=bottom, window_groups=groups)
 
+    def verify(self) -> None:
+        """Open every array of the store (memory-mapped: nothing is read): UserError naming a file that is
+        missing, truncated or not an array, before a run relies on it."""
+        for path in sorted(self.path.glob("*.npy")) + sorted(self.path.glob("layer_*/*.npy")):
+            load_array(path, mmap=True)
+
     def _windows(self, window_ids: np.ndarray, activations: np.ndarray) -> tuple[Window, ...]:
         values = np.asarray(activations, dtype=np.float32)
         return tuple(Window(window_id=int(window_id), tokens=self.window_tokens(int(window_id)),
@@ -462,7 +468,7 @@ class RecordStore:
     def _array(self, layer: int, name: str) -> np.ndarray:
         key = (layer, name)
         if key not in self._arrays:
-            self._arrays[key] = np.load(self.path / layer_directory(layer) / f"{name}.npy", mmap_mode="r")
+            self._arrays[key] = load_array(self.path / layer_directory(layer) / f"{name}.npy", mmap=True)
         return self._arrays[key]
 
     def _check(self, layer: int, neuron: int) -> None:
@@ -484,6 +490,16 @@ def _warn_no_documents(path: Path) -> None:
         logger.warning("the record store %s has no document ids (recorded before they existed): splits group "
                        "adjacent window ids and near-duplicate windows instead of whole documents; record again "
                        "to group by document", path)
+
+
+def load_array(path: Path, *, mmap: bool) -> np.ndarray:
+    """np.load with damage reported as a UserError naming the file (a truncated copy, a disk that filled up)."""
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except FileNotFoundError:
+        raise UserError(f"the record store is missing {path}; record again") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise UserError(f"{path} is damaged (truncated or not a .npy array: {exc}); record again") from None
 
 
 def load_neuron(store: RecordStore | Path | str, layer: int, neuron: int) -> NeuronRecord:

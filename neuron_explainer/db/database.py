@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError
 
 from neuron_explainer.activations.records import NeuronStats
 from neuron_explainer.core.errors import UserError
-from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.failures import Failure, FailureKind
 from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.db import lock as run_lock
 from neuron_explainer.db import reads
@@ -328,7 +328,8 @@ class Database:
             "subject_model_id": recording.subject_model_id if recording is not None else None,
             "layer": failure.neuron.layer, "neuron": failure.neuron.neuron,
             "reason": truncate(failure.reason, RAW_OUTPUT_LIMIT),
-            "raw_output": truncate(failure.raw_output, RAW_OUTPUT_LIMIT), "created_at": utc_iso()}))
+            "raw_output": truncate(failure.raw_output, RAW_OUTPUT_LIMIT), "created_at": utc_iso(),
+            "kind": failure.kind.value}))
 
     def record_llm_call(self, call: LLMCall | LedgerEntry, *, run_id: int | None = None,
                         stage: str = "") -> Future[None]:
@@ -402,10 +403,11 @@ class Database:
         self.flush()
         return self._writer.call(delete).result()
 
-    def failed_neurons(self, *, stage: str, config_key: str) -> set[NeuronId]:
-        """Neurons with a recorded failure at `stage` under `config_key` (in any run; subtract what succeeded)."""
+    def failed_neurons(self, *, stage: str, config_key: str, kind: FailureKind | str | None = None) -> set[NeuronId]:
+        """Neurons with a recorded failure at `stage` under `config_key` (in any run; subtract what succeeded),
+        of one kind or of any."""
         with self._read_engine.connect() as connection:
-            return reads.failed_neurons(connection, stage=stage, config_key=config_key)
+            return reads.failed_neurons(connection, stage=stage, config_key=config_key, kind=kind)
 
     def load_explanations(self, config_key: str, *,
                           neurons: Iterable[NeuronId] | None = None) -> dict[NeuronId, Explanation]:

@@ -229,6 +229,7 @@ class FailureRow(Base):
     reason: Mapped[str] = mapped_column(Text)
     raw_output: Mapped[str] = mapped_column(Text)
     created_at: Mapped[str] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16), default="permanent", server_default="permanent")
 
 
 class LLMCallRow(Base):

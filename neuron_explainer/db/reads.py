@@ -19,6 +19,7 @@ from typing import Any
 from sqlalchemy import Connection, case, func, select
 
 from neuron_explainer.activations.records import NeuronStats
+from neuron_explainer.core.failures import FailureKind
 from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.db.codec import load_json, none_to_nan
 from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, ExplanationRow, FailureRow, LLMCallRow, NeuronRow,
@@ -105,10 +106,14 @@ def failure_reasons(connection: Connection, neuron: NeuronId) -> list[tuple[str,
     return [(row.stage, row.reason) for row in connection.execute(statement)]
 
 
-def failed_neurons(connection: Connection, *, stage: str, config_key: str) -> set[NeuronId]:
-    """Neurons with a recorded failure at `stage` under `config_key` (in any run; subtract what succeeded)."""
+def failed_neurons(connection: Connection, *, stage: str, config_key: str,
+                   kind: FailureKind | str | None = None) -> set[NeuronId]:
+    """Neurons with a recorded failure at `stage` under `config_key` (in any run; subtract what succeeded), of one
+    kind (transient, permanent) or of any."""
     f = FailureRow.__table__
     statement = select(f.c.layer, f.c.neuron).where(f.c.stage == stage, f.c.config_key == config_key)
+    if kind is not None:
+        statement = statement.where(f.c.kind == FailureKind(kind).value)
     return {NeuronId(row.layer, row.neuron) for row in connection.execute(statement)}
 
 

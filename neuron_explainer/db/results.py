@@ -24,6 +24,7 @@ class RunStatus(str, Enum):
     COMPLETED = "completed"
     FAILED = "failed"
     STOPPED_BUDGET = "stopped: budget"
+    STOPPED_BACKEND = "stopped: backend failing"
     INTERRUPTED = "stopped: interrupted"
 
 

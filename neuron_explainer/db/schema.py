@@ -19,7 +19,7 @@ from neuron_explainer.db.models import Base, MetaEntry
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 """Version of the tables defined in models.py."""
 
 APPLICATION = "neuron-explainer"
@@ -106,9 +106,17 @@ def _upgrade_2_to_3(connection: Connection) -> None:
                                "(neuron_id, polarity, sort_score)")
 
 
+def _upgrade_3_to_4(connection: Connection) -> None:
+    """Version 4 classifies failures as transient (retried by the next run) or permanent; a stored backend error
+    that outlasted its retries is transient, anything else stays permanent (retried with --retry-failed)."""
+    _add_column(connection, "failures", "kind VARCHAR(16) NOT NULL DEFAULT 'permanent'")
+    connection.exec_driver_sql("UPDATE failures SET kind = 'transient' WHERE reason LIKE '%LLMTransientError%'")
+
+
 UPGRADES: dict[int, Callable[[Connection], None]] = {
     1: _upgrade_1_to_2,
     2: _upgrade_2_to_3,
+    3: _upgrade_3_to_4,
 }
 """UPGRADES[v] upgrades a version-v database to version v + 1."""
 

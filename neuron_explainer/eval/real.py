@@ -456,8 +456,12 @@ def format_real_report(report: RealReport) -> str:
     lines = [f"real neurons of {report.model_id} ({report.records}); layers {', '.join(map(str, report.layers))}, "
              f"{report.neurons_per_layer} neurons each"]
     for group in report.groups:
-        lines += ["", f"{group.group}: gap (matched - shuffled) {number(group.gap)} = {number(group.matched_mean)} "
-                      f"- {number(group.shuffled_mean)} over {group.gap_neurons} neurons"]
+        if group.gap_neurons:
+            gap = (f"gap (matched - shuffled) {number(group.gap)} = {number(group.matched_mean)} "
+                   f"- {number(group.shuffled_mean)} over {group.gap_neurons} neurons")
+        else:
+            gap = "gap (matched - shuffled): no neuron has a shuffled baseline yet (pass --simulator to compute them)"
+        lines += ["", f"{group.group}: {gap}"]
         rows = [[str(layer), str(item.count), str(item.undefined), f"{100 * group.coverage.get(layer, 0):.0f}%",
                  number(item.mean),
                  number(item.median), number(item.p10), number(item.p90),

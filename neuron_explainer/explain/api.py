@@ -17,7 +17,7 @@ from neuron_explainer.explain.splits import SplitConfig, oriented_record, split_
 from neuron_explainer.explain.token_pairs import PROMPT_FILES, build_prompt, render_as_text, scale_windows
 from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity
 from neuron_explainer.llm.base import LLMBackend
-from neuron_explainer.llm.errors import LLMError
+from neuron_explainer.llm.errors import LLMError, backend_failure
 
 logger = logging.getLogger(__name__)
 
@@ -92,12 +92,12 @@ async def explain_neuron(record: NeuronRecord, backend: LLMBackend, *, config: E
         if exc.stops_run:
             raise
         logger.warning("explaining %s failed: %s", record.neuron, exc)
-        return Failure(record.neuron, "explain", f"backend error: {type(exc).__name__}: {exc}")
+        return backend_failure(record.neuron, "explain", "backend error", exc)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - one neuron's backend failure must not end a night's run
         logger.warning("explaining %s failed: %s", record.neuron, exc)
-        return Failure(record.neuron, "explain", f"backend error: {type(exc).__name__}: {exc}")
+        return backend_failure(record.neuron, "explain", "backend error", exc)
 
     raw_answers = [generation.text for generation in result.generations]
     parsed = [(raw, clean_explanation(raw)) for raw in raw_answers]

@@ -31,7 +31,7 @@ from neuron_explainer.explain.ngrams import NeuronNgrams, text_responses
 from neuron_explainer.explain.parsing import clean_explanation
 from neuron_explainer.explain.types import Explanation, ExplainerKind, Polarity
 from neuron_explainer.llm.base import GenerateResult, LLMBackend, Message, Prompt
-from neuron_explainer.llm.errors import LLMError
+from neuron_explainer.llm.errors import LLMError, backend_failure
 
 logger = logging.getLogger(__name__)
 
@@ -276,14 +276,12 @@ async def explain_sasc_many(neurons: Sequence[NeuronNgrams], subject: Any, backe
             if exc.stops_run:
                 raise
             logger.warning("SASC explaining %s failed: %s", ngrams.neuron, exc)
-            results.append(Failure(neuron=ngrams.neuron, stage="explain",
-                                   reason=f"SASC error: {type(exc).__name__}: {exc}"))
+            results.append(backend_failure(ngrams.neuron, "explain", "SASC error", exc))
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - one neuron's backend failure must not end a night's run
             logger.warning("SASC explaining %s failed: %s", ngrams.neuron, exc)
-            results.append(Failure(neuron=ngrams.neuron, stage="explain",
-                                   reason=f"SASC error: {type(exc).__name__}: {exc}"))
+            results.append(backend_failure(ngrams.neuron, "explain", "SASC error", exc))
     return results
 
 

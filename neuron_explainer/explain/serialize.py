@@ -50,5 +50,4 @@ def explanation_from_dict(data: dict[str, Any]) -> Explanation:
 def failure_to_dict(failure: Failure) -> dict[str, Any]:
     """A JSON-ready object with `"type": "failure"` (the raw answer cut to a few KB)."""
     return {"type": "failure", "neuron": str(failure.neuron), "stage": failure.stage, "reason": failure.reason,
-            "raw_output": failure.raw_output[:RAW_OUTPUT_LIMIT]}
-
+            "raw_output": failure.raw_output[:RAW_OUTPUT_LIMIT], "kind": failure.kind.value}

@@ -14,6 +14,7 @@ from neuron_explainer.db import Database, ExplanationQuery, ResultRow, SortOrder
 from neuron_explainer.db.codec import dump_json
 from neuron_explainer.export.base import ExportResult, atomic_text_file
 from neuron_explainer.export.escaping import csv_cell, markdown_escape
+from neuron_explainer.export.paper import interval
 from neuron_explainer.export.summary import layer_summaries
 
 CSV_COLUMNS: tuple[str, ...] = ("layer", "neuron") + tuple(
@@ -80,7 +81,7 @@ def export_markdown(database: Database, out: Path, query: ExplanationQuery) -> E
         lines.append(" | ".join([
             "", str(row.neuron.layer), str(row.neuron.neuron), row.polarity, markdown_escape(row.model_id),
             _number(row.score), _number(row.lexical_ceiling),
-            f"{_number(row.ci_low, 2)} – {_number(row.ci_high, 2)}", markdown_escape(row.method),
+            interval(row.ci_low, row.ci_high), markdown_escape(row.method),
             markdown_escape(row.explainer_model), markdown_escape(row.text), ""]).strip())
     lines += ["", "## Per layer", "",
               "| Polarity | Layer | Neurons | Undefined | Mean | Mean (undefined = 0) | Median | Fraction >= 0.8 | "
@@ -90,7 +91,7 @@ def export_markdown(database: Database, out: Path, query: ExplanationQuery) -> E
                      f"{summary.neurons} | {summary.neurons - summary.scored} | {_number(summary.mean)} | "
                      f"{_number(summary.mean_undefined_as_zero)} | "
                      f"{_number(summary.median)} | {_number(summary.fraction_good)} | "
-                     f"{_number(summary.fraction_good_ci[0])} – {_number(summary.fraction_good_ci[1])} |")
+                     f"{interval(*summary.fraction_good_ci, 3)} |")
     with atomic_text_file(out) as handle:
         handle.write("\n".join(lines) + "\n")
     return ExportResult("markdown", (out,), len(rows))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 
 from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.failures import Failure, FailureKind
+from neuron_explainer.core.neurons import NeuronId
 
 # OpenAI echoes a masked key fragment in 401 messages ("Incorrect API key provided: sk-abc***xyz").
 _KEY_PATTERN = re.compile(r"\b(sk|pk|rk|key)-[A-Za-z0-9_\-*.]{3,}")
@@ -49,3 +51,18 @@ class LLMFatalError(LLMError):
 
 class LLMTransientError(LLMError):
     """Rate limits, server errors, timeouts or broken connections that outlasted every retry."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether `error` says nothing about the request itself (connection, timeout, rate limit or server error
+    after every retry, cancellation), so the same request may well succeed later."""
+    import asyncio
+
+    return isinstance(error, (LLMTransientError, TimeoutError, ConnectionError, asyncio.CancelledError))
+
+
+def backend_failure(neuron: NeuronId, stage: str, what: str, error: BaseException) -> Failure:
+    """The failure of a unit whose backend call raised `error`: transient when the error says nothing about the
+    request (see `is_transient`), otherwise permanent."""
+    kind = FailureKind.TRANSIENT if is_transient(error) else FailureKind.PERMANENT
+    return Failure(neuron, stage, f"{what}: {type(error).__name__}: {error}", kind=kind)

@@ -78,6 +78,16 @@ class LocalBackend(LLMBackend):
 
         return await asyncio.to_thread(locked)
 
+    async def _generate_in_thread(self, *args: Any) -> list[GenerateResult]:
+        """`_generate_batch` in the worker thread, stopped within a token when the awaiting task is cancelled
+        (Ctrl-C): otherwise the process would wait for the whole batch before it could exit."""
+        cancelled = threading.Event()
+        try:
+            return await self._in_thread(self._generate_batch, *args, cancelled)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
     # -- generation --------------------------------------------------------------------------------------------
     async def generate(self, prompt: Prompt, *, n: int = 1, temperature: float = 0.0, max_tokens: int = 256,
                        stop: Sequence[str] | None = None, seed: int | None = None,
@@ -115,8 +125,8 @@ class LocalBackend(LLMBackend):
         for start in range(0, len(pending), self.batch_size):
             chunk = pending[start: start + self.batch_size]
             started = time.monotonic()
-            batch_results = await self._in_thread(self._generate_batch, [prompts[index] for index in chunk],
-                                                  n, temperature, max_tokens, list(stop or []), seed, top_logprobs)
+            batch_results = await self._generate_in_thread([prompts[index] for index in chunk], n, temperature,
+                                                           max_tokens, list(stop or []), seed, top_logprobs)
             latency = (time.monotonic() - started) / len(chunk)
             for index, result in zip(chunk, batch_results):
                 results[index] = result
@@ -140,9 +150,15 @@ class LocalBackend(LLMBackend):
         return list(tokenizer(text, add_special_tokens=True)["input_ids"])
 
     def _generate_batch(self, prompts: Sequence[Prompt], n: int, temperature: float, max_tokens: int,
-                        stop: list[str], seed: int | None, top_logprobs: int) -> list[GenerateResult]:
+                        stop: list[str], seed: int | None, top_logprobs: int,
+                        cancelled: threading.Event | None = None) -> list[GenerateResult]:
         import torch
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+
+        class _Cancelled(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                stop_now = cancelled is not None and cancelled.is_set()
+                return torch.full((input_ids.shape[0],), stop_now, dtype=torch.bool, device=input_ids.device)
 
         model, tokenizer = self.loaded.model, self.loaded.tokenizer
         eos = model.generation_config.eos_token_id
@@ -169,7 +185,8 @@ class LocalBackend(LLMBackend):
         device = self.loaded.device
         with torch.inference_mode():
             output = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                    generation_config=config, tokenizer=tokenizer if stop else None)
+                                    generation_config=config, tokenizer=tokenizer if stop else None,
+                                    stopping_criteria=StoppingCriteriaList([_Cancelled()]))
         new_tokens = output.sequences[:, width:].cpu()
         step_logprobs = [torch.log_softmax(step.float(), dim=-1).cpu() for step in output.logits] \
             if top_logprobs > 0 else None

@@ -105,7 +105,10 @@ class RunConfig(BaseModel):
     limit: int | None = None
     """Process at most this many neurons this run."""
     retry_failed: bool = False
-    """Retry units of work that failed before."""
+    """Also retry units whose failure was permanent (unusable answer, nothing to explain); transient ones
+    (connection, timeout, 429/5xx after retries) are retried by every run."""
+    max_consecutive_failures: int = 10
+    """Stop the night (exit code 3) after this many units in a row failed for the backend's sake; 0: never."""
     rescore: bool = False
     """Score again even where a score for the same configuration exists."""
 
@@ -127,7 +130,7 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_ranges(self) -> RunConfig:
-        for name in ("max_cost", "max_tokens", "max_minutes", "limit", "sample"):
+        for name in ("max_cost", "max_tokens", "max_minutes", "limit", "sample", "max_consecutive_failures"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative (got {value})")
@@ -195,6 +198,10 @@ def read_toml(path: str) -> dict[str, Any]:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise UserError(f"--config {path} is a directory, not a TOML file") from None
+    except OSError as exc:
+        raise UserError(f"cannot read --config {path}: {exc.strerror or exc}") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"malformed TOML in {path}: {exc}") from None
     return {key.replace("-", "_"): value for key, value in raw.items()}

@@ -25,12 +25,14 @@ from typing import Any
 
 from neuron_explainer.activations import RecordConfig, RecordPolarity, RecordStore, record
 from neuron_explainer.core.errors import UserError
-from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.failures import Failure, FailureKind
 from neuron_explainer.core.neurons import NeuronId, parse_neuron_spec
 from neuron_explainer.db import Database, RecordingRef, RunStatus, open_database, score_config_key
 from neuron_explainer.core.units import run_units
 from neuron_explainer.explain import ExplainerSettings, Polarity, check_split_groups, explainer_class
 from neuron_explainer.llm import CacheMode, ResponseCache, UsageLedger, check_backend
+from neuron_explainer.pipeline.preflight import check_recording_request
+from neuron_explainer.pipeline.backend_watch import BackendDown, BackendWatch
 from neuron_explainer.pipeline.config import RunConfig, parse_deadline
 from neuron_explainer.pipeline.explainers import ExplainerJob, make_explainer_jobs
 from neuron_explainer.pipeline.resources import BackendSettings, RunResources
@@ -67,7 +69,7 @@ class RunSummary:
     run_id: int
     """Database id of the run."""
     status: str
-    """`completed`, `stopped: budget`, `stopped: interrupted` or `failed`."""
+    """`completed`, `stopped: budget`, `stopped: backend failing`, `stopped: interrupted` or `failed`."""
     records: str
     """The record store used."""
     selected: int
@@ -95,7 +97,7 @@ class RunSummary:
     seconds: float
     """Wall time."""
     stop_reason: str | None = None
-    """Which budget stopped the run, if one did."""
+    """Which budget stopped the run, or why its backend was given up on, if either happened."""
     failures: tuple[str, ...] = ()
     """One line per failure written this run: the neuron, the method's stage and why, in words."""
 
@@ -227,6 +229,9 @@ class Pipeline:
             store, split=self.split, cache=cache, ledger=self.ledger, subject=subject)
         self.resources.on_activity = self._report_progress
         self._total = 0
+        self.backend_watch = BackendWatch(config.max_consecutive_failures)
+        self.backend_down: str | None = None
+        """Why the run stopped early because its backend kept failing (None when it did not)."""
 
     async def aclose(self) -> None:
         """Release backends and the response cache file."""
@@ -240,7 +245,7 @@ class Pipeline:
         self.resources.selected_layers = {neuron.layer for neuron in neurons}
         manifest = self.store.manifest
         self.recording = self.database.register_recording(
-            model_id=manifest.model_id, fingerprint=manifest.model_fingerprint, path=str(self.store.path),
+            model_id=manifest.model_id, fingerprint=manifest.model_fingerprint, path=str(self.store.path.resolve()),
             manifest=dataclasses.asdict(manifest), manifest_hash=manifest.recording_id)
         scorer = SCORERS.get(SimulationScorer.name)(self.resources)
         # `auto` and `both` explain every side the recording has (`both` on a positive-only store was refused).
@@ -263,7 +268,8 @@ class Pipeline:
             stop_reason = await self._fill_baselines(neurons, jobs, scorer, score_keys, budget)
             self.database.flush()
         totals = self.ledger.totals()
-        status = RunStatus.STOPPED_BUDGET if stop_reason else RunStatus.COMPLETED
+        status = (RunStatus.STOPPED_BACKEND if self.backend_down else RunStatus.STOPPED_BUDGET if stop_reason
+                  else RunStatus.COMPLETED)
         return RunSummary(
             run_id=self.run_id or 0, status=status.value, records=str(self.store.path), selected=len(neurons),
             done=self.tally.done, skipped=skipped, explained=self.tally.explained, scored=self.tally.scored,
@@ -291,9 +297,11 @@ class Pipeline:
                 explanation_key=job.key, score_key=score_keys[job.key])
             failed: set[NeuronId] = set()
             if not self.config.retry_failed:
-                failed = self.database.failed_neurons(stage="explain", config_key=job.key) - set(stored)
+                # Transient failures (the backend's fault) are always retried; permanent ones wait for --retry-failed.
+                permanent = FailureKind.PERMANENT
+                failed = self.database.failed_neurons(stage="explain", config_key=job.key, kind=permanent) - set(stored)
                 for stage in ("score", "simulate"):
-                    failed |= self.database.failed_neurons(stage=stage, config_key=score_keys[job.key])
+                    failed |= self.database.failed_neurons(stage=stage, config_key=score_keys[job.key], kind=permanent)
             job.done = (scored & set(stored)) | failed
             job.existing = {neuron: stored[neuron] for neuron in (set(stored) - job.done) & selected}
             pending |= selected - job.done
@@ -319,6 +327,7 @@ class Pipeline:
 
         def finished(_: None) -> None:
             self.tally.done += 1
+            self.backend_watch.check()
             self._persist_ledger()
             # A full disk or read-only file stops the night here, not after every neuron has been paid for.
             self.database.check_writes()
@@ -327,6 +336,10 @@ class Pipeline:
         try:
             summary = await run_units([unit(neuron) for neuron in todo], concurrency=self.config.concurrency,
                                       on_result=finished, description="run", progress=False, stop=budget.exceeded)
+        except BackendDown as down:
+            # run_units cancelled the units in flight: they would only wait out their retries on the same backend.
+            self.backend_down = str(down)
+            return str(down)
         finally:
             self._persist_ledger()
         return summary.stop_reason
@@ -365,6 +378,7 @@ class Pipeline:
             self.database.record_score(self.recording, score, explanation_key=job.key,
                                        config_key=score_keys[job.key], run_id=self.run_id)
             self.tally.scored += 1
+            self.backend_watch.unit_succeeded()
             self.tally.scores.append((explanation.polarity.value, score.metrics.pearson))
 
     async def _fill_baselines(self, neurons: list[NeuronId], jobs: list[ExplainerJob], scorer: Scorer,
@@ -408,6 +422,7 @@ class Pipeline:
         self.database.record_failure(failure, config_key=config_key, run_id=self.run_id, recording=self.recording)
         self.tally.failed += 1
         self.tally.failures.append(f"{failure.neuron} {method} ({failure.stage}): {failure.reason}")
+        self.backend_watch.unit_failed(failure)
 
 
 async def _run_then_close(pipeline: Pipeline, neurons: list[NeuronId]) -> RunSummary:
@@ -427,8 +442,11 @@ def check_inputs(config: RunConfig) -> None:
         check_backend(config.simulator_llm or config.llm)
     if config.records is not None:
         store = RecordStore.open(config.records)
+        store.verify()
         check_store_fits(config, store)
         select_neurons(store, config)
+    else:
+        check_recording_request(record_config(config))
 
 
 def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: ProgressCallback | None = None,

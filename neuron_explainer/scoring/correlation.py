@@ -16,12 +16,12 @@ import numpy as np
 
 from neuron_explainer.activations.records import NeuronRecord, Window
 from neuron_explainer.core.errors import UserError
-from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.failures import Failure, FailureKind
 from neuron_explainer.explain.api import CandidateRanker
 from neuron_explainer.explain.formatting import MAX_SCALED
 from neuron_explainer.explain.splits import SplitConfig, check_no_leakage, oriented_record, split_neuron
 from neuron_explainer.explain.types import Explanation, Polarity
-from neuron_explainer.llm.errors import LLMError
+from neuron_explainer.llm.errors import LLMError, backend_failure
 from neuron_explainer.simulate.base import Simulator, WindowSimulation
 from neuron_explainer.simulate.types import Metrics, Score, ScoredWindow, WindowSplit
 
@@ -280,12 +280,12 @@ async def score_explanation(record: NeuronRecord, explanation: Explanation | str
         if exc.stops_run:
             raise
         logger.warning("simulating %s failed: %s", record.neuron, exc)
-        return Failure(record.neuron, "simulate", f"simulator error: {type(exc).__name__}: {exc}")
+        return backend_failure(record.neuron, "simulate", "simulator error", exc)
     except UserError:
         raise
     except Exception as exc:  # noqa: BLE001 - one neuron's backend failure must not end a night's run
         logger.warning("simulating %s failed: %s", record.neuron, exc)
-        return Failure(record.neuron, "simulate", f"simulator error: {type(exc).__name__}: {exc}")
+        return backend_failure(record.neuron, "simulate", "simulator error", exc)
     simulations = list(result.windows)
     for index, (simulation, window) in enumerate(zip(simulations, windows, strict=True)):
         if simulation.values is not None and len(simulation.values) != len(window.tokens):
@@ -307,7 +307,10 @@ async def score_explanation(record: NeuronRecord, explanation: Explanation | str
                                            error=simulation.error if simulation.values is None else None))
     failed = [window for window in scored_windows if window.error is not None and window.split in SCORE_SPLITS]
     if len(failed) == len(split.scored):
-        return Failure(record.neuron, "simulate", f"simulation failed on every scored window: {failed[0].error}")
+        # Every window lost to the backend (not to the answers) is the backend's fault: worth a retry next night.
+        transient = all(simulation.transient for simulation in simulations if simulation.error is not None)
+        return Failure(record.neuron, "simulate", f"simulation failed on every scored window: {failed[0].error}",
+                       kind=FailureKind.TRANSIENT if transient else FailureKind.PERMANENT)
     report = compute_metrics(scored_windows, bootstrap_samples=config.bootstrap_samples,
                              bootstrap_seed=config.split.seed)
     parameters: dict[str, object] = {

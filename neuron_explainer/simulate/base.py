@@ -21,6 +21,8 @@ class WindowSimulation:
     """One prediction per token (0-10 scale, or the raw feature for simulators that are fitted); None on error."""
     error: str | None = None
     """Why the window could not be simulated (alignment failure, backend error)."""
+    transient: bool = False
+    """The error says nothing about the window (connection, timeout, server error after retries)."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from neuron_explainer.core.prompts import PromptFiles, load_prompt_files
 from neuron_explainer.explain.formatting import MAX_SCALED, printable_token
 from neuron_explainer.explain.token_pairs import render_as_text
 from neuron_explainer.llm.base import GenerateResult, LLMBackend, Message, Prompt, TokenLogprob
-from neuron_explainer.llm.errors import LLMError
+from neuron_explainer.llm.errors import LLMError, is_transient
 from neuron_explainer.simulate.base import SimulationResult, Simulator, WindowSimulation
 from neuron_explainer.simulate.examples import EXAMPLES_FILE, load_simulator_examples
 from neuron_explainer.simulate.types import SimulatorKind
@@ -243,7 +243,8 @@ class GeneratedSimulator(Simulator):
                 if not isinstance(outcome, Exception):
                     raise outcome
                 logger.warning("simulating a window failed: %s", outcome)
-                results[index] = WindowSimulation(None, f"backend error: {type(outcome).__name__}: {outcome}")
+                results[index] = WindowSimulation(None, f"backend error: {type(outcome).__name__}: {outcome}",
+                                                  transient=is_transient(outcome))
                 continue
             prompt_tokens += outcome.usage.prompt_tokens
             completion_tokens += outcome.usage.completion_tokens

@@ -38,6 +38,8 @@ class ModelInfo:
     """Module path whose input is a layer's MLP neurons, relative to the backbone."""
     hook_family: str
     """Which resolution rule matched."""
+    max_positions: int | None = None
+    """Most token positions per sequence the config allows (None: no fixed limit)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Plain dict in field order."""
@@ -71,7 +73,21 @@ def describe_model(spec: str, hook_template: str | None = None) -> ModelInfo:
         parameters=sum(parameter.numel() for parameter in model.parameters()),
         hook_point=hook_point.template,
         hook_family=hook_point.family,
+        max_positions=max_positions(config),
     )
+
+
+_POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length", "seq_length")
+
+
+def max_positions(config: Any) -> int | None:
+    """The most token positions a transformers config (or its text sub-config) allows; None when it names none."""
+    config = _text_config(config)
+    for key in _POSITION_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
 
 
 def _text_config(config: Any) -> Any:

@@ -16,7 +16,7 @@ from neuron_explainer.pipeline import RunConfig, run_pipeline
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from fake_openai_server import FakeOpenAIServer, Fault, RecordedRequest  # noqa: E402
 from fault_harness import (ANSWER_FAULTS, FAST_OPTIONS, FATAL_FAULTS, TRANSIENT_FAULTS, FaultMix,  # noqa: E402
-                            frequent_words, results_snapshot, rows, run_cli)
+                            frequent_words, is_log_line, results_snapshot, rows, run_cli)
 from neuron_records import corpus_windows  # noqa: E402
 from scripted_llm import competent_model  # noqa: E402
 
@@ -141,7 +141,7 @@ def test_a_bad_key_or_empty_account_stops_the_run_with_one_line(word_store_200: 
         expected = "out of credit" if fatal == "insufficient_quota" else "HTTP 401"
         *logged, message = err.splitlines()
         assert message.startswith("neuron-explainer: error: ") and expected in message
-        assert all(line.startswith("WARNING ") for line in logged)  # log lines (a missing price), no traceback
+        assert all(is_log_line(line, ("WARNING ",)) for line in logged)  # a missing price, progress; no traceback
         # Stopped at once: no failure rows were written for the neurons it never got to, and few requests followed.
         assert rows(db, "select count(*) from failures") == [(0,)]
         assert requests_when_stopped < 20 + 4 * 6 * 2

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from fault_harness import (integrity, read_only, results_snapshot, rows, run_cli, run_cli_in_new_process,  # noqa: E402
-                           small_disk)
+from fault_harness import (integrity, is_log_line, read_only, results_snapshot, rows, run_cli,  # noqa: E402
+                           run_cli_in_new_process, small_disk)
 
 
 def _close_wal(db: Path) -> None:
@@ -39,7 +39,7 @@ def _one_line_error(err: str) -> str:
     """The CLI's error line; everything before it must be log lines, never a traceback."""
     *before, message = err.strip().splitlines()
     assert message.startswith("neuron-explainer: error: ")
-    assert "Traceback" not in err and all(line.startswith(("WARNING ", "ERROR ")) for line in before), before
+    assert "Traceback" not in err and all(is_log_line(line) for line in before), before
     return message
 
 
