@@ -161,7 +161,7 @@ def test_plots_are_written_as_png_and_pdf(database: Database, tmp_path: Path) ->
         assert header.startswith(b"\x89PNG") if path.suffix == ".png" else header.startswith(b"%PDF")
         assert path.stat().st_size > 1000
     # The neuron whose score is undefined is counted in a note (also drawn on both figures), never dropped silently.
-    assert result.notes == ("1 of 10 neurons have an undefined score (not shown)",)
+    assert result.notes == ("1 of 10 best scores are undefined (not shown)",)
 
 
 def test_plots_without_matplotlib_name_the_install(database: Database, tmp_path: Path) -> None:
