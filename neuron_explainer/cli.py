@@ -604,7 +604,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     with progress_reporter(sys.stderr) as report:
         def on_progress(progress: RunProgress) -> None:
             report(Snapshot(done=progress.done, total=progress.total, failed=progress.failed,
-                            cost_usd=progress.cost_usd))
+                            cost_usd=progress.cost_usd, activity=progress.activity))
 
         with second_interrupt_exits("interrupted twice: stopped at once; results of the last few seconds that were "
                                     "not yet committed are lost, the same command redoes them"):

@@ -35,6 +35,8 @@ class Snapshot:
     """Units that ended in a failure."""
     cost_usd: float = 0.0
     """Estimated spend so far."""
+    activity: str = ""
+    """What a long step is doing now (e.g. SASC's phase), empty when nothing is worth saying."""
 
 
 def _duration(seconds: float) -> str:
@@ -98,6 +100,8 @@ class LineProgress:
         parts.append(f"{snapshot.failed} failed")
         parts.append(f"${snapshot.cost_usd:.4f}")
         parts.append(f"{_duration(elapsed)} elapsed")
+        if snapshot.activity:
+            parts.append(snapshot.activity)
         return ", ".join(parts)
 
     def _write(self) -> None:
@@ -128,7 +132,9 @@ def progress_reporter(stream: TextIO, *, what: str = "neurons") -> Iterator[Call
     def show(snapshot: Snapshot) -> None:
         bar.total = snapshot.total
         bar.set_postfix(failed=snapshot.failed, cost=f"${snapshot.cost_usd:.4f}", refresh=False)
+        bar.set_description_str(snapshot.activity or what, refresh=False)
         bar.update(snapshot.done - bar.n)
+        bar.refresh()
 
     try:
         yield show
