@@ -560,12 +560,14 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
                     "finished work and resumes interrupted work.")
     parser.add_argument("--config", default=None, help="TOML file with run settings (keys as the flags below)")
     parser.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
+    parser.add_argument("--plan", action="store_true",
+                        help="print the projected requests, tokens, dollars and hours of this run; spend nothing")
     for name, item in RunConfig.model_fields.items():
         flag = "--" + name.replace("_", "-")
         doc = " ".join((item.description or "").split())
-        if name == "explainers":
-            parser.add_argument("--explainer", "--explainers", dest="explainers", default=None,
-                                help=f"{doc} Comma-separated.")
+        if name in ("explainers", "scorers"):
+            single = "--" + name.removesuffix("s")
+            parser.add_argument(single, flag, dest=name, default=None, help=f"{doc} Comma-separated.")
         elif isinstance(item.default, bool):
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=doc)
         elif isinstance(item.default, enum.Enum):
@@ -601,6 +603,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     overrides = {name: getattr(args, name) for name in config_field_names()}
     config = load_config(args.config, overrides)
+    if args.plan:
+        from neuron_explainer.pipeline.plan import format_plan, plan_run
+
+        plan = plan_run(config)
+        if args.json:
+            print_json(plan.as_dict())
+        else:
+            print(format_plan(plan))
+        return 0
     with progress_reporter(sys.stderr) as report:
         def on_progress(progress: RunProgress) -> None:
             report(Snapshot(done=progress.done, total=progress.total, failed=progress.failed,

@@ -20,6 +20,16 @@ log() { echo "$(date '+%F %T') nightly: $*"; }
 
 log "run --config $CONFIG"
 status=0
+# NIGHT_CAP_USD=40 scripts/nightly.sh refuses to start a night whose plan (`run --plan`) projects more dollars.
+if [ -n "${NIGHT_CAP_USD:-}" ]; then
+  projected=$("$NE" run --config "$CONFIG" --plan --json | .venv/bin/python -c \
+    'import json, sys; cost = json.load(sys.stdin)["cost_usd"]; print("unpriced" if cost is None else cost)')
+  if ! .venv/bin/python -c 'import sys; sys.exit(sys.argv[1] == "unpriced" or float(sys.argv[1]) > float(sys.argv[2]))' \
+      "$projected" "$NIGHT_CAP_USD"; then
+    echo "nightly: refused: the plan projects \$$projected, over the cap of \$$NIGHT_CAP_USD (run --plan for details)" >&2
+    exit 3
+  fi
+fi
 "$NE" run --config "$CONFIG" --json > "nightly-$(date +%F).json" || status=$?
 log "run exited with $status; the runs so far:"
 "$NE" runs --db "$DB" --limit 3 || true

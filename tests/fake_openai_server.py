@@ -15,6 +15,11 @@ Scripting faults: `server.push_faults(Fault.rate_limit(retry_after=1), Fault.ser
 requests fail in that order (then requests are answered normally); `server.fault_policy = fn(RecordedRequest) ->
 Fault | None` decides for any request once the queue is empty. `server.latency` adds a fixed delay to every answer.
 
+Batch API: `/v1/files` (multipart upload, content download), `/v1/batches` (create, retrieve, list). A batch
+completes `server.batch_delay` seconds after it was created; `server.batch_script` (a list of `BatchOutcome`, one
+per created batch in order; then every batch completes normally) makes it expire half-way, fail a fraction of its
+lines, or write malformed lines. Each line answered in a batch output counts in `answered` like a direct answer.
+
 What the server saw: `server.requests` (path, JSON body, headers including Authorization, arrival time),
 `server.count(path)`, `server.max_in_flight` (most requests handled at the same time), `server.answered` and
 `server.answered_prompt_tokens` / `answered_completion_tokens` (complete normal answers sent: the billable calls).
@@ -94,6 +99,18 @@ class Reply:
     """Overrides of the computed usage (`prompt_tokens`, `completion_tokens`)."""
     prompt_scorer: PromptScorer | None = None
     """Overrides the server's prompt scorer for this answer."""
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    """How one created batch ends (by default it completes with every line answered)."""
+
+    expire: bool = False
+    """Status `expired`: only the first half of its lines is answered, the rest are in the error file."""
+    failed_fraction: float = 0.0
+    """Share of lines (every k-th) answered with a 500 error instead of an answer."""
+    malformed_lines: int = 0
+    """Answered lines whose output line is replaced by text that is not JSON."""
 
 
 class FaultKind(str, Enum):
@@ -231,6 +248,16 @@ class FakeOpenAIServer:
         self.answered_completion_tokens = 0
         """Completion tokens reported in those answers."""
         self._faults: list[Fault] = []
+        self.batch_delay = 0.0
+        """Seconds from a batch's creation to its end."""
+        self.batch_script: list[BatchOutcome] = []
+        """How the next created batches end, in order (then normally)."""
+        self.files: dict[str, bytes] = {}
+        """Uploaded and generated files by id."""
+        self.batches: dict[str, dict[str, Any]] = {}
+        """Batch objects by id."""
+        self._batch_outcomes: dict[str, BatchOutcome] = {}
+        self._batch_created: dict[str, float] = {}
         self._in_flight = 0
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -321,6 +348,79 @@ class FakeOpenAIServer:
         if fault is None and self.fault_policy is not None:
             fault = self.fault_policy(request)
         return request, (None if fault is _NO_FAULT else fault)
+
+    # -- Batch API -------------------------------------------------------------------------------------------------
+    def _create_file(self, content: bytes, purpose: str) -> dict[str, Any]:
+        with self._lock:
+            file_id = f"file-{len(self.files) + 1}"
+            self.files[file_id] = content
+        return {"id": file_id, "object": "file", "bytes": len(content), "created_at": int(time.time()),
+                "filename": f"{file_id}.jsonl", "purpose": purpose, "status": "processed"}
+
+    def _create_batch(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if body.get("input_file_id") not in self.files:
+            return 404, {"error": {"message": "no such file", "type": "invalid_request_error", "code": None}}
+        with self._lock:
+            batch_id = f"batch_{len(self.batches) + 1}"
+            outcome = self.batch_script.pop(0) if self.batch_script else BatchOutcome()
+            lines = [line for line in self.files[body["input_file_id"]].splitlines() if line.strip()]
+            self.batches[batch_id] = {
+                "id": batch_id, "object": "batch", "endpoint": body.get("endpoint"), "errors": None,
+                "input_file_id": body["input_file_id"], "completion_window": body.get("completion_window"),
+                "status": "validating", "output_file_id": None, "error_file_id": None,
+                "created_at": int(time.time()), "metadata": body.get("metadata"),
+                "request_counts": {"total": len(lines), "completed": 0, "failed": 0}}
+            self._batch_outcomes[batch_id] = outcome
+            self._batch_created[batch_id] = time.monotonic()
+            return 200, dict(self.batches[batch_id])
+
+    def _batch(self, batch_id: str) -> dict[str, Any] | None:
+        """The batch, run to its end once its delay has passed (answers are made then, and counted once)."""
+        with self._lock:
+            batch = self.batches.get(batch_id)
+            if batch is None:
+                return None
+            if batch["status"] not in ("validating", "in_progress"):
+                return dict(batch)
+            if time.monotonic() - self._batch_created[batch_id] < self.batch_delay:
+                batch["status"] = "in_progress"
+                return dict(batch)
+            batch["status"] = "finalizing"  # one thread makes the answers, once
+            outcome = self._batch_outcomes[batch_id]
+            lines = [json.loads(line) for line in self.files[batch["input_file_id"]].splitlines() if line.strip()]
+        output, errors, answered, malformed = [], [], 0, 0
+        step = round(1 / outcome.failed_fraction) if outcome.failed_fraction > 0 else 0
+        for index, line in enumerate(lines):
+            if outcome.expire and index >= len(lines) // 2:
+                errors.append({"id": f"req_{index}", "custom_id": line["custom_id"], "response": None,
+                               "error": {"code": "batch_expired", "message": "not processed before expiry"}})
+                continue
+            if step and index % step == 0:
+                output.append({"id": f"req_{index}", "custom_id": line["custom_id"], "error": None,
+                               "response": {"status_code": 500, "request_id": f"r{index}",
+                                            "body": {"error": {"message": "injected", "type": "server_error"}}}})
+                continue
+            payload = self._answer(line["url"].removeprefix("/v1"), line["body"])
+            if malformed < outcome.malformed_lines:
+                # Cut off like a truncated body: not a delivered (billable) answer; the client must ask again.
+                malformed += 1
+                output.append('{"id": "broken", "custom_id": ' + json.dumps(line["custom_id"])[:-3])
+                continue
+            self._delivered(payload, self._epoch)
+            answered += 1
+            output.append({"id": f"req_{index}", "custom_id": line["custom_id"], "error": None,
+                           "response": {"status_code": 200, "request_id": f"r{index}", "body": payload}})
+        encode = (lambda item: item if isinstance(item, str) else json.dumps(item))  # noqa: E731
+        output_id = self._create_file("\n".join(encode(item) for item in output).encode() + b"\n",
+                                      "batch_output")["id"] if output else None
+        error_id = self._create_file("\n".join(json.dumps(item) for item in errors).encode() + b"\n",
+                                     "batch_output")["id"] if errors else None
+        with self._lock:
+            batch["status"] = "expired" if outcome.expire else "completed"
+            batch["output_file_id"], batch["error_file_id"] = output_id, error_id
+            batch["request_counts"] = {"total": len(lines), "completed": answered,
+                                       "failed": len(lines) - answered}
+            return dict(batch)
 
     def _done(self) -> None:
         with self._lock:
@@ -506,9 +606,37 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
         def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - base class signature
             pass
 
+        def do_GET(self) -> None:  # noqa: N802 - http.server naming
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            request, _ = server._record(self.path, None, headers)
+            try:
+                path = request.path.split("?", 1)[0]
+                if path.startswith("/v1/files/") and path.endswith("/content"):
+                    content = server.files.get(path.split("/")[3])
+                    if content is None:
+                        self._send_json(404, {"error": {"message": "no such file", "type": "invalid_request_error"}})
+                    else:
+                        self._send_raw(200, content, "application/octet-stream")
+                elif path == "/v1/batches":
+                    batches = [server._batch(batch_id) for batch_id in list(server.batches)]
+                    self._send_json(200, {"object": "list", "data": batches[::-1], "has_more": False})
+                elif path.startswith("/v1/batches/"):
+                    batch = server._batch(path.split("/")[3])
+                    if batch is None:
+                        self._send_json(404, {"error": {"message": "no such batch", "type": "invalid_request_error"}})
+                    else:
+                        self._send_json(200, batch)
+                else:
+                    self._send_json(404, {"error": {"message": f"no route {path}", "type": "invalid_request_error"}})
+            finally:
+                server._done()
+
         def do_POST(self) -> None:  # noqa: N802 - http.server naming
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
+            if self.path == "/v1/files":
+                self._upload(raw)
+                return
             try:
                 body = json.loads(raw) if raw else None
             except ValueError:
@@ -517,7 +645,35 @@ def _make_handler(server: FakeOpenAIServer) -> type[BaseHTTPRequestHandler]:
             epoch = server._epoch
             request, fault = server._record(self.path, body, headers)
             try:
-                self._handle(request, fault, epoch)
+                if request.path == "/v1/batches" and isinstance(body, dict):
+                    if fault is not None and fault.kind is FaultKind.HANG:
+                        server._sleep(fault.delay)
+                        self.close_connection = True
+                        return
+                    status, payload = server._create_batch(body)
+                    self._send_json(status, payload)
+                else:
+                    self._handle(request, fault, epoch)
+            finally:
+                server._done()
+
+        def _upload(self, raw: bytes) -> None:
+            """`/v1/files`: a multipart form with `purpose` and `file` fields."""
+            from email.parser import BytesParser
+            from email.policy import HTTP
+
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            request, _ = server._record(self.path, None, headers)
+            try:
+                message = BytesParser(policy=HTTP).parsebytes(
+                    f"Content-Type: {self.headers.get('Content-Type')}\r\n\r\n".encode() + raw)
+                fields = {part.get_param("name", header="content-disposition"): part.get_payload(decode=True)
+                          for part in message.iter_parts()}
+                if "file" not in fields:
+                    self._send_json(400, {"error": {"message": "no file", "type": "invalid_request_error"}})
+                    return
+                purpose = (fields.get("purpose") or b"batch").decode()
+                self._send_json(200, server._create_file(fields["file"], purpose))
             finally:
                 server._done()
 
@@ -615,5 +771,5 @@ if __name__ == "__main__":
     main()
 
 
-__all__ = ["Fault", "FaultKind", "FakeOpenAIServer", "PromptScorer", "RecordedRequest", "Reply", "ScriptedToken",
+__all__ = ["BatchOutcome", "Fault", "FaultKind", "FakeOpenAIServer", "PromptScorer", "RecordedRequest", "Reply", "ScriptedToken",
            "default_prompt_scorer", "fake_openai", "fake_tokenize"]

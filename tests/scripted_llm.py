@@ -36,4 +36,32 @@ def competent_model(body: dict) -> str:
                 value = 10 if token.lower() in {word.lower() for word in quoted} else 0
             lines.append(f"{index}\t{value}")
         return "\n".join(lines)
+    if system.startswith("You test a short description"):
+        return _classify(system, request)
     raise AssertionError(f"unexpected prompt: {system[:60]!r}")
+
+
+def _described(description: str, text: str) -> bool:
+    """Whether a piece of text is what the description names (digits, or one of its quoted words)."""
+    if "digit" in description or "number" in description:
+        return any(character.isdigit() for character in text)
+    words = {word.lower() for word in re.findall(r'"([^"]+)"', description)}
+    return any(piece.lower() in words for piece in re.findall(r"[A-Za-z]+", text))
+
+
+def _classify(system: str, request: str) -> str:
+    """Detection (does the passage hold what the description names?) and fuzzing (is every marked stretch such a
+    thing?) verdicts, one `index<TAB>0|1` line per passage."""
+    description = re.search(r"^Description: (.*)$", request, re.MULTILINE).group(1)
+    fuzzing = "[[like this]]" in system
+    lines = []
+    for line in request.split("Passages:\n", 1)[1].splitlines():
+        index, passage = line.split("\t", 1)
+        passage = unescape_token(passage)
+        if fuzzing:
+            marked = re.findall(r"\[\[(.*?)\]\]", passage)
+            verdict = bool(marked) and all(_described(description, stretch) for stretch in marked)
+        else:
+            verdict = _described(description, passage)
+        lines.append(f"{index}\t{int(verdict)}")
+    return "\n".join(lines)

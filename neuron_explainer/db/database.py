@@ -37,9 +37,11 @@ from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, ExplanationRow, Ne
 from neuron_explainer.db.query import ExplanationQuery, ResultRow, run_query
 from neuron_explainer.db.results import LLMCall, NeuronDetail, RecordingRef, RunInfo, RunStatus, UsageTotals
 from neuron_explainer.db.schema import SCHEMA_VERSION, has_search_index, prepare_schema, upgrade_step
+from neuron_explainer.db.classifier import classifier_values
 from neuron_explainer.db.writer import Writer
-from neuron_explainer.db.writes import (Applier, CallWrite, ExplanationWrite, FailureWrite, ScoreWrite, StatsWrite,
-                                        chunks, insert_ignoring_duplicates, windows_json)
+from neuron_explainer.db.writes import (Applier, CallWrite, ClassifierWrite, ExplanationWrite, FailureWrite, ScoreWrite,
+                                        StatsWrite, chunks, insert_ignoring_duplicates, windows_json)
+from neuron_explainer.scoring_llm.types import ClassifierScore
 from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity
 from neuron_explainer.simulate.types import Score, SimulatorKind
 
@@ -320,6 +322,14 @@ class Database:
                 "baselines_json": dump_json(score.baselines)},
             explanation_key, windows_json(score.windows)))
 
+    def record_classifier_score(self, recording: RecordingRef, score: ClassifierScore, *, explanation_key: str,
+                                config_key: str, run_id: int | None = None) -> Future[None]:
+        """Queue a detection or fuzzing score of the neuron's explanation stored under `explanation_key`;
+        duplicates are ignored."""
+        return self._writer.submit(ClassifierWrite(
+            recording.subject_model_id, score.neuron.layer, score.neuron.neuron,
+            classifier_values(score, config_key=config_key, run_id=run_id), explanation_key))
+
     def record_failure(self, failure: Failure, *, config_key: str, run_id: int | None = None,
                        recording: RecordingRef | None = None) -> Future[None]:
         """Queue a failed unit of work (raw output truncated); one per (run, stage, key, neuron)."""
@@ -341,7 +351,8 @@ class Database:
             "prompt_tokens": call.prompt_tokens, "completion_tokens": call.completion_tokens,
             "cached_tokens": call.cached_tokens, "latency_s": float(call.latency_s),
             "cost_usd": float_or_none(call.cost_usd), "from_cache": bool(call.from_cache),
-            "created_at": utc_iso(call.created_at), "operation": call.operation, "attempts": call.attempts}))
+            "created_at": utc_iso(call.created_at), "operation": call.operation, "attempts": call.attempts,
+            "unit": call.unit}))
 
     # --- has-work checks (call flush() first if this process wrote recently) ------------------------------
 
@@ -381,6 +392,11 @@ class Database:
                 connection.execute(s.update().where(s.c.id.in_(ids)).values(baselines_json=text))
 
         self._writer.call(store).result()
+
+    def classified_neurons(self, *, explanation_key: str, score_key: str) -> set[NeuronId]:
+        """Neurons whose explanation under `explanation_key` has a classifier score under `score_key`."""
+        with self._read_engine.connect() as connection:
+            return reads.classified_neurons(connection, explanation_key=explanation_key, score_key=score_key)
 
     def delete_scores(self, *, explanation_key: str, score_key: str, neurons: Iterable[NeuronId]) -> int:
         """Remove the scores (and their window details) of these neurons' explanations under `explanation_key`

@@ -251,3 +251,40 @@ class LLMCallRow(Base):
     created_at: Mapped[str] = mapped_column(String(32))
     operation: Mapped[str] = mapped_column(String(32), default="", server_default="")
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    unit: Mapped[str] = mapped_column(String(64), default="", server_default="")
+
+
+class ClassifierScoreRow(Base):
+    """One detection or fuzzing score of one explanation, unique per (explanation, scorer config key); stored next
+    to the simulation scores in `scores`, with its per-passage verdicts in `passages_json`."""
+
+    __tablename__ = "classifier_scores"
+    __table_args__ = (
+        UniqueConstraint("explanation_id", "config_key", name="uq_classifier_scores_explanation_key"),
+        Index("ix_classifier_scores_key_explanation", "config_key", "explanation_id"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    explanation_id: Mapped[int] = mapped_column(ForeignKey("explanations.id"))
+    neuron_id: Mapped[int] = mapped_column(ForeignKey("neurons.id"), index=True)
+    config_key: Mapped[str] = mapped_column(String(KEY_LENGTH))
+    scorer: Mapped[str] = mapped_column(String(32), index=True)
+    backend: Mapped[str] = mapped_column(String(512))
+    model: Mapped[str] = mapped_column(String(512))
+    prompt_hash: Mapped[str] = mapped_column(String(128))
+    split_seed: Mapped[int] = mapped_column(Integer)
+    parameters_json: Mapped[str] = mapped_column(Text)
+    accuracy: Mapped[float | None] = mapped_column(Float)
+    balanced_accuracy: Mapped[float | None] = mapped_column(Float)
+    auroc: Mapped[float | None] = mapped_column(Float)
+    passages: Mapped[int] = mapped_column(Integer)
+    answered: Mapped[int] = mapped_column(Integer)
+    positives: Mapped[int] = mapped_column(Integer)
+    auroc_from: Mapped[str] = mapped_column(String(16))
+    undefined_reason: Mapped[str | None] = mapped_column(Text)
+    passages_json: Mapped[str] = mapped_column(Text)
+    prompt_tokens: Mapped[int] = mapped_column(Integer)
+    completion_tokens: Mapped[int] = mapped_column(Integer)
+    requests: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[str] = mapped_column(String(32))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"), index=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -20,6 +20,7 @@ from sqlalchemy import ColumnElement, Connection, Select, and_, column, exists, 
 
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.neurons import NeuronId
+from neuron_explainer.db.classifier import classifier_metrics_by_explanation
 from neuron_explainer.db.codec import load_json, none_to_nan
 from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, ExplanationRow, NeuronRow, RecordingRow, ScoreRow,
                                         SubjectModelRow)
@@ -171,6 +172,8 @@ class ResultRow:
     """When the score was made (ISO-8601 UTC)."""
     baselines: dict[str, float] = field(default_factory=dict)
     """Baseline scores, if computed."""
+    classifiers: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    """Detection / fuzzing metrics of the explanation (accuracy, balanced_accuracy, auroc), by scorer."""
 
     @property
     def lexical_ceiling(self) -> float:
@@ -427,8 +430,11 @@ def run_query(connection: Connection, query: ExplanationQuery, *, search_index: 
         walk_scores = _walk_scores(connection, query, search_index=search_index)
     statement = build_select(query, search_index=search_index, walk_scores=walk_scores)
     result = connection.execution_options(yield_per=1000).execute(statement)
-    for values in result:
-        yield _row(values)
+    for batch in result.partitions(500):
+        rows = [_row(values) for values in batch]
+        metrics = classifier_metrics_by_explanation(connection, [row.explanation_id for row in rows])
+        for row in rows:
+            yield replace(row, classifiers=metrics[row.explanation_id]) if row.explanation_id in metrics else row
 
 
 def parse_int_list(text: str, *, what: str) -> tuple[int, ...]:

@@ -21,8 +21,9 @@ from sqlalchemy import Connection, case, func, select
 from neuron_explainer.activations.records import NeuronStats
 from neuron_explainer.core.failures import FailureKind
 from neuron_explainer.core.neurons import NeuronId
+from neuron_explainer.db.classifier import classifier_scores_of_neuron
 from neuron_explainer.db.codec import load_json, none_to_nan
-from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, ExplanationRow, FailureRow, LLMCallRow, NeuronRow,
+from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, ClassifierScoreRow, ExplanationRow, FailureRow, LLMCallRow, NeuronRow,
                                         NeuronStatsRow, RecordingRow, RunRow, ScoreRow, ScoreWindowsRow,
                                         SubjectModelRow)
 from neuron_explainer.db.results import NeuronDetail, RunInfo, StoredExplanation, StoredScore, UsageTotals
@@ -63,7 +64,8 @@ def usage_totals(connection: Connection, *, run_id: int | None = None) -> UsageT
 def counts(connection: Connection) -> dict[str, int]:
     """Rows per main table."""
     tables = {"subject_models": SubjectModelRow, "recordings": RecordingRow, "neurons": NeuronRow,
-              "explanations": ExplanationRow, "scores": ScoreRow, "failures": FailureRow,
+              "explanations": ExplanationRow, "scores": ScoreRow, "classifier_scores": ClassifierScoreRow,
+              "failures": FailureRow,
               "llm_calls": LLMCallRow, "runs": RunRow}
     return {name: int(connection.execute(select(func.count()).select_from(model.__table__)).scalar_one())
             for name, model in tables.items()}
@@ -82,10 +84,19 @@ def explained_neurons(connection: Connection, config_key: str) -> set[NeuronId]:
 
 def scored_neurons(connection: Connection, *, explanation_key: str, score_key: str) -> set[NeuronId]:
     """Neurons whose explanation under `explanation_key` already has a score under `score_key`."""
-    s, e, n = ScoreRow.__table__, ExplanationRow.__table__, NeuronRow.__table__
+    return _neurons_with(connection, ScoreRow.__table__, explanation_key, score_key)
+
+
+def classified_neurons(connection: Connection, *, explanation_key: str, score_key: str) -> set[NeuronId]:
+    """Neurons whose explanation under `explanation_key` has a classifier score under `score_key`."""
+    return _neurons_with(connection, ClassifierScoreRow.__table__, explanation_key, score_key)
+
+
+def _neurons_with(connection: Connection, scores: Any, explanation_key: str, score_key: str) -> set[NeuronId]:
+    e, n = ExplanationRow.__table__, NeuronRow.__table__
     statement = (select(n.c.layer, n.c.neuron)
-                 .select_from(s.join(e, e.c.id == s.c.explanation_id).join(n, n.c.id == s.c.neuron_id))
-                 .where(e.c.config_key == explanation_key, s.c.config_key == score_key))
+                 .select_from(scores.join(e, e.c.id == scores.c.explanation_id).join(n, n.c.id == scores.c.neuron_id))
+                 .where(e.c.config_key == explanation_key, scores.c.config_key == score_key))
     return {NeuronId(row.layer, row.neuron) for row in connection.execute(statement)}
 
 
@@ -155,6 +166,7 @@ def neuron_details(connection: Connection, neuron: NeuronId, *, model: str | Non
             select(e, r.c.manifest_hash).select_from(e.join(r, r.c.id == e.c.recording_id))
             .where(e.c.neuron_id == neuron_row.id).order_by(e.c.id)).all()
         texts = {row.id: row.text for row in explanation_rows}
+        classified = classifier_scores_of_neuron(connection, neuron_row.id, neuron, texts)
         scores_by_explanation: dict[int, list[StoredScore]] = {}
         w = ScoreWindowsRow.__table__
         for row in connection.execute(select(s, w.c.windows_json)
@@ -166,7 +178,8 @@ def neuron_details(connection: Connection, neuron: NeuronId, *, model: str | Non
         explanations = [
             StoredExplanation(id=row.id, config_key=row.config_key, run_id=row.run_id,
                               manifest_hash=row.manifest_hash, explanation=explanation_from_row(row, neuron),
-                              scores=tuple(scores_by_explanation.get(row.id, ())))
+                              scores=tuple(scores_by_explanation.get(row.id, ())),
+                              classifier_scores=tuple(classified.get(row.id, ())))
             for row in explanation_rows]
         explanations.sort(key=lambda item: -best_sort_score(item))
         details.append(NeuronDetail(neuron=neuron, model_id=neuron_row.model_id,

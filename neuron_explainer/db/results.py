@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from neuron_explainer.activations.records import NeuronStats
 from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.explain.types import Explanation
+from neuron_explainer.scoring_llm.types import ClassifierScore
 from neuron_explainer.simulate.types import Score
 
 if TYPE_CHECKING:
@@ -70,14 +71,17 @@ class LLMCall:
     """HTTP attempts made (0 for cache hits and in-process calls)."""
     created_at: str | float | None = None
     """When the call finished: ISO-8601 text or epoch seconds (None: now)."""
+    unit: str = ""
+    """The unit of work (neuron `layer:index`) the call was for (empty when unknown)."""
 
     @classmethod
     def from_entry(cls, entry: LedgerEntry, *, stage: str = "") -> LLMCall:
-        """The database form of an `llm.ledger.LedgerEntry`."""
+        """The database form of an `llm.ledger.LedgerEntry` (its own stage, when it has one, wins)."""
         return cls(backend=entry.backend, model=entry.model, prompt_tokens=entry.prompt_tokens,
                    completion_tokens=entry.completion_tokens, cached_tokens=entry.cached_tokens,
-                   latency_s=entry.latency_s, cost_usd=entry.cost_usd, from_cache=entry.from_cache, stage=stage,
-                   operation=entry.operation, attempts=entry.attempts, created_at=entry.created_at)
+                   latency_s=entry.latency_s, cost_usd=entry.cost_usd, from_cache=entry.from_cache,
+                   stage=entry.stage or stage, operation=entry.operation, attempts=entry.attempts,
+                   created_at=entry.created_at, unit=entry.unit)
 
 
 @dataclass(frozen=True)
@@ -154,6 +158,8 @@ class StoredExplanation:
     """The explanation with provenance."""
     scores: tuple[StoredScore, ...]
     """Its scores, best first."""
+    classifier_scores: tuple[ClassifierScore, ...] = ()
+    """Its detection and fuzzing scores, oldest first."""
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from neuron_explainer.db.models import Base, MetaEntry
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 """Version of the tables defined in models.py."""
 
 APPLICATION = "neuron-explainer"
@@ -113,10 +113,33 @@ def _upgrade_3_to_4(connection: Connection) -> None:
     connection.exec_driver_sql("UPDATE failures SET kind = 'transient' WHERE reason LIKE '%LLMTransientError%'")
 
 
+def _upgrade_4_to_5(connection: Connection) -> None:
+    """Version 5 added `classifier_scores` (detection and fuzzing scores next to the simulation scores) and the
+    unit of work (`layer:index`) of each ledger entry, so `run --plan` can measure what a neuron costs per stage."""
+    key = "SERIAL PRIMARY KEY" if connection.dialect.name == "postgresql" else "INTEGER NOT NULL PRIMARY KEY"
+    connection.exec_driver_sql(
+        f"CREATE TABLE classifier_scores (id {key}, "
+        "explanation_id INTEGER NOT NULL REFERENCES explanations (id), "
+        "neuron_id INTEGER NOT NULL REFERENCES neurons (id), config_key VARCHAR(64) NOT NULL, "
+        "scorer VARCHAR(32) NOT NULL, backend VARCHAR(512) NOT NULL, model VARCHAR(512) NOT NULL, "
+        "prompt_hash VARCHAR(128) NOT NULL, split_seed INTEGER NOT NULL, parameters_json TEXT NOT NULL, "
+        "accuracy FLOAT, balanced_accuracy FLOAT, auroc FLOAT, passages INTEGER NOT NULL, answered INTEGER NOT NULL, "
+        "positives INTEGER NOT NULL, auroc_from VARCHAR(16) NOT NULL, undefined_reason TEXT, "
+        "passages_json TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, completion_tokens INTEGER NOT NULL, "
+        "requests INTEGER NOT NULL, created_at VARCHAR(32) NOT NULL, run_id INTEGER REFERENCES runs (id), "
+        "CONSTRAINT uq_classifier_scores_explanation_key UNIQUE (explanation_id, config_key))")
+    for name, columns in (("ix_classifier_scores_key_explanation", "config_key, explanation_id"),
+                          ("ix_classifier_scores_neuron_id", "neuron_id"), ("ix_classifier_scores_scorer", "scorer"),
+                          ("ix_classifier_scores_run_id", "run_id")):
+        connection.exec_driver_sql(f"CREATE INDEX {name} ON classifier_scores ({columns})")
+    _add_column(connection, "llm_calls", "unit VARCHAR(64) NOT NULL DEFAULT ''")
+
+
 UPGRADES: dict[int, Callable[[Connection], None]] = {
     1: _upgrade_1_to_2,
     2: _upgrade_2_to_3,
     3: _upgrade_3_to_4,
+    4: _upgrade_4_to_5,
 }
 """UPGRADES[v] upgrades a version-v database to version v + 1."""
 

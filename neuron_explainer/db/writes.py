@@ -15,8 +15,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError
 
 from neuron_explainer.db.codec import load_json, none_to_nan
-from neuron_explainer.db.models import (ExplanationRow, FailureRow, LLMCallRow, NeuronRow, NeuronStatsRow,
-                                        ScoreRow, ScoreWindowsRow)
+from neuron_explainer.db.models import (ClassifierScoreRow, ExplanationRow, FailureRow, LLMCallRow, NeuronRow,
+                                        NeuronStatsRow, ScoreRow, ScoreWindowsRow)
 from neuron_explainer.db.writer import BatchApplier
 from neuron_explainer.simulate.types import ScoredWindow, WindowSplit
 
@@ -46,6 +46,11 @@ class ExplanationWrite(NeuronWrite):
 class ScoreWrite(NeuronWrite):
     explanation_key: str
     windows_json: str
+
+
+@dataclass(frozen=True)
+class ClassifierWrite(NeuronWrite):
+    explanation_key: str
 
 
 @dataclass(frozen=True)
@@ -158,11 +163,13 @@ class Applier(BatchApplier):
         insert_ignoring_duplicates(connection, ExplanationRow.__table__, explanations)
 
         score_positions = [index for index, record in enumerate(records) if isinstance(record, ScoreWrite)]
-        if score_positions:
+        classifier_positions = [index for index, record in enumerate(records)
+                                if isinstance(record, ClassifierWrite)]
+        explanation_ids: dict[tuple[int, str], int] = {}
+        polarities: dict[int, str] = {}
+        if score_positions or classifier_positions:
             wanted = sorted({(neuron_id(records[index]), records[index].explanation_key)
-                             for index in score_positions})
-            explanation_ids: dict[tuple[int, str], int] = {}
-            polarities: dict[int, str] = {}
+                             for index in score_positions + classifier_positions})
             table = ExplanationRow.__table__
             for chunk in chunks(wanted):
                 rows = connection.execute(select(table.c.id, table.c.neuron_id, table.c.config_key, table.c.polarity)
@@ -170,19 +177,29 @@ class Applier(BatchApplier):
                 for row in rows:
                     explanation_ids[(row.neuron_id, row.config_key)] = row.id
                     polarities[row.id] = row.polarity
+
+        def attached(index: int) -> dict[str, Any] | None:
+            """The row of a score or classifier score with its explanation's id, or None (and the outcome set)."""
+            record = records[index]
+            key = (neuron_id(record), record.explanation_key)
+            if key not in explanation_ids:
+                outcomes[index] = LookupError(
+                    f"score for neuron {record.layer}:{record.neuron} names explanation key "
+                    f"{record.explanation_key[:12]}..., which is not in the database; record the explanation first")
+                return None
+            return dict(record.values, neuron_id=key[0], explanation_id=explanation_ids[key])
+
+        classified = [row for row in map(attached, classifier_positions) if row is not None]
+        insert_ignoring_duplicates(connection, ClassifierScoreRow.__table__, classified)
+        if score_positions:
             scores, windows = [], {}
             for index in score_positions:
-                record = records[index]
-                key = (neuron_id(record), record.explanation_key)
-                if key not in explanation_ids:
-                    outcomes[index] = LookupError(
-                        f"score for neuron {record.layer}:{record.neuron} names explanation key "
-                        f"{record.explanation_key[:12]}..., which is not in the database; record the explanation first")
+                row = attached(index)
+                if row is None:
                     continue
                 # The score repeats its explanation's polarity, so best-per-neuron-and-polarity needs no join.
-                scores.append(dict(record.values, neuron_id=key[0], explanation_id=explanation_ids[key],
-                                   polarity=polarities[explanation_ids[key]]))
-                windows.setdefault((explanation_ids[key], record.values["config_key"]), record.windows_json)
+                scores.append(dict(row, polarity=polarities[row["explanation_id"]]))
+                windows.setdefault((row["explanation_id"], row["config_key"]), records[index].windows_json)
             insert_ignoring_duplicates(connection, ScoreRow.__table__, scores)
             table = ScoreRow.__table__
             details = []

@@ -158,6 +158,9 @@ class _Context:
             raise UserError(f"{self.method.label} needs an LLM backend (--llm)")
         return self.backend
 
+    def scoring_llm(self) -> Any:
+        return self.llm()
+
     def simulator(self) -> Any:
         return self._simulator
 

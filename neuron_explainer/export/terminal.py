@@ -26,15 +26,22 @@ def format_rows_table(rows: Sequence[ResultRow], *, width: int = 120) -> str:
     to `width`)."""
     if not rows:
         return "no matching explanations"
-    header = ("neuron", "polarity", "score", "method", "explainer", "ceiling", "explanation")
-    cells = [(str(row.neuron), row.polarity, _number(row.score), row.method, _clip(row.explainer_model, 24),
-              _number(row.lexical_ceiling), row.text) for row in rows]
+    scorers = sorted({name for row in rows for name in row.classifiers})
+    header = ("neuron", "polarity", "score", *scorers, "method", "explainer", "ceiling", "explanation")
+
+    def balanced(row: ResultRow, scorer: str) -> str:
+        value = row.classifiers.get(scorer, {}).get("balanced_accuracy")
+        return _number(float("nan") if value is None else value)
+
+    cells = [(str(row.neuron), row.polarity, _number(row.score), *(balanced(row, scorer) for scorer in scorers),
+              row.method, _clip(row.explainer_model, 24), _number(row.lexical_ceiling), row.text) for row in rows]
     columns = len(header) - 1
+    numeric = {*range(2, 3 + len(scorers)), 5 + len(scorers)}
     widths = [max(len(header[index]), *(len(cell[index]) for cell in cells)) for index in range(columns)]
     text_width = max(width - sum(widths) - 2 * columns, 20)
     lines = ["  ".join(value.ljust(size) for value, size in zip(header[:columns], widths)) + "  " + header[-1]]
     for cell in cells:
-        lines.append("  ".join(value.rjust(size) if index in (2, 5) else value.ljust(size)
+        lines.append("  ".join(value.rjust(size) if index in numeric else value.ljust(size)
                                for index, (value, size) in enumerate(zip(cell[:columns], widths)))
                      + "  " + _clip(cell[-1], text_width))
     return "\n".join(lines)
@@ -88,10 +95,18 @@ def _explanation_lines(stored: StoredExplanation, *, windows: int, width: int, s
              f"tokens {explanation.prompt_tokens}+{explanation.completion_tokens}"]
     if explanation.parameters:
         lines.append("    parameters: " + ", ".join(f"{key}={value}" for key, value in sorted(explanation.parameters.items())))
-    if not stored.scores:
+    if not stored.scores and not stored.classifier_scores:
         lines.append("    (not scored)")
     for stored_score in stored.scores:
         lines += _score_lines(stored_score)
+    for classified in stored.classifier_scores:
+        metrics = classified.metrics
+        lines.append(f"    {classified.scorer.value} balanced accuracy {_number(metrics.balanced_accuracy)}"
+                     f"  accuracy {_number(metrics.accuracy)}  auroc {_number(metrics.auroc)} ({metrics.auroc_from})"
+                     f"  passages {metrics.answered}/{metrics.passages}, {metrics.positives} positive")
+        lines.append(f"      via {classified.backend} ({classified.model}), prompt {classified.prompt_hash[:12]},"
+                     f" {classified.requests} requests, tokens {classified.prompt_tokens}+"
+                     f"{classified.completion_tokens}, at {classified.created_at}")
     if show_windows and stored.scores and windows > 0:
         scored = [window for window in stored.scores[0].score.windows
                   if window.split in (WindowSplit.SCORE_TOP, WindowSplit.SCORE_RANDOM)]
@@ -180,5 +195,8 @@ def neuron_detail_as_dict(detail: NeuronDetail) -> dict[str, Any]:
                 **{key: _plain(value) for key, value in dataclasses.asdict(score.score).items()
                    if key not in ("neuron", "explanation_text")},
             } for score in stored.scores],
+            "classifier_scores": [{
+                key: _plain(value) for key, value in dataclasses.asdict(classified).items()
+                if key not in ("neuron", "explanation_text")} for classified in stored.classifier_scores],
         } for stored in detail.explanations],
     }

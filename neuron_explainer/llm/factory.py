@@ -13,6 +13,7 @@ from urllib.parse import parse_qsl
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.registry import Name, Registry
 from neuron_explainer.llm.base import LLMBackend
+from neuron_explainer.llm.batch_api import BatchJournal
 from neuron_explainer.llm.cache import ResponseCache
 from neuron_explainer.llm.ledger import UsageLedger
 from neuron_explainer.llm.limits import RateLimits
@@ -22,7 +23,7 @@ from neuron_explainer.llm.retry import RetryPolicy
 SPEC_HELP = ("use openai:MODEL, openai:MODEL@http://HOST:PORT/v1, local:HF_ID_OR_DIR, local:FILE.gguf or "
              "local:default, optionally followed by ?option=value&...")
 OPENAI_OPTIONS = ("slots", "prompt_logprobs", "echo", "logprobs", "completion", "context", "key_env", "concurrency",
-                  "rpm", "tpm", "timeout", "attempts", "backoff")
+                  "rpm", "tpm", "timeout", "attempts", "backoff", "batch_poll", "batch_flush")
 LOCAL_OPTIONS = ("device", "dtype", "batch")
 _URL_SPLIT = re.compile(r"^(?P<model>[^@]+)@(?P<url>https?://.+)$")
 _TRUE = ("1", "true", "yes", "on")
@@ -103,18 +104,20 @@ def _check_openai(parsed: BackendSpec) -> None:
 def make_backend(spec: str, *, concurrency: int | None = None, rpm: float | None = None, tpm: float | None = None,
                  timeout: float | None = None, retry: RetryPolicy | None = None, cache: ResponseCache | None = None,
                  ledger: UsageLedger | None = None, device: str = "auto", dtype: str = "auto",
-                 batch_size: int | None = None) -> LLMBackend:
+                 batch_size: int | None = None, batch_journal: BatchJournal | None = None) -> LLMBackend:
     """Build the backend a spec names; options written in the spec win over these keyword arguments.
 
     Remote backends (`openai:`) use concurrency (default 8), rpm / tpm (default unlimited), timeout (seconds per
     attempt, default 120) and retry. In-process backends (`local:`) load their model now, on `device` / `dtype`
     (auto: float32 on CPU, bfloat16 on a GPU) and run `batch_size` prompts per forward pass (default 8).
-    Both use `cache` (deterministic answers) and `ledger` (usage) when given.
+    Both use `cache` (deterministic answers) and `ledger` (usage) when given. With `batch_journal`, remote
+    backends send their requests through the OpenAI Batch API (`batch_poll` / `batch_flush` options: seconds between
+    status checks, default 30, and of quiet before a batch is submitted, default 2).
     """
     parsed = parse_backend_spec(spec)
     return BACKENDS.get(parsed.kind).build(parsed, BuildSettings(
         concurrency=concurrency, rpm=rpm, tpm=tpm, timeout=timeout, retry=retry, cache=cache, ledger=ledger,
-        device=device, dtype=dtype, batch_size=batch_size))
+        device=device, dtype=dtype, batch_size=batch_size, batch_journal=batch_journal))
 
 
 def _build_local(parsed: BackendSpec, settings: BuildSettings) -> LLMBackend:
@@ -139,7 +142,14 @@ def _build_openai(parsed: BackendSpec, settings: BuildSettings) -> LLMBackend:
         context_window=_positive_int(options, "context", None), key_env=options.get("key_env", "OPENAI_API_KEY"),
         limits=limits, retry=_retry_policy(options, settings.retry or RetryPolicy()),
         timeout_s=_positive_float(options, "timeout", settings.timeout) or 120.0)
-    return OpenAIBackend(openai_settings, cache=settings.cache, ledger=settings.ledger)
+    backend = OpenAIBackend(openai_settings, cache=settings.cache, ledger=settings.ledger)
+    if settings.batch_journal is None:
+        return backend
+    from neuron_explainer.llm.batch_api import BatchSettings, OpenAIBatchBackend
+
+    return OpenAIBatchBackend(backend, settings.batch_journal, settings=BatchSettings(
+        poll_interval_s=_positive_float(options, "batch_poll", 30.0) or 30.0,
+        flush_after_s=_positive_float(options, "batch_flush", 2.0) or 2.0))
 
 
 def _no_check(parsed: BackendSpec) -> None:
@@ -170,6 +180,8 @@ class BuildSettings:
     """Dtype (in-process backends)."""
     batch_size: int | None = None
     """Prompts per forward pass (in-process backends)."""
+    batch_journal: BatchJournal | None = None
+    """Send requests through the OpenAI Batch API, journaled here (remote backends)."""
 
 
 @dataclass(frozen=True)

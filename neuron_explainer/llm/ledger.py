@@ -6,11 +6,13 @@ itself keeps everything in memory for per-run totals. Entries never hold keys, h
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +24,19 @@ logger = logging.getLogger(__name__)
 PRICES_ENV = "NEURON_EXPLAINER_PRICES"
 """Environment variable naming a price table that replaces data/prices.toml."""
 DEFAULT_PRICES_PATH = DATA_DIR / "prices.toml"
+
+_SCOPE: ContextVar[tuple[str, str]] = ContextVar("neuron_explainer_usage_scope", default=("", ""))
+
+
+@contextlib.contextmanager
+def usage_scope(stage: str, unit: str) -> Iterator[None]:
+    """Label the calls made inside (this task and the tasks it starts) with what they were for, e.g.
+    `explain:token-pairs` and the neuron `3:17`, so the ledger can say what a neuron costs per stage."""
+    token = _SCOPE.set((stage, unit))
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
 
 
 @dataclass(frozen=True)
@@ -44,11 +59,14 @@ class ModelPrice:
 class PriceTable:
     """Model prices read from a TOML file (see data/prices.toml for the format)."""
 
-    def __init__(self, prices: Mapping[str, ModelPrice], *, source: str = "") -> None:
+    def __init__(self, prices: Mapping[str, ModelPrice], *, source: str = "",
+                 batch_discount: float | None = None) -> None:
         self.prices = dict(prices)
         """Model name -> price."""
         self.source = source
         """Where the table came from."""
+        self.batch_discount = batch_discount
+        """Batch API price as a fraction of the standard price (None: the table does not say)."""
 
     @classmethod
     def load(cls, path: Path | str | None = None) -> PriceTable:
@@ -70,7 +88,10 @@ class PriceTable:
                                            cached_input=float(entry.get("cached_input", input_price)))
             except (KeyError, TypeError, ValueError):
                 raise UserError(f"price table {chosen}: model {model!r} needs numeric `input` and `output`") from None
-        return cls(prices, source=str(chosen))
+        discount = document.get("batch_discount")
+        if discount is not None and not (isinstance(discount, (int, float)) and 0 < discount <= 1):
+            raise UserError(f"price table {chosen}: batch_discount must be a number in (0, 1]")
+        return cls(prices, source=str(chosen), batch_discount=None if discount is None else float(discount))
 
     def price(self, model: str) -> ModelPrice | None:
         """The price of `model`, or of its longest listed prefix followed by `-` (dated snapshots)."""
@@ -106,6 +127,11 @@ class LedgerEntry:
     """HTTP attempts made (0 for cache hits and in-process calls)."""
     created_at: float
     """Unix time the call finished."""
+    stage: str = ""
+    """What the call was for (`explain:token-pairs`, `simulate:generated`, `score:detection`); empty outside a
+    `usage_scope`."""
+    unit: str = ""
+    """The unit of work (a neuron `layer:index`) it was made for; empty outside a `usage_scope`."""
 
 
 @dataclass(frozen=True)
@@ -162,21 +188,24 @@ class UsageLedger:
 
     def record(self, *, backend: str, model: str, operation: str, prompt_tokens: int = 0, completion_tokens: int = 0,
                cached_tokens: int = 0, latency_s: float = 0.0, from_cache: bool = False, attempts: int = 0,
-               free: bool = False) -> LedgerEntry:
-        """Add one call; `free=True` for in-process models (cost 0 regardless of the price table)."""
+               free: bool = False, price_factor: float = 1.0) -> LedgerEntry:
+        """Add one call; `free=True` for in-process models (cost 0 regardless of the price table);
+        `price_factor` scales the table's price (the Batch API's discount)."""
         cost: float | None
         if from_cache or free:
             cost = 0.0
         else:
             price = self.prices.price(model)
-            cost = price.cost(prompt_tokens, completion_tokens, cached_tokens) if price else None
+            cost = price.cost(prompt_tokens, completion_tokens, cached_tokens) * price_factor if price else None
             if price is None and model not in self._warned:
                 self._warned.add(model)
                 logger.warning("no price for model %r in %s; its cost is reported as unknown", model,
                                self.prices.source)
+        stage, unit = _SCOPE.get()
         entry = LedgerEntry(backend=backend, model=model, operation=operation, prompt_tokens=prompt_tokens,
                             completion_tokens=completion_tokens, cached_tokens=cached_tokens, latency_s=latency_s,
-                            cost_usd=cost, from_cache=from_cache, attempts=attempts, created_at=time.time())
+                            cost_usd=cost, from_cache=from_cache, attempts=attempts, created_at=time.time(),
+                            stage=stage, unit=unit)
         with self._lock:
             self._entries.append(entry)
         if self._on_entry is not None:

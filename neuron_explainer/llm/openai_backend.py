@@ -185,7 +185,7 @@ class OpenAIBackend(LLMBackend):
         started = time.monotonic()
         key = None
         if self.cache is not None and deterministic:
-            key = cache_key({"backend": "openai", "endpoint": self._endpoint, "path": path, "body": body})
+            key = self.request_key(path, body)
             cached = self.cache.get(key)
             if cached is not None:
                 self._record(operation, {}, latency=time.monotonic() - started, from_cache=True, attempts=0)
@@ -270,12 +270,26 @@ class OpenAIBackend(LLMBackend):
                            cached_tokens=int(details.get("cached_tokens") or 0), latency_s=latency,
                            from_cache=from_cache, attempts=attempts)
 
+    def request_key(self, path: str, body: dict[str, Any]) -> str:
+        """The response-cache key of one request (the same whether it is sent directly or in a batch)."""
+        return cache_key({"backend": "openai", "endpoint": self._endpoint, "path": path, "body": body})
+
     # -- LLMBackend --------------------------------------------------------------------------------------------
     async def generate(self, prompt: Prompt, *, n: int = 1, temperature: float = 0.0, max_tokens: int = 256,
                        stop: Sequence[str] | None = None, seed: int | None = None,
                        top_logprobs: int = 0) -> GenerateResult:
         """Chat for message lists, /completions for raw text (when the backend accepts raw text)."""
         top_logprobs = min(max(top_logprobs, 0), MAX_TOP_LOGPROBS)
+        path, operation, body = self.generate_request(prompt, n=n, temperature=temperature, max_tokens=max_tokens,
+                                                      stop=stop, seed=seed, top_logprobs=top_logprobs)
+        answer, from_cache = await self._request(path, body, operation=operation,
+                                                 deterministic=temperature == 0 or seed is not None)
+        return read_generate_answer(answer, path, top_logprobs=top_logprobs, from_cache=from_cache)
+
+    def generate_request(self, prompt: Prompt, *, n: int, temperature: float, max_tokens: int,
+                         stop: Sequence[str] | None, seed: int | None,
+                         top_logprobs: int) -> tuple[str, str, dict[str, Any]]:
+        """(path, operation, JSON body) of a `generate` call."""
         body: dict[str, Any] = {"model": self.model}
         if isinstance(prompt, str):
             if not self.capabilities.completion:
@@ -300,13 +314,7 @@ class OpenAIBackend(LLMBackend):
             body["stop"] = list(stop)
         if seed is not None:
             body["seed"] = seed
-        answer, from_cache = await self._request(path, body, operation=operation,
-                                                 deterministic=temperature == 0 or seed is not None)
-        choices = sorted(answer["choices"], key=lambda choice: choice.get("index", 0))
-        parse = _parse_chat_choice if path == CHAT_PATH else _parse_completion_choice
-        generations = tuple(parse(choice, want_logprobs=top_logprobs > 0) for choice in choices)
-        usage = Usage() if from_cache else _usage(answer)
-        return GenerateResult(generations=generations, usage=usage, from_cache=from_cache)
+        return path, operation, body
 
     async def slot_distributions(self, prompts: Sequence[SlotPrompt],
                                  candidates: Sequence[str]) -> list[list[dict[str, float]]]:
@@ -375,6 +383,15 @@ class OpenAIBackend(LLMBackend):
         self.settings = original
         self.capabilities = self._capabilities(original)
         return SlotMode.NONE
+
+
+def read_generate_answer(answer: dict[str, Any], path: str, *, top_logprobs: int, from_cache: bool) -> GenerateResult:
+    """A chat or completions answer as a GenerateResult (no usage when it came from the response cache)."""
+    choices = sorted(answer["choices"], key=lambda choice: choice.get("index", 0))
+    parse = _parse_chat_choice if path == CHAT_PATH else _parse_completion_choice
+    generations = tuple(parse(choice, want_logprobs=top_logprobs > 0) for choice in choices)
+    usage = Usage() if from_cache else _usage(answer)
+    return GenerateResult(generations=generations, usage=usage, from_cache=from_cache)
 
 
 def _http_response_class() -> type:

@@ -71,6 +71,8 @@ class RunConfig(BaseModel):
     the subject model per layer, as in SASC)."""
     simulator: str | None = None
     """Simulator: all-at-once, generated, lexical, embedding; default = best the backend allows."""
+    scorers: tuple[str, ...] = ("simulation",)
+    """Scorers: simulation (the simulator above), detection, fuzzing (chat model of --simulator-llm or --llm)."""
     llm: str = "local:default"
     """Backend for explaining."""
     simulator_llm: str | None = None
@@ -90,6 +92,8 @@ class RunConfig(BaseModel):
     """Also score the shuffled and empty baselines."""
     concurrency: int = 8
     """Neurons processed at once."""
+    batch: bool = False
+    """Send API requests through the OpenAI Batch API (half price, answers within a day; resumable)."""
     rpm: int | None = None
     """Requests-per-minute limit for API backends."""
     tpm: int | None = None
@@ -118,7 +122,7 @@ class RunConfig(BaseModel):
         except ValidationError as exc:
             raise ConfigError(exc.errors(include_url=False)[0]) from None
 
-    @field_validator("explainers", mode="before")
+    @field_validator("explainers", "scorers", mode="before")
     @classmethod
     def _explainer_list(cls, value: Any) -> Any:
         """A comma-separated string (flag) or a list (TOML, stored config) of names."""

@@ -38,6 +38,8 @@ class BackendSettings:
     """Device of the subject model when it has to be loaded."""
     dtype: str = "auto"
     """Dtype of the subject model when it has to be loaded."""
+    batch: bool = False
+    """Send remote requests through the OpenAI Batch API (journaled next to the response cache, so resumable)."""
 
 
 class RunResources:
@@ -64,13 +66,24 @@ class RunResources:
         """One backend object per spec."""
         if spec not in self._backends:
             settings = self.settings
+            journal = None
+            if settings.batch and self.cache is not None:
+                from neuron_explainer.llm.batch_api import BatchJournal
+
+                # Batch ids sit next to the response cache, so a later run picks up what this one submitted.
+                journal = BatchJournal(self.cache.path)
             self._backends[spec] = make_backend(spec, concurrency=settings.concurrency, rpm=settings.rpm,
-                                                tpm=settings.tpm, cache=self.cache, ledger=self.ledger)
+                                                tpm=settings.tpm, cache=self.cache, ledger=self.ledger,
+                                                batch_journal=journal)
         return self._backends[spec]
 
     def llm(self) -> LLMBackend:
         """The explainer backend."""
         return self.backend(self.settings.llm)
+
+    def scoring_llm(self) -> LLMBackend:
+        """The backend of scorers that ask an LLM directly (detection, fuzzing): the simulator's."""
+        return self.backend(self.settings.simulator_llm or self.settings.llm)
 
     def simulator(self) -> Simulator:
         """The run's simulator; LLM-free kinds get no backend."""

@@ -30,13 +30,15 @@ from neuron_explainer.core.neurons import NeuronId, parse_neuron_spec
 from neuron_explainer.db import Database, RecordingRef, RunStatus, open_database, score_config_key
 from neuron_explainer.core.units import run_units
 from neuron_explainer.explain import ExplainerSettings, Polarity, check_split_groups, explainer_class
-from neuron_explainer.llm import CacheMode, ResponseCache, UsageLedger, check_backend
+from neuron_explainer.llm import CacheMode, ResponseCache, UsageLedger, check_backend, usage_scope
+from neuron_explainer.pipeline.classifiers import ClassifierJob, classifier_jobs, scorer_kinds
 from neuron_explainer.pipeline.preflight import check_recording_request
 from neuron_explainer.pipeline.backend_watch import BackendDown, BackendWatch
 from neuron_explainer.pipeline.config import RunConfig, parse_deadline
 from neuron_explainer.pipeline.explainers import ExplainerJob, make_explainer_jobs
 from neuron_explainer.pipeline.resources import BackendSettings, RunResources
 from neuron_explainer.scoring import SCORERS, ScoreConfig, Scorer, SimulationScorer, donor_assignment, score_mean
+from neuron_explainer.scoring_llm import ScorerKind
 from neuron_explainer.simulate import simulator_needs
 
 logger = logging.getLogger(__name__)
@@ -225,13 +227,16 @@ class Pipeline:
         self.resources = RunResources(
             BackendSettings(llm=config.llm, simulator=config.simulator, simulator_llm=config.simulator_llm,
                             concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm, device=config.device,
-                            dtype=config.dtype),
+                            dtype=config.dtype, batch=config.batch),
             store, split=self.split, cache=cache, ledger=self.ledger, subject=subject)
         self.resources.on_activity = self._report_progress
         self._total = 0
         self.backend_watch = BackendWatch(config.max_consecutive_failures)
         self.backend_down: str | None = None
         """Why the run stopped early because its backend kept failing (None when it did not)."""
+        self.simulates = ScorerKind.SIMULATION in scorer_kinds(config.scorers)
+        self.classifiers: list[ClassifierJob] = []
+        self._simulated: dict[str, set[NeuronId]] = {}
 
     async def aclose(self) -> None:
         """Release backends and the response cache file."""
@@ -256,6 +261,8 @@ class Pipeline:
                                      ngram_mode=self.config.ngram_mode)
         jobs = make_explainer_jobs(self.config.explainers, polarities, settings, self.resources, manifest)
         score_keys = {job.key: self._score_key(scorer) for job in jobs}
+        self.classifiers = classifier_jobs(self.config.scorers, self.resources, manifest_hash=manifest.recording_id,
+                                           split=self.split)
         todo = self._plan(neurons, jobs, score_keys)
         skipped = len(neurons) - len(todo)
         logger.info("%d neurons selected, %d already done, %d to do", len(neurons), skipped, len(todo))
@@ -296,13 +303,27 @@ class Pipeline:
             scored = set() if self.config.rescore else self.database.scored_neurons(
                 explanation_key=job.key, score_key=score_keys[job.key])
             failed: set[NeuronId] = set()
+            score_failed: set[NeuronId] = set()
             if not self.config.retry_failed:
                 # Transient failures (the backend's fault) are always retried; permanent ones wait for --retry-failed.
                 permanent = FailureKind.PERMANENT
                 failed = self.database.failed_neurons(stage="explain", config_key=job.key, kind=permanent) - set(stored)
                 for stage in ("score", "simulate"):
-                    failed |= self.database.failed_neurons(stage=stage, config_key=score_keys[job.key], kind=permanent)
-            job.done = (scored & set(stored)) | failed
+                    score_failed |= self.database.failed_neurons(stage=stage, config_key=score_keys[job.key],
+                                                                  kind=permanent)
+            complete = set(stored)
+            if self.simulates:
+                self._simulated[job.key] = scored | score_failed
+                complete &= self._simulated[job.key]
+            for classifier in self.classifiers:
+                # A rescore replaces simulation scores only: a classifier score is kept once per configuration.
+                classified = self.database.classified_neurons(explanation_key=job.key, score_key=classifier.key)
+                if not self.config.retry_failed:
+                    classified |= self.database.failed_neurons(stage=classifier.scorer.name,
+                                                               config_key=classifier.key, kind=FailureKind.PERMANENT)
+                classifier.done[job.key] = classified
+                complete &= classified
+            job.done = complete | failed
             job.existing = {neuron: stored[neuron] for neuron in (set(stored) - job.done) & selected}
             pending |= selected - job.done
         return sorted(pending)
@@ -359,27 +380,49 @@ class Pipeline:
                 continue
             explanation = job.existing.get(neuron)
             if explanation is None:
-                result = await job.explain(record_)
+                with usage_scope(f"explain:{job.method.value}", str(neuron)):
+                    result = await job.explain(record_)
                 if isinstance(result, Failure):
                     self._fail(result, job.key, job.method.value)
                     continue
                 explanation = result
                 self.database.record_explanation(self.recording, explanation, config_key=job.key, run_id=self.run_id)
                 self.tally.explained += 1
-            score = await scorer.score(record_, explanation,
-                                       config=ScoreConfig(split=self.split, polarity=explanation.polarity))
-            if isinstance(score, Failure):
-                self._fail(score, score_keys[job.key], job.method.value)
-                continue
-            if self.config.rescore:
-                # Replaced only now that the new score exists: an interrupted rescore loses nothing.
-                await asyncio.to_thread(self.database.delete_scores, explanation_key=job.key,
-                                        score_key=score_keys[job.key], neurons=[neuron])
-            self.database.record_score(self.recording, score, explanation_key=job.key,
-                                       config_key=score_keys[job.key], run_id=self.run_id)
-            self.tally.scored += 1
-            self.backend_watch.unit_succeeded()
-            self.tally.scores.append((explanation.polarity.value, score.metrics.pearson))
+            if self.simulates and neuron not in self._simulated.get(job.key, set()):
+                with usage_scope(f"simulate:{scorer.identity().kind}", str(neuron)):
+                    await self._simulate(record_, explanation, job, scorer, score_keys[job.key])
+            for classifier in self.classifiers:
+                if neuron in classifier.done.get(job.key, set()):
+                    continue
+                with usage_scope(f"score:{classifier.scorer.name}", str(neuron)):
+                    outcome = await classifier.scorer.score(
+                        record_, explanation, config=ScoreConfig(split=self.split, polarity=explanation.polarity))
+                if isinstance(outcome, Failure):
+                    self._fail(outcome, classifier.key, job.method.value)
+                    continue
+                self.database.record_classifier_score(self.recording, outcome, explanation_key=job.key,
+                                                      config_key=classifier.key, run_id=self.run_id)
+                self.tally.scored += 1
+                self.backend_watch.unit_succeeded()
+
+    async def _simulate(self, record_: Any, explanation: Any, job: ExplainerJob, scorer: Scorer,
+                        score_key: str) -> None:
+        """Simulate and score one explanation and queue the score (or the failure)."""
+        assert self.recording is not None
+        score = await scorer.score(record_, explanation,
+                                   config=ScoreConfig(split=self.split, polarity=explanation.polarity))
+        if isinstance(score, Failure):
+            self._fail(score, score_key, job.method.value)
+            return
+        if self.config.rescore:
+            # Replaced only now that the new score exists: an interrupted rescore loses nothing.
+            await asyncio.to_thread(self.database.delete_scores, explanation_key=job.key, score_key=score_key,
+                                    neurons=[record_.neuron])
+        self.database.record_score(self.recording, score, explanation_key=job.key, config_key=score_key,
+                                   run_id=self.run_id)
+        self.tally.scored += 1
+        self.backend_watch.unit_succeeded()
+        self.tally.scores.append((explanation.polarity.value, score.metrics.pearson))
 
     async def _fill_baselines(self, neurons: list[NeuronId], jobs: list[ExplainerJob], scorer: Scorer,
                               score_keys: dict[str, str], budget: _Budget) -> str | None:
@@ -438,7 +481,9 @@ def check_inputs(config: RunConfig) -> None:
     flag costs no model load and leaves nothing behind."""
     if any(explainer_class(name).needs.llm for name in config.explainers):
         check_backend(config.llm)
-    if simulator_needs(config.simulator).llm:
+    kinds = scorer_kinds(config.scorers)
+    classifies = any(kind is not ScorerKind.SIMULATION for kind in kinds)
+    if classifies or (ScorerKind.SIMULATION in kinds and simulator_needs(config.simulator).llm):
         check_backend(config.simulator_llm or config.llm)
     if config.records is not None:
         store = RecordStore.open(config.records)

@@ -24,6 +24,9 @@ class ScoreResources(Protocol):
         """The run's simulator (built on first use)."""
 
     def llm(self) -> LLMBackend:
+        """The run's explainer LLM backend."""
+
+    def scoring_llm(self) -> LLMBackend:
         """The scoring LLM backend (for scorers that ask an LLM directly, such as detection or fuzzing)."""
 
 

@@ -158,6 +158,22 @@ def logprob_expected_value(logprobs: Sequence[TokenLogprob], answer: str, offset
     return sum(value * probability for value, probability in mass.items()) / total
 
 
+def build_generated_messages(files: PromptFiles, explanation: str, tokens: Sequence[str]) -> tuple[Message, ...]:
+    """The generated simulator's chat for one window: instructions and worked examples (the same for every
+    window, a stable prefix), then the window."""
+    def request(text: str, window: Sequence[str]) -> str:
+        return files.render("simulator/generated/request.md", explanation=" ".join(text.split()),
+                            tokens=format_numbered_tokens(window)).rstrip("\n")
+
+    messages = [Message("system", files.text("simulator/generated/system.md").strip())]
+    for example in load_simulator_examples(files):
+        messages.append(Message("user", request(example.explanation, example.tokens)))
+        messages.append(Message("assistant", "\n".join(f"{index}\t{value}" for index, value
+                                                       in enumerate(example.values, start=1))))
+    messages.append(Message("user", request(explanation, tokens)))
+    return tuple(messages)
+
+
 class GeneratedSimulator(Simulator):
     """Asks a chat (or completion) model to write every token's activation; one request per window."""
 
@@ -182,18 +198,7 @@ class GeneratedSimulator(Simulator):
 
     def build_messages(self, explanation: str, tokens: Sequence[str]) -> tuple[Message, ...]:
         """System instructions, the worked examples as turns, then the window to simulate."""
-        files: PromptFiles = self._files
-        messages = [Message("system", files.text("simulator/generated/system.md").strip())]
-        for example in load_simulator_examples(files):
-            messages.append(Message("user", self._request(example.explanation, example.tokens)))
-            messages.append(Message("assistant", "\n".join(f"{index}\t{value}" for index, value
-                                                           in enumerate(example.values, start=1))))
-        messages.append(Message("user", self._request(explanation, tokens)))
-        return tuple(messages)
-
-    def _request(self, explanation: str, tokens: Sequence[str]) -> str:
-        return self._files.render("simulator/generated/request.md", explanation=" ".join(explanation.split()),
-                                  tokens=format_numbered_tokens(tokens)).rstrip("\n")
+        return build_generated_messages(self._files, explanation, tokens)
 
     def _prompt(self, explanation: str, tokens: Sequence[str]) -> Prompt:
         messages = self.build_messages(explanation, tokens)
