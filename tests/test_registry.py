@@ -65,4 +65,7 @@ def test_unknown_names_list_the_registered_ones_and_needs_are_declared(toy_regis
     assert [name for name in EXPLAINERS if EXPLAINERS.get(name).needs.subject] == ["sasc"]
     assert [name for name in SIMULATORS if SIMULATORS.get(name).needs.llm] == ["all-at-once", "generated"]
     assert SIMULATORS.get("all-at-once").needs.slot_distributions
-    assert SCORERS.names() == ["simulation"]
+    import neuron_explainer.scoring_llm  # noqa: F401 - registers detection and fuzzing
+
+    assert SCORERS.names() == ["simulation", "detection", "fuzzing"]
+    assert [name for name in SCORERS if SCORERS.get(name).needs.llm] == ["detection", "fuzzing"]

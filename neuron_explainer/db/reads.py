@@ -23,9 +23,9 @@ from neuron_explainer.core.failures import FailureKind
 from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.db.classifier import classifier_scores_of_neuron
 from neuron_explainer.db.codec import load_json, none_to_nan
-from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, ClassifierScoreRow, ExplanationRow, FailureRow, LLMCallRow, NeuronRow,
-                                        NeuronStatsRow, RecordingRow, RunRow, ScoreRow, ScoreWindowsRow,
-                                        SubjectModelRow)
+from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, ClassifierScoreRow, ExplanationRow, FailureRow,
+                                        LLMCallRow, NeuronRow, NeuronStatsRow, RecordingRow, RunRow, ScoreRow,
+                                        ScoreWindowsRow, SubjectModelRow)
 from neuron_explainer.db.results import NeuronDetail, RunInfo, StoredExplanation, StoredScore, UsageTotals
 from neuron_explainer.db.writes import chunks, windows_from_json
 from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity
