@@ -148,16 +148,46 @@ def _add_show_record(commands: argparse._SubParsersAction) -> None:
 def _cmd_show_record(args: argparse.Namespace) -> int:
     from neuron_explainer.activations import RecordStore
     from neuron_explainer.activations.display import WindowKind, format_record, record_as_dict
+    from neuron_explainer.activations.weight_views import format_weight_view, neuron_weight_view
     from neuron_explainer.core.neurons import NeuronId
 
     neuron = NeuronId.parse(args.neuron)
-    record = RecordStore.open(args.records).load_neuron(neuron.layer, neuron.neuron)
+    store = RecordStore.open(args.records)
+    record = store.load_neuron(neuron.layer, neuron.neuron)
     kind = WindowKind(args.kind)
+    view = neuron_weight_view(store, neuron)
     if args.json:
-        print_json(record_as_dict(record, kind=kind, windows=args.windows))
+        print_json({**record_as_dict(record, kind=kind, windows=args.windows),
+                    "weight_view": view.as_dict() if view is not None else None})
         return 0
     color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
     print(format_record(record, kind=kind, windows=args.windows, color=color), end="")
+    if view is not None:
+        print(format_weight_view(view), end="")
+    return 0
+
+
+def _add_weights(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("weights", help="compute every recorded neuron's weight view (output and input "
+                                                 "tokens) into the record store, or export them")
+    parser.add_argument("--records", default="records", help="store directory (default records)")
+    parser.add_argument("--top", type=int, default=20, help="tokens kept per list (default 20)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
+    parser.add_argument("--out", default=None, help="export the stored views as JSON lines to this file instead")
+    parser.set_defaults(handler=_cmd_weights)
+
+
+def _cmd_weights(args: argparse.Namespace) -> int:
+    from neuron_explainer.activations import RecordStore
+    from neuron_explainer.activations.weight_views import compute_weight_views, export_weight_views
+
+    if args.out is not None:
+        count = export_weight_views(RecordStore.open(args.records), args.out, limit=args.top)
+        print(f"wrote the weight views of {count} neurons to {args.out}")
+        return 0
+    summary = compute_weight_views(args.records, top_k=args.top, device=args.device)
+    print(f"weight views of layers {_layer_text(summary.layers)} written to {summary.path} "
+          f"({summary.seconds_per_layer:.2f} s per layer, model load {summary.load_seconds:.1f} s)")
     return 0
 
 
@@ -232,6 +262,8 @@ def _add_show(commands: argparse._SubParsersAction) -> None:
 def _cmd_show(args: argparse.Namespace) -> int:
     import shutil
 
+    from neuron_explainer.activations import RecordStore
+    from neuron_explainer.activations.weight_views import format_weight_view, neuron_weight_view
     from neuron_explainer.core.neurons import NeuronId
     from neuron_explainer.db import open_database
     from neuron_explainer.db.history import read_failures
@@ -244,8 +276,12 @@ def _cmd_show(args: argparse.Namespace) -> int:
         failures = read_failures(connection, neurons=[neuron], include_resolved=True)
     if not details and not failures:
         raise UserError(f"neuron {neuron} is not in {args.db}")
+    view = neuron_weight_view(RecordStore.open(args.records), neuron) if args.records else None
     if args.format == "json":
-        print(json.dumps(neuron_details_with_failures(neuron, details, failures), indent=2, ensure_ascii=False))
+        rows = neuron_details_with_failures(neuron, details, failures)
+        if view is not None:
+            rows = [{**row, "weight_view": view.as_dict()} for row in rows]
+        print(json.dumps(rows, indent=2, ensure_ascii=False))
         return 0
     width = shutil.get_terminal_size((120, 24)).columns
     if details:
@@ -255,6 +291,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
         print(format_failures(failures, width=_terminal_width()))
     if args.records:
         print(format_source_windows(details, args.records, width=width), end="")
+        if view is not None:
+            print(format_weight_view(view), end="")
     return 0
 
 
@@ -655,6 +693,7 @@ COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_info,
     _add_record,
     _add_show_record,
+    _add_weights,
     _add_query,
     _add_show,
     _add_runs,
