@@ -267,6 +267,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     from neuron_explainer.core.neurons import NeuronId
     from neuron_explainer.db import open_database
     from neuron_explainer.db.history import read_failures
+    from neuron_explainer.db.causal import load_causal_scores
+    from neuron_explainer.export.causal_text import causal_scores_as_dict, format_causal_scores
     from neuron_explainer.export.history_tables import format_failures, neuron_details_with_failures
     from neuron_explainer.export.terminal import format_neuron_detail, format_source_windows
 
@@ -274,11 +276,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
     with open_database(args.db, create=False) as database, database.reader() as connection:
         details = database.neuron_details(neuron, model=args.model)
         failures = read_failures(connection, neurons=[neuron], include_resolved=True)
+        causal = load_causal_scores(database, [item.id for detail in details for stored in detail.explanations
+                                               for item in stored.scores])
     if not details and not failures:
         raise UserError(f"neuron {neuron} is not in {args.db}")
     view = neuron_weight_view(RecordStore.open(args.records), neuron) if args.records else None
     if args.format == "json":
-        rows = neuron_details_with_failures(neuron, details, failures)
+        rows = [{**row, "causal_scores": causal_scores_as_dict(causal)}
+                for row in neuron_details_with_failures(neuron, details, failures)]
         if view is not None:
             rows = [{**row, "weight_view": view.as_dict()} for row in rows]
         print(json.dumps(rows, indent=2, ensure_ascii=False))
@@ -286,6 +291,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
     width = shutil.get_terminal_size((120, 24)).columns
     if details:
         print(format_neuron_detail(details, windows=args.windows, width=width), end="")
+        print(format_causal_scores(details, causal), end="")
     if failures:
         print(f"failures of {neuron} (open: no later run stored the missing result):")
         print(format_failures(failures, width=_terminal_width()))
@@ -671,6 +677,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         for label, table in (("score", summary.scores), ("shuffled", summary.shuffled)):
             for polarity, values in table.items():
                 print(f"  {label:<9} {polarity}: {_mean_text(values)}")
+        if summary.causal is not None:
+            mean = summary.causal["mean"]
+            print(f"  causal    {summary.causal['scored']} scored ({summary.causal['undefined']} undefined)"
+                  + (f", mean {mean:.3f}" if mean is not None else "") + f" in {summary.causal['seconds']:.1f} s")
         print(f"  took      {summary.seconds:.1f} s")
         for line in summary.failures:
             print(f"  failed    {line}")

@@ -115,22 +115,26 @@ def compute_weight_views(store_path: Path | str, *, top_k: int = 20, device: str
                               seconds_per_layer=meta["seconds_per_layer"], load_seconds=round(load_seconds, 2))
 
 
-def load_loadable_model(model_id: str, *, device: str = "auto", dtype: str = "auto") -> Any:
-    """The store's model with its LM head, or a UserError saying why it cannot be loaded (encoders, synthetic
-    stores)."""
-    from neuron_explainer.subject.loading import is_encoder_config, load_config, load_model, model_directory
+def check_loadable_model(model_id: str) -> None:
+    """A UserError unless the store's model can be loaded with an LM head (reads its config, not its weights):
+    refuses synthetic stores, missing directories and encoders."""
+    from neuron_explainer.subject.loading import is_encoder_config, load_config, model_directory
 
     try:
         _, location = model_directory(model_id)
-    except UserError as exc:
-        raise UserError(f"the store's model {model_id!r} is not loadable: {exc}") from None
-    try:
         config = load_config(location)
     except UserError as exc:
         raise UserError(f"the store's model is not loadable: {exc}") from None
     if is_encoder_config(config):
         raise UserError(f"the store's model {model_id!r} is an encoder without an LM head; weight views and "
                         "causal scores need a causal LM")
+
+
+def load_loadable_model(model_id: str, *, device: str = "auto", dtype: str = "auto") -> Any:
+    """The store's model with its LM head (see check_loadable_model)."""
+    from neuron_explainer.subject.loading import load_model
+
+    check_loadable_model(model_id)
     return load_model(model_id, device=device, dtype=dtype, causal_lm=True)
 
 

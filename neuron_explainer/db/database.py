@@ -32,7 +32,7 @@ from neuron_explainer.db import reads
 from neuron_explainer.db.codec import dump_json, float_or_none, redact, truncate, utc_iso
 from neuron_explainer.db.engine import (check_sqlite_file, db_error_message, describe_url, make_engine, parse_url,
                                         user_facing_write_errors, write_refused)
-from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, ExplanationRow, NeuronRow, RecordingRow, RunRow, ScoreRow,
+from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, CausalScoreRow, ExplanationRow, NeuronRow, RecordingRow, RunRow, ScoreRow,
                                         ScoreWindowsRow, SubjectModelRow)
 from neuron_explainer.db.query import ExplanationQuery, ResultRow, run_query
 from neuron_explainer.db.results import LLMCall, NeuronDetail, RecordingRef, RunInfo, RunStatus, UsageTotals
@@ -413,6 +413,8 @@ class Database:
             ids = [row.id for row in rows if (row.layer, row.neuron) in wanted]
             for chunk in chunks(ids):
                 connection.execute(w.delete().where(w.c.score_id.in_(list(chunk))))
+                connection.execute(CausalScoreRow.__table__.delete().where(
+                    CausalScoreRow.__table__.c.score_id.in_(list(chunk))))
                 connection.execute(s.delete().where(s.c.id.in_(list(chunk))))
             return len(ids)
 

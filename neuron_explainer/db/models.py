@@ -210,6 +210,24 @@ class ScoreWindowsRow(Base):
     windows_json: Mapped[str] = mapped_column(Text)
 
 
+class CausalScoreRow(Base):
+    """The causal score of one score's simulation (`run --causal`): how much of the neuron's effect on the model's
+    output the calibrated simulation reproduces; NULL value with `undefined_reason` when ablation changes nothing.
+    `details_json` holds the rest of `CausalScore` (KL and next-token losses, windows, tokens, ablation value)."""
+
+    __tablename__ = "causal_scores"
+
+    score_id: Mapped[int] = mapped_column(ForeignKey("scores.id"), primary_key=True, autoincrement=False)
+    value: Mapped[float | None] = mapped_column(Float)
+    ci_low: Mapped[float | None] = mapped_column(Float)
+    ci_high: Mapped[float | None] = mapped_column(Float)
+    ablation: Mapped[str] = mapped_column(String(16))
+    undefined_reason: Mapped[str | None] = mapped_column(Text)
+    details_json: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[str] = mapped_column(String(32))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+
+
 class FailureRow(Base):
     """A unit of work that produced no result, kept for retries and audits."""
 

@@ -19,7 +19,7 @@ from neuron_explainer.db.models import Base, MetaEntry
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 """Version of the tables defined in models.py."""
 
 APPLICATION = "neuron-explainer"
@@ -135,11 +135,21 @@ def _upgrade_4_to_5(connection: Connection) -> None:
     _add_column(connection, "llm_calls", "unit VARCHAR(64) NOT NULL DEFAULT ''")
 
 
+def _upgrade_5_to_6(connection: Connection) -> None:
+    """Version 6 added the causal scores of `run --causal` (one row per score, in their own table)."""
+    connection.exec_driver_sql(
+        "CREATE TABLE causal_scores (score_id INTEGER NOT NULL, value FLOAT, ci_low FLOAT, ci_high FLOAT, "
+        "ablation VARCHAR(16) NOT NULL, undefined_reason TEXT, details_json TEXT NOT NULL, "
+        "created_at VARCHAR(32) NOT NULL, run_id INTEGER, PRIMARY KEY (score_id), "
+        "FOREIGN KEY(score_id) REFERENCES scores (id), FOREIGN KEY(run_id) REFERENCES runs (id))")
+
+
 UPGRADES: dict[int, Callable[[Connection], None]] = {
     1: _upgrade_1_to_2,
     2: _upgrade_2_to_3,
     3: _upgrade_3_to_4,
     4: _upgrade_4_to_5,
+    5: _upgrade_5_to_6,
 }
 """UPGRADES[v] upgrades a version-v database to version v + 1."""
 

@@ -115,6 +115,8 @@ class RunConfig(BaseModel):
     """Stop the night (exit code 3) after this many units in a row failed for the backend's sake; 0: never."""
     rescore: bool = False
     """Score again even where a score for the same configuration exists."""
+    causal: bool = False
+    """Also compute the causal score (subject run with simulated vs mean activations) of every score lacking one."""
 
     def __init__(self, **values: Any) -> None:
         try:

@@ -34,6 +34,7 @@ from neuron_explainer.llm import CacheMode, ResponseCache, UsageLedger, check_ba
 from neuron_explainer.pipeline.classifiers import ClassifierJob, classifier_jobs, scorer_kinds
 from neuron_explainer.pipeline.preflight import check_recording_request
 from neuron_explainer.pipeline.backend_watch import BackendDown, BackendWatch
+from neuron_explainer.pipeline.causal import check_causal_inputs, run_causal
 from neuron_explainer.pipeline.config import RunConfig, parse_deadline
 from neuron_explainer.pipeline.explainers import ExplainerJob, make_explainer_jobs
 from neuron_explainer.pipeline.resources import BackendSettings, RunResources
@@ -102,6 +103,8 @@ class RunSummary:
     """Which budget stopped the run, or why its backend was given up on, if either happened."""
     failures: tuple[str, ...] = ()
     """One line per failure written this run: the neuron, the method's stage and why, in words."""
+    causal: dict[str, Any] | None = None
+    """What `--causal` did (pipeline/causal.py CausalSummary), None without it."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -490,6 +493,8 @@ def check_inputs(config: RunConfig) -> None:
         store.verify()
         check_store_fits(config, store)
         select_neurons(store, config)
+        if config.causal:
+            check_causal_inputs(store, config.split)
     else:
         check_recording_request(record_config(config))
 
@@ -508,6 +513,8 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
             store = ensure_records(config, progress=progress)
             check_store_fits(config, store)
             neurons = select_neurons(store, config)
+            if config.causal:
+                check_causal_inputs(store, config.split)
             pipeline = Pipeline(config, database, store, on_progress=on_progress, subject=subject)
             pipeline.run_id = run_id
             summary = asyncio.run(_run_then_close(pipeline, neurons)) if neurons else None
@@ -515,6 +522,10 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
                 summary = RunSummary(run_id=run_id, status=RunStatus.COMPLETED.value, records=str(store.path),
                                      selected=0, done=0, skipped=0, explained=0, scored=0, failed=0, prompt_tokens=0,
                                      completion_tokens=0, cost_usd=0.0, scores={}, shuffled={}, seconds=0.0)
+            if config.causal and summary.status == RunStatus.COMPLETED.value:
+                causal = run_causal(database, store, neurons, run_id=run_id, device=config.device,
+                                    dtype=config.dtype, seed=config.split.seed)
+                summary = dataclasses.replace(summary, causal=dataclasses.asdict(causal))
             status = RunStatus(summary.status)
             return summary
         except KeyboardInterrupt:

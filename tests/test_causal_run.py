@@ -1,0 +1,107 @@
+"""`run --causal` end to end on a tiny real model: stored causal scores, resume, `show`, and the bad inputs."""
+
+from __future__ import annotations
+
+import json
+import math
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from neuron_explainer.activations import RecordConfig, record, record_activations
+from neuron_explainer.cli import main
+from neuron_explainer.db import open_database
+from neuron_explainer.db.causal import load_causal_scores
+from neuron_explainer.pipeline import RunConfig, run_pipeline
+from neuron_explainer.core.neurons import NeuronId
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_models import SAMPLE_TEXT  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_store(tiny_model_factory, tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("causal")
+    corpus = directory / "corpus.txt"
+    corpus.write_text(SAMPLE_TEXT * 6, encoding="utf-8")
+    path = directory / "records"
+    record(RecordConfig(model=str(tiny_model_factory("llama")), corpus=str(corpus), layers="all", window_length=16,
+                        windows=40, top_k=12, random_k=12, dtype="float32"), path, progress=False)
+    return path
+
+
+def _config(store: Path, db: Path, **overrides) -> RunConfig:
+    values = dict(db=f"sqlite:///{db}", records=str(store), explainers=("ngram",), simulator="lexical",
+                  neurons="1:0-3", explain_windows=4, score_top_windows=4, score_random_windows=4, concurrency=2,
+                  dtype="float32", causal=True)
+    values.update(overrides)
+    return RunConfig(**values)
+
+
+def test_run_causal_stores_a_causal_score_per_score_and_resumes(tiny_store, tmp_path, capsys):
+    db = tmp_path / "n.db"
+    summary = run_pipeline(_config(tiny_store, db), progress=False)
+    assert summary.scored == 4 and summary.causal["scored"] == 4
+    assert set(summary.causal["seconds_per_layer"]) == {1}
+    with sqlite3.connect(db) as connection:
+        rows = connection.execute("SELECT score_id, value, ci_low, ci_high, ablation, details_json "
+                                  "FROM causal_scores").fetchall()
+    assert len(rows) == 4
+    for _, value, low, high, ablation, details in rows:
+        assert ablation == "mean"
+        parsed = json.loads(details)
+        assert parsed["windows"] == 8 and parsed["tokens"] == 8 * 16  # 4 top + 4 random held-out windows
+        assert parsed["kl_ablated"] > 0
+        if value is not None:
+            assert low <= value + 1e-9 and value <= high + 1e-9
+            assert value == pytest.approx(1 - parsed["kl_simulated"] / parsed["kl_ablated"], rel=1e-6)
+    again = run_pipeline(_config(tiny_store, db), progress=False)
+    assert again.causal["scored"] == 0  # every score already has its causal score
+    with open_database(str(db), create=False) as database:
+        detail = database.neuron_details(NeuronId(1, 2))[0]
+        ids = [item.id for stored in detail.explanations for item in stored.scores]
+        [causal] = load_causal_scores(database, ids).values()
+        assert causal.windows == 8 and not math.isnan(causal.kl_ablated)
+    assert main(["show", "1:2", "--db", str(db)]) == 0
+    assert "causal scores (1 - KL_sim / KL_ablate" in capsys.readouterr().out
+    assert main(["show", "1:2", "--db", str(db), "--format", "json"]) == 0
+    [shown] = json.loads(capsys.readouterr().out)
+    assert list(shown["causal_scores"].values())[0]["windows"] == 8
+
+
+def test_rescore_drops_the_old_causal_scores(tiny_store, tmp_path):
+    db = tmp_path / "r.db"
+    run_pipeline(_config(tiny_store, db, neurons="1:0"), progress=False)
+    summary = run_pipeline(_config(tiny_store, db, neurons="1:0", rescore=True), progress=False)
+    assert summary.causal["scored"] == 1
+    with sqlite3.connect(db) as connection:
+        assert connection.execute("SELECT count(*) FROM causal_scores").fetchone() == (1,)
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "neuron_explainer.cli", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_causal_on_a_store_whose_model_is_not_loadable(tmp_path):
+    windows = np.arange(8 * 6, dtype=np.int32).reshape(8, 6) % 5
+    store = record_activations(tmp_path / "planted", token_ids=windows, vocab=[f"t{i}" for i in range(5)],
+                               activations={0: np.ones((8, 6, 2), dtype=np.float32)}, model_id="synthetic")
+    result = _cli("run", "--records", str(store), "--db", "sqlite:///n.db", "--explainer", "ngram", "--simulator",
+                  "lexical", "--causal", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "not loadable" in result.stderr
+    assert not (tmp_path / "n.db").exists()
+
+
+def test_causal_without_calibration_windows(tiny_store, tmp_path):
+    result = _cli("run", "--records", str(tiny_store), "--db", "sqlite:///n.db", "--explainer", "ngram",
+                  "--simulator", "lexical", "--neurons", "1:0", "--explain-windows", "6", "--score-top-windows", "6",
+                  "--score-random-windows", "12", "--causal", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "calibrate" in result.stderr
+    assert not (tmp_path / "n.db").exists()
