@@ -105,3 +105,39 @@ def test_causal_without_calibration_windows(tiny_store, tmp_path):
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "calibrate" in result.stderr
     assert not (tmp_path / "n.db").exists()
+
+
+def test_weight_views_reach_show_and_the_viewer(tiny_store, tmp_path, capsys):
+    db = tmp_path / "w.db"
+    run_pipeline(_config(tiny_store, db, neurons="1:1", causal=False), progress=False)
+    assert main(["weights", "--records", str(tiny_store), "--top", "8"]) == 0
+    capsys.readouterr()
+    assert main(["show", "1:1", "--db", str(db), "--records", str(tiny_store)]) == 0
+    assert "weight view of 1:1" in capsys.readouterr().out
+    assert main(["show-record", "1:1", "--records", str(tiny_store), "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["weight_view"]["promoted"]) == 8
+    site = tmp_path / "site"
+    assert main(["export", "--db", str(db), "--format", "html", "--out", str(site), "--records", str(tiny_store)]) == 0
+    [page] = [path for path in site.rglob("*.html") if "What the weights say" in path.read_text(encoding="utf-8")]
+    assert "Output tokens raised" in page.read_text(encoding="utf-8")
+    assert main(["weights", "--records", str(tiny_store), "--out", str(tmp_path / "v.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 48 and {"promoted", "suppressed", "exciting", "inhibiting"} <= set(rows[0])
+
+
+def test_an_upgraded_version_1_database_takes_causal_scores(tmp_path):
+    import shutil
+
+    from neuron_explainer.causal import Ablation, WindowDivergence, causal_score
+    from neuron_explainer.db.causal import record_causal_scores
+
+    path = tmp_path / "old.db"
+    shutil.copy(Path(__file__).parent / "fixtures" / "neurons_v1.db", path)
+    score = causal_score([WindowDivergence(1, 4, 0.5, 2.0, 4.0, 4.5, 6.0)], ablation=Ablation.MEAN,
+                         ablation_value=0.1, bootstrap_samples=10)
+    with open_database(str(path), create=False) as database:
+        [old] = database.neuron_details(NeuronId(0, 2))[0].explanations[0].scores
+        record_causal_scores(database, {old.id: score})
+        stored = load_causal_scores(database, [old.id])[old.id]
+    assert stored.value == pytest.approx(0.75) and stored.windows == 1 and stored.loss_recovered == pytest.approx(0.75)
+    assert stored.ablation == "mean" and stored.undefined_reason is None

@@ -114,14 +114,15 @@ def layer_page(context: PageContext, *, model_id: str, layer: int, summary: Laye
 
 def neuron_page(context: PageContext, *, model_id: str, fingerprint: str, layer: int, neuron: int,
                 rows: Sequence[ResultRow], stats: Sequence[StatsEntry], data_json: str,
-                record_note: str, crumbs: Sequence[Link], neighbours: Sequence[Link]) -> str:
+                record_note: str, crumbs: Sequence[Link], neighbours: Sequence[Link], extra: str = "") -> str:
     """One neuron: best explanation, statistics, every explanation with scores and provenance (best first; rows
     arrive one per explanation-score pair), and the window heat-maps that assets/neuron.js draws from `data_json`
-    (script-safe JSON, see encoding.script_safe)."""
+    (script-safe JSON, see encoding.script_safe); `extra` is trusted HTML placed after the recorded windows."""
     grouped: dict[int, list[ResultRow]] = {}
     for row in rows:
         grouped.setdefault(row.explanation_id, []).append(row)
     return render_page("neuron.html", context, root="../../../", kind="neuron", crumbs=crumbs,
                        neighbours=neighbours, scripts=("assets/neuron.js",), model_id=model_id,
                        fingerprint=fingerprint, layer=layer, neuron=neuron, rows=rows, stats=stats,
-                       explanations=list(grouped.values()), record_note=record_note, data_json=Markup(data_json))
+                       explanations=list(grouped.values()), record_note=record_note, data_json=Markup(data_json),
+                       extra=Markup(extra))

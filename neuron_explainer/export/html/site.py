@@ -38,12 +38,14 @@ import numpy as np
 
 from neuron_explainer import __version__
 from neuron_explainer.activations import NeuronRecord, RecordStore
+from neuron_explainer.activations.weight_views import NeuronWeightView, WeightViews
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.db import Database, ExplanationQuery, ResultRow, SortOrder
 from neuron_explainer.db.reads import StatsEntry, explanation_sources, layer_stats, recording_paths, score_windows
 from neuron_explainer.export.html import pages
 from neuron_explainer.export.html.encoding import decimals_for, finite_or_none, rounded, script_json, script_safe
 from neuron_explainer.export.html.svg import layer_bars, score_histogram
+from neuron_explainer.export.html.weights import weight_view_section
 from neuron_explainer.export.summary import GOOD_SCORE, LayerSummary, layer_summaries
 
 logger = logging.getLogger(__name__)
@@ -137,6 +139,7 @@ class _RecordStores:
         self._explicit = explicit
         self._registered = registered
         self._opened: dict[str, RecordStore | None] = {}
+        self._views: dict[Path, WeightViews | None] = {}
         self.used: set[str] = set()
 
     def has_store(self, model_id: str, manifest_hash: str) -> bool:
@@ -150,6 +153,16 @@ class _RecordStores:
             return None
         self.used.add(str(store.path))
         return store.load_neuron(layer, neuron)
+
+    def weight_view(self, model_id: str, manifest_hash: str, layer: int, neuron: int) -> NeuronWeightView | None:
+        """The neuron's weight view, or None when its store has none."""
+        store = self._store(model_id, manifest_hash)
+        if store is None or layer not in store.layers or not 0 <= neuron < store.neurons_per_layer:
+            return None
+        if store.path not in self._views:
+            self._views[store.path] = WeightViews.open(store)
+        views = self._views[store.path]
+        return views.neuron(layer, neuron) if views is not None else None
 
     def _store(self, model_id: str, manifest_hash: str) -> RecordStore | None:
         if self._explicit is not None:
@@ -361,8 +374,9 @@ class _PageWriter:
         html = pages.neuron_page(self.context, model_id=model.model_id, fingerprint=model.fingerprint, layer=layer,
                                  neuron=neuron, rows=rows, stats=stats,
                                  data_json=_neuron_data(rows, windows, sources, record, self.options),
-                                 record_note=note,
-                                 crumbs=crumbs, neighbours=neighbours)
+                                 record_note=note, crumbs=crumbs, neighbours=neighbours,
+                                 extra=weight_view_section(self.stores.weight_view(model.model_id, best.manifest_hash,
+                                                                                   layer, neuron)))
         _write(self.root, neuron_href(model.slug, layer, neuron), html)
         return int(record is not None)
 
