@@ -129,3 +129,17 @@ def test_weight_views_are_stored_with_the_recording(tiny_model_factory, tmp_path
     assert view.promoted[0].token == store.vocab[view.promoted[0].token_id]
     assert [item[0] for item in view.as_dict(2)["suppressed"]] == [item.token for item in view.suppressed[:2]]
     assert not list((store_path / "weight_views").glob(".*"))  # no staging files left
+
+
+@pytest.mark.slow
+def test_bundled_model_weight_views_agree_with_the_recording_more_than_chance(tmp_path):
+    """The planted check on SmolLM2 (scripts/check_weight_views.py runs it on more layers): at layer 0 the tokens a
+    neuron's embedding view ranks highest are the tokens it fires on far more often than another neuron's view."""
+    from neuron_explainer.eval.weight_agreement import weight_view_agreement
+
+    store_path = tmp_path / "records"
+    record(RecordConfig(model="default", layers="0", windows=300), store_path, progress=False)
+    compute_weight_views(store_path, top_k=20)
+    [layer] = weight_view_agreement(RecordStore.open(store_path), top=20)
+    assert layer.neurons == 1536
+    assert layer.input_matched > 2 * layer.input_shuffled and layer.input_matched > 0.3
