@@ -26,8 +26,11 @@ from tiny_models import SAMPLE_TEXT  # noqa: E402
 @pytest.fixture(scope="module")
 def tiny_store(tiny_model_factory, tmp_path_factory) -> Path:
     directory = tmp_path_factory.mktemp("causal")
-    corpus = directory / "corpus.txt"
-    corpus.write_text(SAMPLE_TEXT * 6, encoding="utf-8")
+    # Many short documents: splits keep a document's windows on one side, so one long file would leave nothing
+    # to score.
+    corpus = directory / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": line}) + "\n" for _ in range(8)
+                              for line in SAMPLE_TEXT.splitlines()), encoding="utf-8")
     path = directory / "records"
     record(RecordConfig(model=str(tiny_model_factory("llama")), corpus=str(corpus), layers="all", window_length=16,
                         windows=40, top_k=12, random_k=12, dtype="float32"), path, progress=False)
