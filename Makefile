@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow install browser latex bench clean
+.PHONY: demo test test-slow install browser latex postgres bench clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,7 +40,14 @@ latex:
 	  texlive-latex-recommended) >/dev/null 2>&1; } || \
 	  echo "pdflatex is not installable here: the LaTeX compile tests will be skipped"
 
-test: $(STAMP) browser latex
+# Debian's PostgreSQL server: the tests start their own throwaway server from its binaries (never the system one).
+postgres:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || \
+	  { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null 2>&1; } || \
+	  echo "postgresql is not installable here: the PostgreSQL tests will be skipped"
+
+test: $(STAMP) browser latex postgres
 	$(BIN)/python -m pytest -q
 
 test-slow: $(STAMP)

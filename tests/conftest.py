@@ -1,8 +1,10 @@
-"""Shared fixtures: tiny real models built once per session, isolated cache directory."""
+"""Shared fixtures: tiny real models built once per session, isolated cache directory, the results database on
+both backends (a SQLite file, a database on this session's own PostgreSQL server)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,3 +42,52 @@ def tiny_model_factory(tmp_path_factory: pytest.TempPathFactory):
 def tiny_llama(tiny_model_factory) -> Path:
     """Directory of a tiny random-init Llama (2 layers x 48 MLP neurons)."""
     return tiny_model_factory("llama")
+
+
+_postgres_unavailable: list[str] = []
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator["PostgresServer"]:
+    """This test session's own PostgreSQL server (Debian's binaries, a temporary directory, a free loopback port)."""
+    from pg_server import start_server
+
+    if _postgres_unavailable:
+        pytest.skip(_postgres_unavailable[0])
+    try:
+        import psycopg  # noqa: F401
+
+        server = start_server()
+    except (RuntimeError, ImportError, OSError) as exc:
+        _postgres_unavailable.append(f"PostgreSQL tests skipped: {exc}")
+        pytest.skip(_postgres_unavailable[0])
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_db(request: pytest.FixtureRequest, tmp_path: Path,
+           monkeypatch: pytest.MonkeyPatch) -> Callable[[], Path | str]:
+    """Makes a fresh, empty results database per call: a SQLite file path, or a PostgreSQL URL (the test runs once
+    per backend)."""
+    if request.param == "postgresql":
+        server = request.getfixturevalue("postgres_server")
+
+        def new_postgres_database() -> str:
+            url = server.new_database()
+            # A SQLite database keeps its LLM response cache beside its file; a PostgreSQL one uses the cache
+            # directory, so each test database gets its own (as each SQLite file has), from now on in this test.
+            monkeypatch.setenv("NEURON_EXPLAINER_CACHE", str(tmp_path / f"cache-{url.rsplit('/', 1)[1]}"))
+            return url
+
+        return new_postgres_database
+    counter = iter(range(1_000_000))
+    return lambda: tmp_path / f"db-{next(counter)}.db"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # One line, not one per skipped test, says why PostgreSQL was not tested.
+    if _postgres_unavailable:
+        terminalreporter.write_line(_postgres_unavailable[0], yellow=True, bold=True)

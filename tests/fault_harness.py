@@ -10,7 +10,6 @@ import os
 import random
 import re
 import shutil
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -23,6 +22,8 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+import db_targets  # noqa: E402
+from db_targets import DbTarget  # noqa: E402
 from fake_openai_server import Fault, RecordedRequest  # noqa: E402
 from neuron_records import corpus_windows  # noqa: E402
 
@@ -137,25 +138,24 @@ def is_log_line(line: str, levels: tuple[str, ...] = ("WARNING ", "ERROR ")) -> 
     return line.startswith(levels) or PROGRESS_LINE.match(line) is not None
 
 
-def rows(db: Path, query: str, parameters: Sequence[object] = ()) -> list[tuple]:
-    """Sorted result rows of a read-only query on a SQLite file."""
-    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as connection:
-        return sorted(connection.execute(query, parameters).fetchall())
+def rows(db: DbTarget, query: str, parameters: Sequence[object] = ()) -> list[tuple]:
+    """Sorted result rows of a read-only query on a SQLite file or a PostgreSQL database."""
+    return db_targets.rows(db, query, parameters)
 
 
-def results_snapshot(db: Path) -> dict[str, list[tuple]]:
+def results_snapshot(db: DbTarget) -> dict[str, list[tuple]]:
     """Explanations and scores by neuron (texts and Pearson to 9 places): what an uninterrupted run must equal."""
     return {
         "explanations": rows(db, "select n.layer, n.neuron, e.method, e.config_key, e.text from explanations e "
                                  "join neurons n on n.id = e.neuron_id"),
-        "scores": rows(db, "select n.layer, n.neuron, s.simulator, s.config_key, round(s.pearson, 9), "
+        "scores": rows(db, "select n.layer, n.neuron, s.simulator, s.config_key, round(cast(s.pearson as numeric), 9), "
                            "s.scored_tokens from scores s join neurons n on n.id = s.neuron_id"),
     }
 
 
-def integrity(db: Path) -> list[tuple]:
-    """PRAGMA integrity_check rows (`[("ok",)]` for a sound file)."""
-    return rows(db, "pragma integrity_check")
+def integrity(db: DbTarget) -> list[tuple]:
+    """`[("ok",)]` for a sound database (SQLite's integrity_check, PostgreSQL's amcheck)."""
+    return db_targets.integrity(db)
 
 
 class TimeoutCounter(logging.Handler):

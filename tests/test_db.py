@@ -1,4 +1,4 @@
-"""The results database on real SQLite files: round trips, idempotence, the writer, upgrades, refusal, the lock."""
+"""The results database on real SQLite files and PostgreSQL databases: round trips, idempotence, the writer, upgrades, refusal, the lock."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from db_targets import db_url, integrity, rows
 from fixtures.db_factory import (FINGERPRINT, MANIFEST_HASH, MODEL_ID, explain_key, explanation, populate, register,
                                  score, score_key)
 from neuron_explainer.activations.records import NeuronStats
@@ -43,8 +44,8 @@ def _rows(path: Path, sql: str) -> list[tuple]:
         connection.close()
 
 
-def test_round_trip_keeps_every_field(db_path: Path) -> None:
-    with open_database(f"sqlite:///{db_path}") as database:
+def test_round_trip_keeps_every_field(new_db) -> None:
+    with open_database(db_url(new_db())) as database:
         recording = register(database)
         neuron = NeuronId(3, 17)
         stats = NeuronStats(count=256, mean=0.1, std=0.5, min=-0.25, max=2.5, fraction_positive=0.4,
@@ -78,17 +79,18 @@ def test_round_trip_keeps_every_field(db_path: Path) -> None:
         assert row.manifest_hash == MANIFEST_HASH and row.score_key == score_key()
 
 
-def test_undefined_scores_are_null_on_disk_and_nan_in_python(db_path: Path) -> None:
-    with open_database(str(db_path)) as database:
+def test_undefined_scores_are_null_on_disk_and_nan_in_python(new_db) -> None:
+    db = new_db()
+    with open_database(db_url(db)) as database:
         populate(database, [(0, 1, "token-pairs", "nothing fires", float("nan"))])
         [row] = database.query(ExplanationQuery())
         assert math.isnan(row.score) and row.undefined_reason == "constant simulation"
-    assert _rows(db_path, "SELECT pearson, ci_low, sort_score FROM scores") == [(None, None, -2.0)]
+    assert rows(db, "SELECT pearson, ci_low, sort_score FROM scores") == [(None, None, -2.0)]
 
 
-def test_same_unit_twice_gives_one_row(db_path: Path) -> None:
+def test_same_unit_twice_gives_one_row(new_db) -> None:
     items = [(0, neuron, "token-pairs", f"text {neuron}", 0.1 * neuron) for neuron in range(5)]
-    with open_database(str(db_path)) as database:
+    with open_database(db_url(new_db())) as database:
         populate(database, items)
         populate(database, items)  # a resumed run writing the same work again
         for layer, neuron, method, text, pearson in items:  # duplicates inside one batch
@@ -109,8 +111,8 @@ def test_same_unit_twice_gives_one_row(db_path: Path) -> None:
         assert database.counts()["explanations"] == 6
 
 
-def test_has_work_checks_and_reloading_explanations(db_path: Path) -> None:
-    with open_database(str(db_path)) as database:
+def test_has_work_checks_and_reloading_explanations(new_db) -> None:
+    with open_database(db_url(new_db())) as database:
         recording = populate(database, [(0, 1, "token-pairs", "a", 0.5), (2, 3, "token-pairs", "b", 0.2),
                                         (0, 1, "sasc", "c", 0.1)])
         assert database.explained_neurons(explain_key()) == {NeuronId(0, 1), NeuronId(2, 3)}
@@ -187,10 +189,11 @@ def test_config_keys_are_stable_and_sensitive() -> None:
         config_key("x", value=object())
 
 
-def test_sixty_four_async_producers_and_readers_never_see_locked(db_path: Path) -> None:
+def test_sixty_four_async_producers_and_readers_never_see_locked(new_db) -> None:
     producers, per_producer = 64, 25
     errors: list[BaseException] = []
-    with open_database(str(db_path), flush_interval_s=0.05) as database:
+    db = new_db()
+    with open_database(db_url(db), flush_interval_s=0.05) as database:
         recording = register(database)
         stop = threading.Event()
 
@@ -230,12 +233,13 @@ def test_sixty_four_async_producers_and_readers_never_see_locked(db_path: Path) 
     assert not errors
     total = producers * per_producer
     assert (counts["explanations"], counts["scores"], counts["llm_calls"]) == (total, total, total)
-    assert _rows(db_path, "PRAGMA integrity_check") == [("ok",)]
+    assert integrity(db) == [("ok",)]
 
 
-def test_two_writers_on_one_file_wait_instead_of_failing(db_path: Path) -> None:
-    first = open_database(str(db_path), flush_interval_s=0.01, batch_size=7)
-    second = open_database(str(db_path), flush_interval_s=0.01, batch_size=5)
+def test_two_writers_on_one_file_wait_instead_of_failing(new_db) -> None:
+    url = db_url(new_db())
+    first = open_database(url, flush_interval_s=0.01, batch_size=7)
+    second = open_database(url, flush_interval_s=0.01, batch_size=5)
     try:
         def write(database, layer: int) -> None:
             recording = register(database)
@@ -255,8 +259,8 @@ def test_two_writers_on_one_file_wait_instead_of_failing(db_path: Path) -> None:
         second.close()
 
 
-def test_a_bad_record_fails_alone_and_flush_reports_it(db_path: Path) -> None:
-    with open_database(str(db_path)) as database:
+def test_a_bad_record_fails_alone_and_flush_reports_it(new_db) -> None:
+    with open_database(db_url(new_db())) as database:
         recording = register(database)
         good = database.record_explanation(recording, explanation(NeuronId(0, 0), "fine"), config_key=explain_key())
         orphan = database.record_score(recording, score(NeuronId(0, 9), 0.5), explanation_key=explain_key(),
@@ -383,8 +387,9 @@ def _start_holder(db_path: Path, ttl_s: float) -> tuple[subprocess.Popen, int]:
     return process, int(line)
 
 
-def test_lock_is_exclusive_and_released_by_finish(db_path: Path) -> None:
-    with open_database(str(db_path)) as first, open_database(str(db_path)) as second:
+def test_lock_is_exclusive_and_released_by_finish(new_db) -> None:
+    url = db_url(new_db())
+    with open_database(url) as first, open_database(url) as second:
         run_id = first.start_run(config={"a": 1})
         assert first.lock_holder().run_id == run_id
         with pytest.raises(UserError, match=f"in use by run {run_id} \\(pid {os.getpid()}"):
@@ -394,7 +399,7 @@ def test_lock_is_exclusive_and_released_by_finish(db_path: Path) -> None:
         other = second.start_run(config={})
         assert second.run(run_id).totals == {"done": 3}
     # close() without finish_run marks the run failed and frees the lock.
-    with open_database(str(db_path)) as database:
+    with open_database(url) as database:
         assert database.run(other).status == "failed" and "without finishing" in database.run(other).error
         assert database.lock_holder() is None
 
@@ -442,17 +447,8 @@ def test_heartbeat_keeps_a_live_lock(db_path: Path) -> None:
         first.finish_run(run_id, RunStatus.COMPLETED)
 
 
-@pytest.mark.skipif(not os.environ.get("NEURON_EXPLAINER_TEST_POSTGRES_URL"),
-                    reason="set NEURON_EXPLAINER_TEST_POSTGRES_URL to a scratch PostgreSQL database")
-def test_postgresql_round_trip_and_idempotence() -> None:
-    url = os.environ["NEURON_EXPLAINER_TEST_POSTGRES_URL"]
-    from sqlalchemy import create_engine, text
-
-    engine = create_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text("DROP SCHEMA public CASCADE"))
-        connection.execute(text("CREATE SCHEMA public"))
-    engine.dispose()
+def test_postgresql_round_trip_and_idempotence(postgres_server) -> None:
+    url = postgres_server.new_database()
     items = [(0, n, "token-pairs", "50%_OFF sale" if n == 3 else "50 percent off", n / 10) for n in range(6)]
     items.append((0, 1, "sasc", "b", 0.9))
     with open_database(url) as database:

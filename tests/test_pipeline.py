@@ -1,11 +1,10 @@
-"""The nightly run on real SQLite files: incremental skips, re-scoring, budgets, the lock, and kill -9 resumes."""
+"""The nightly run on real SQLite files and PostgreSQL databases: incremental skips, re-scoring, budgets, the lock, and kill -9 resumes."""
 
 from __future__ import annotations
 
 import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
 from neuron_records import corpus_windows  # noqa: E402
 from scripted_llm import competent_model  # noqa: E402
+from db_targets import db_url, integrity, rows  # noqa: E402
 
 WORDS = ["the", "of", "and", "to", "a", "in", "is", "that", "for", "be", "as", "with"]
 
@@ -45,20 +45,19 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
                               activations={0: activations})
 
 
-def _config(store: Path, db: Path, **overrides) -> RunConfig:
-    values = dict(db=f"sqlite:///{db}", records=str(store), explainers=("ngram",), simulator="lexical",
+def _config(store: Path, db: Path | str, **overrides) -> RunConfig:
+    values = dict(db=db_url(db), records=str(store), explainers=("ngram",), simulator="lexical",
                   concurrency=4)
     values.update(overrides)
     return RunConfig(**values)
 
 
-def _rows(db: Path, query: str) -> list[tuple]:
-    with sqlite3.connect(db) as connection:
-        return sorted(connection.execute(query).fetchall())
+def _rows(db: Path | str, query: str) -> list[tuple]:
+    return rows(db, query)
 
 
-def test_second_run_skips_everything(store: Path, tmp_path: Path) -> None:
-    db = tmp_path / "n.db"
+def test_second_run_skips_everything(store: Path, new_db) -> None:
+    db = new_db()
     first = run_pipeline(_config(store, db), progress=False)
     assert (first.status, first.explained, first.scored, first.failed) == ("completed", 12, 12, 0)
     positive = first.scores["positive"]
@@ -71,8 +70,8 @@ def test_second_run_skips_everything(store: Path, tmp_path: Path) -> None:
     assert [row[0] for row in _rows(db, "select status from runs")] == ["completed", "completed"]
 
 
-def test_new_simulator_rescores_without_re_explaining(store: Path, tmp_path: Path) -> None:
-    db = tmp_path / "n.db"
+def test_new_simulator_rescores_without_re_explaining(store: Path, new_db) -> None:
+    db = new_db()
     run_pipeline(_config(store, db, neurons="0:0-3"), progress=False)
     with FakeOpenAIServer(responder=competent_model) as server:
         summary = run_pipeline(_config(store, db, neurons="0:0-3", simulator="generated",
@@ -84,8 +83,8 @@ def test_new_simulator_rescores_without_re_explaining(store: Path, tmp_path: Pat
     assert [row[0] for row in _rows(db, "select distinct simulator from scores")] == ["generated", "lexical"]
 
 
-def test_rescore_replaces_scores_without_duplicates(store: Path, tmp_path: Path) -> None:
-    db = tmp_path / "n.db"
+def test_rescore_replaces_scores_without_duplicates(store: Path, new_db) -> None:
+    db = new_db()
     run_pipeline(_config(store, db, neurons="0:0-3"), progress=False)
     before = _rows(db, "select explanation_id, run_id from scores")
     summary = run_pipeline(_config(store, db, neurons="0:0-3", rescore=True), progress=False)
@@ -104,8 +103,8 @@ def test_limit_and_sample(store: Path, tmp_path: Path) -> None:
     assert sampled.selected == 3
 
 
-def test_budget_stops_cleanly_and_the_next_run_finishes(store: Path, tmp_path: Path) -> None:
-    db = tmp_path / "n.db"
+def test_budget_stops_cleanly_and_the_next_run_finishes(store: Path, new_db) -> None:
+    db = new_db()
     with FakeOpenAIServer(responder=competent_model) as server:
         spec = server.backend_spec("competent")
         stopped = run_pipeline(_config(store, db, explainers=("token-pairs",), simulator="generated", llm=spec,
@@ -140,35 +139,36 @@ def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "neuron_explainer.cli", *args]
 
 
-def _table_snapshot(db: Path) -> dict[str, list[tuple]]:
+def _table_snapshot(db: Path | str) -> dict[str, list[tuple]]:
     return {
         "explanations": _rows(db, "select n.layer, n.neuron, e.method, e.text from explanations e "
                                   "join neurons n on n.id = e.neuron_id"),
-        "scores": _rows(db, "select n.layer, n.neuron, s.simulator, round(s.pearson, 9) from scores s "
+        "scores": _rows(db, "select n.layer, n.neuron, s.simulator, round(cast(s.pearson as numeric), 9) from scores s "
                             "join neurons n on n.id = s.neuron_id"),
     }
 
 
-def test_kill_9_then_resume_equals_an_uninterrupted_run(store: Path, tmp_path: Path) -> None:
+def test_kill_9_then_resume_equals_an_uninterrupted_run(store: Path, new_db) -> None:
     with FakeOpenAIServer(responder=competent_model, latency=0.01) as server:
         flags = ["run", "--records", str(store), "--explainer", "token-pairs", "--simulator", "generated",
                  "--llm", server.backend_spec("competent"), "--concurrency", "2"]
-        reference = tmp_path / "reference.db"
-        subprocess.run(_cli(*flags, "--db", f"sqlite:///{reference}"), check=True, capture_output=True)
+        reference = new_db()
+        subprocess.run(_cli(*flags, "--db", db_url(reference)), check=True, capture_output=True)
         expected = _table_snapshot(reference)
         assert len(expected["scores"]) == 12
         rng = random.Random(7)
-        for trial in range(3):
-            db = tmp_path / f"killed-{trial}.db"
-            process = subprocess.Popen(_cli(*flags, "--db", f"sqlite:///{db}"), stdout=subprocess.DEVNULL,
+        # Fewer trials on PostgreSQL: the same code paths, a second backend (the suite's time stays small).
+        for trial in range(2 if isinstance(reference, str) else 3):
+            db = new_db()
+            process = subprocess.Popen(_cli(*flags, "--db", db_url(db)), stdout=subprocess.DEVNULL,
                                        stderr=subprocess.DEVNULL)
             time.sleep(rng.uniform(2.0, 5.0))
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
             # The killed run's lock names a dead pid on this host, so the resume takes it over at once.
-            subprocess.run(_cli(*flags, "--db", f"sqlite:///{db}"), check=True, capture_output=True)
+            subprocess.run(_cli(*flags, "--db", db_url(db)), check=True, capture_output=True)
             assert _table_snapshot(db) == expected
-            assert _rows(db, "pragma integrity_check") == [("ok",)]
+            assert integrity(db) == [("ok",)]
 
 
 def test_run_baselines_are_a_derangement_over_the_selected_neurons(store: Path, tmp_path: Path) -> None:

@@ -1,13 +1,13 @@
-"""Queries over real SQLite files: filters, best-per-neuron semantics, sorting, hostile input, the CLI."""
+"""Queries over real SQLite files and PostgreSQL databases: filters, best-per-neuron semantics, sorting, hostile input, the CLI."""
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import pytest
 
+from db_targets import db_url, integrity, rows
 from fixtures.db_factory import explain_key, explanation, populate, register, score, score_key
 from neuron_explainer.cli import main
 from neuron_explainer.core.errors import UserError
@@ -41,8 +41,8 @@ HOSTILE = [
 
 
 @pytest.fixture()
-def database(tmp_path: Path):
-    with open_database(str(tmp_path / "q.db")) as opened:
+def database(new_db):
+    with open_database(db_url(new_db())) as opened:
         populate(opened, ITEMS)
         yield opened
 
@@ -99,7 +99,8 @@ def test_filters(database: Database) -> None:
 
 
 def test_search_uses_substrings_case_insensitively(database: Database) -> None:
-    assert database.search_index
+    # SQLite uses its FTS5 trigram index; PostgreSQL has none and matches with ILIKE.
+    assert database.search_index == (database.url.get_backend_name() == "sqlite")
     assert [row.text for row in database.query(ExplanationQuery(search="KEYWORD", best_per_neuron=False))] == [
         "the keyword def", "Python keywords"]
     assert _neurons(database.query(ExplanationQuery(search="tie breaker"))) == ["2:1"]
@@ -129,8 +130,8 @@ def test_both_search_plans_give_the_same_rows(tmp_path: Path) -> None:
             assert plans[0] == plans[1] == plans[2] == like and plans[0], query
 
 
-def test_simulator_and_run_filters_pick_the_matching_score(tmp_path: Path) -> None:
-    with open_database(str(tmp_path / "s.db")) as database:
+def test_simulator_and_run_filters_pick_the_matching_score(new_db) -> None:
+    with open_database(db_url(new_db())) as database:
         run_id = database.start_run(config={})
         recording = register(database)
         neuron = NeuronId(4, 4)
@@ -158,9 +159,9 @@ def test_invalid_queries_are_user_errors() -> None:
 
 
 @pytest.mark.parametrize("search_index", [True, False], ids=["fts5", "like"])
-def test_hostile_strings_match_literally_and_leave_tables_intact(tmp_path: Path, search_index: bool) -> None:
-    path = tmp_path / "hostile.db"
-    with open_database(str(path)) as database:
+def test_hostile_strings_match_literally_and_leave_tables_intact(new_db, search_index: bool) -> None:
+    path = new_db()
+    with open_database(db_url(path)) as database:
         populate(database, [(5, index, "token-pairs", text, 0.5) for index, text in enumerate(HOSTILE)])
         database.search_index = search_index and database.search_index
         needles = ["'", "\"", "'; DROP TABLE explanations; --", "%", "_", "100%", "e_c", "\\", "\"\"",
@@ -173,11 +174,11 @@ def test_hostile_strings_match_literally_and_leave_tables_intact(tmp_path: Path,
         assert database.query(ExplanationQuery(model="'; DROP TABLE scores; --")) == []
         assert database.query(ExplanationQuery(explainer_model="' OR '1'='1")) == []
         assert database.counts()["explanations"] == len(HOSTILE)
-    connection = sqlite3.connect(path)
-    tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    tables = {name for (name,) in rows(path, "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+                                             "'public'" if isinstance(path, str) else
+                                             "SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert {"explanations", "scores", "neurons", "runs"} <= tables
-    assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-    connection.close()
+    assert integrity(path) == [("ok",)]
 
 
 def test_user_values_reach_sql_only_as_bound_parameters() -> None:

@@ -4,8 +4,12 @@ import os
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PROMPTS_DIR = REPO_ROOT / "prompts"
-DATA_DIR = REPO_ROOT / "data"
+"""The checkout this package runs from (editable installs); a wheel has no repository around it."""
+_BUNDLED = Path(__file__).resolve().parents[1] / "_resources"
+# A built wheel carries prompts/ and data/ inside the package (setup.py); a checkout keeps them at its top level.
+_ROOT = _BUNDLED if (_BUNDLED / "prompts").is_dir() else REPO_ROOT
+PROMPTS_DIR = _ROOT / "prompts"
+DATA_DIR = _ROOT / "data"
 
 
 def cache_dir() -> Path:

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +29,7 @@ from neuron_explainer.core.failures import Failure, FailureKind
 from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.db import lock as run_lock
 from neuron_explainer.db import reads
+from neuron_explainer.db.claims import live_workers
 from neuron_explainer.db.codec import dump_json, float_or_none, redact, truncate, utc_iso
 from neuron_explainer.db.engine import (check_sqlite_file, db_error_message, describe_url, make_engine, parse_url,
                                         user_facing_write_errors, write_refused)
@@ -40,7 +41,7 @@ from neuron_explainer.db.schema import SCHEMA_VERSION, has_search_index, prepare
 from neuron_explainer.db.classifier import classifier_values
 from neuron_explainer.db.writer import Writer
 from neuron_explainer.db.writes import (Applier, CallWrite, ClassifierWrite, ExplanationWrite, FailureWrite, ScoreWrite,
-                                        StatsWrite, chunks, insert_ignoring_duplicates, windows_json)
+                                        StatsWrite, WriteGuard, chunks, insert_ignoring_duplicates, windows_json)
 from neuron_explainer.scoring_llm.types import ClassifierScore
 from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity
 from neuron_explainer.simulate.types import Score, SimulatorKind
@@ -91,7 +92,8 @@ class Database:
             write_engine.dispose()
             self._read_engine.dispose()
             raise
-        self._writer = Writer(write_engine, Applier(), batch_size=batch_size, flush_interval_s=flush_interval_s)
+        self._applier = Applier()
+        self._writer = Writer(write_engine, self._applier, batch_size=batch_size, flush_interval_s=flush_interval_s)
         self._lock_owner = uuid.uuid4().hex
         self._lock_ttl_s = DEFAULT_LOCK_TTL_S
         self._run_id: int | None = None
@@ -104,6 +106,13 @@ class Database:
         with engine.begin() as connection:
             found = prepare_schema(connection, where=self.where, create=create)
         version = found
+        if version < SCHEMA_VERSION:
+            with engine.connect() as connection:
+                workers = live_workers(connection)
+            if workers:
+                raise UserError(f"{self.where} has schema version {version} and {workers} worker(s) of an older "
+                                f"neuron-explainer are running on it; upgrade once they have finished (this one "
+                                f"needs schema version {SCHEMA_VERSION})")
         while version < SCHEMA_VERSION:
             with engine.begin() as connection:
                 current = prepare_schema(connection, where=self.where, create=False)
@@ -165,11 +174,13 @@ class Database:
     # --- runs and the lock -----------------------------------------------------------------------------------
 
     def start_run(self, *, config: Mapping[str, Any], code_version: str | None = None,
-                  lock_ttl_s: float = DEFAULT_LOCK_TTL_S) -> int:
+                  lock_ttl_s: float = DEFAULT_LOCK_TTL_S, shared: bool = False) -> int:
         """Take the run lock (UserError if another live run holds it), record a `running` run, return its id.
 
         A heartbeat keeps the lock alive until `finish_run`; a crashed run's lock is taken over once it
         expires, or at once when its process is gone from this host (its run is then marked failed).
+        `shared`: one of several workers (PostgreSQL, db/claims.py): no run lock; runs of dead processes on this
+        host are marked failed.
         """
         if self._run_id is not None:
             raise UserError(f"run {self._run_id} is still running on this connection")
@@ -179,8 +190,12 @@ class Database:
         self._lock_ttl_s = lock_ttl_s
 
         def start(connection: Connection) -> int:
-            replaced = run_lock.acquire(connection, owner=self._lock_owner, run_id=None, ttl_s=lock_ttl_s,
-                                        where=self.where)
+            replaced = None
+            if shared:
+                run_lock.close_abandoned_runs(connection)
+            else:
+                replaced = run_lock.acquire(connection, owner=self._lock_owner, run_id=None, ttl_s=lock_ttl_s,
+                                            where=self.where)
             if replaced is not None:
                 logger.warning("took over the lock of run %s (pid %d on %s), whose heartbeat had stopped",
                                replaced.run_id, replaced.pid, replaced.host)
@@ -188,13 +203,23 @@ class Database:
                 status=RunStatus.RUNNING.value, config_json=config_json,
                 code_version=code_version or __version__, host=run_lock.this_host(), pid=os.getpid(),
                 started_at=utc_iso(), ended_at=None, totals_json="{}", error=None)).inserted_primary_key[0]
-            run_lock.attach_run(connection, owner=self._lock_owner, run_id=run_id)
+            if not shared:
+                run_lock.attach_run(connection, owner=self._lock_owner, run_id=run_id)
             return int(run_id)
 
         with user_facing_write_errors(self.where):
             self._run_id = self._writer.call(start).result()
-        self._writer.set_periodic(self._heartbeat, lock_ttl_s / 3)
+        if not shared:
+            self._writer.set_periodic(self._heartbeat, lock_ttl_s / 3)
         return self._run_id
+
+    def set_write_guard(self, guard: WriteGuard | None) -> None:
+        """Have every batch of writes pass `guard` inside its transaction (a worker's leases: db/claims.py)."""
+        self._applier.guard = guard
+
+    def call_in_writer(self, function: Callable[[Connection], Any]) -> Future[Any]:
+        """Run `function(connection)` in its own transaction after every write queued so far."""
+        return self._writer.call(function)
 
     def _heartbeat(self, connection: Connection) -> None:
         if not run_lock.heartbeat(connection, owner=self._lock_owner, ttl_s=self._lock_ttl_s):

@@ -125,3 +125,13 @@ def current_holder(connection: Connection) -> LockHolder | None:
     """Who holds the lock now (expired or not), or None."""
     row = connection.execute(select(RunLockRow.__table__).where(RunLockRow.id == LOCK_ROW_ID)).first()
     return _holder(row) if row is not None else None
+
+
+def close_abandoned_runs(connection: Connection) -> None:
+    """Mark failed the `running` runs of this host whose process is gone (workers without the lock, that died)."""
+    host = this_host()
+    for row in connection.execute(select(RunRow.id, RunRow.pid).where(RunRow.status == "running",
+                                                                        RunRow.host == host)).all():
+        if row.pid != os.getpid() and not process_alive(row.pid):
+            connection.execute(update(RunRow).where(RunRow.id == row.id, RunRow.status == "running").values(
+                status="failed", ended_at=utc_iso(), error=f"abandoned: its process {row.pid} is gone"))

@@ -121,6 +121,24 @@ class RunLockRow(Base):
     expires_at: Mapped[float] = mapped_column(Float)
 
 
+class UnitClaimRow(Base):
+    """A lease on one neuron's units of one plan, so that several workers on one PostgreSQL database split a night
+    (see db/claims.py); times are the database server's epoch seconds."""
+
+    __tablename__ = "unit_claims"
+    __table_args__ = (Index("ix_unit_claims_open", "plan_key", "done_at", "expires_at"),)
+
+    plan_key: Mapped[str] = mapped_column(String(KEY_LENGTH), primary_key=True)
+    layer: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    neuron: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    owner: Mapped[str | None] = mapped_column(String(64))
+    run_id: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(String(255))
+    pid: Mapped[int | None] = mapped_column(Integer)
+    expires_at: Mapped[float] = mapped_column(Float, default=0.0)
+    done_at: Mapped[float | None] = mapped_column(Float)
+
+
 class ExplanationRow(Base):
     """One explanation of one neuron, unique per (neuron, explain-config key)."""
 

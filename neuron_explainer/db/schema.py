@@ -19,7 +19,7 @@ from neuron_explainer.db.models import Base, MetaEntry
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 """Version of the tables defined in models.py."""
 
 APPLICATION = "neuron-explainer"
@@ -144,12 +144,22 @@ def _upgrade_5_to_6(connection: Connection) -> None:
         "FOREIGN KEY(score_id) REFERENCES scores (id), FOREIGN KEY(run_id) REFERENCES runs (id))")
 
 
+def _upgrade_6_to_7(connection: Connection) -> None:
+    """Version 7 added `unit_claims`, the leases several workers on one database split a night with."""
+    connection.exec_driver_sql(
+        "CREATE TABLE unit_claims (plan_key VARCHAR(64) NOT NULL, layer INTEGER NOT NULL, neuron INTEGER NOT NULL, "
+        "owner VARCHAR(64), run_id INTEGER, host VARCHAR(255), pid INTEGER, expires_at FLOAT NOT NULL, "
+        "done_at FLOAT, PRIMARY KEY (plan_key, layer, neuron))")
+    connection.exec_driver_sql("CREATE INDEX ix_unit_claims_open ON unit_claims (plan_key, done_at, expires_at)")
+
+
 UPGRADES: dict[int, Callable[[Connection], None]] = {
     1: _upgrade_1_to_2,
     2: _upgrade_2_to_3,
     3: _upgrade_3_to_4,
     4: _upgrade_4_to_5,
     5: _upgrade_5_to_6,
+    6: _upgrade_6_to_7,
 }
 """UPGRADES[v] upgrades a version-v database to version v + 1."""
 
@@ -176,6 +186,9 @@ def prepare_schema(connection: Connection, *, where: str, create: bool) -> int:
 
     `where` names the database in messages (no password).
     """
+    if connection.dialect.name == "postgresql":
+        # Workers starting together on one database: one creates or upgrades the schema, the others then find it.
+        connection.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext('neuron-explainer schema'))")
     tables = set(inspect(connection).get_table_names())
     if not tables:
         if not create:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,12 +112,26 @@ def windows_from_json(text: str) -> tuple[ScoredWindow, ...]:
         error=item.get("error")) for item in load_json(text, []))
 
 
+WriteGuard = Callable[[Connection, Sequence[tuple[int, int] | None]], set[int]]
+"""(connection, each record's (layer, neuron) or None) -> positions of records not to write."""
+
+
+def _unit(record: Any) -> tuple[int, int] | None:
+    if isinstance(record, NeuronWrite):
+        return (record.layer, record.neuron)
+    if isinstance(record, FailureWrite):
+        return (record.values["layer"], record.values["neuron"])
+    return None
+
+
 class Applier(BatchApplier):
     """Turns queued write records into rows, resolving neuron and explanation ids by their natural keys."""
 
     def __init__(self) -> None:
         self._neuron_ids: dict[tuple[int, int, int], int] = {}
         self._staged: dict[tuple[int, int, int], int] = {}
+        self.guard: WriteGuard | None = None
+        """Decides, inside the transaction, which neuron writes to drop (a worker's lost leases: db/claims.py)."""
 
     def committed(self) -> None:
         if len(self._neuron_ids) > 2_000_000:
@@ -147,6 +161,17 @@ class Applier(BatchApplier):
         return known
 
     def apply(self, connection: Connection, records: Sequence[Any]) -> list[BaseException | None]:
+        dropped = self.guard(connection, [_unit(record) for record in records]) if self.guard is not None else set()
+        if not dropped:
+            return self._apply_all(connection, records)
+        kept = [position for position in range(len(records)) if position not in dropped]
+        outcomes: list[BaseException | None] = [None] * len(records)
+        for position, outcome in zip(kept, self._apply_all(connection, [records[index] for index in kept]),
+                                     strict=True):
+            outcomes[position] = outcome
+        return outcomes
+
+    def _apply_all(self, connection: Connection, records: Sequence[Any]) -> list[BaseException | None]:
         outcomes: list[BaseException | None] = [None] * len(records)
         neuron_keys = {(record.subject_model_id, record.layer, record.neuron)
                        for record in records if isinstance(record, NeuronWrite)}

@@ -76,12 +76,19 @@ class ResponseCache:
         if self._connection is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             connection = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False, isolation_level=None)
-            # WAL lets several processes (pipeline workers) read while one writes.
-            connection.execute("PRAGMA journal_mode=WAL")
+            # WAL lets several processes (pipeline workers) read while one writes. Both statements below need a
+            # write lock even when there is nothing to change, so they run only when needed: a worker stopped
+            # while it held the write lock must not stall the other workers' cache reads.
+            if connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                connection.execute("PRAGMA journal_mode=WAL")
             connection.execute("PRAGMA synchronous=NORMAL")
-            connection.execute(
-                "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, backend TEXT NOT NULL,"
-                " model TEXT NOT NULL, created_at REAL NOT NULL, response TEXT NOT NULL)")
+            if connection.execute("SELECT 1 FROM sqlite_master WHERE name = 'responses'").fetchone() is None:
+                connection.execute(
+                    "CREATE TABLE IF NOT EXISTS responses (key TEXT PRIMARY KEY, backend TEXT NOT NULL,"
+                    " model TEXT NOT NULL, created_at REAL NOT NULL, response TEXT NOT NULL)")
+            # A store that waits longer than this is skipped (logged): it costs a repeat call some day, whereas
+            # waiting on a stuck process's lock would cost every call now.
+            connection.execute("PRAGMA busy_timeout = 1000")
             self._connection = connection
         return self._connection
 

@@ -1,5 +1,5 @@
-"""LLM backends by name (a registry) and their specs: `openai:MODEL`, `openai:MODEL@URL`, `local:MODEL`, each with
-optional `?key=value` options."""
+"""LLM backends by name (a registry) and their specs: `openai:MODEL`, `openai:MODEL@URL`,
+`openai:MODEL@URL1,URL2,...` (an endpoint pool), `local:MODEL`, each with optional `?key=value` options."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from neuron_explainer.llm.batch_api import BatchJournal
 from neuron_explainer.llm.cache import ResponseCache
 from neuron_explainer.llm.ledger import UsageLedger
 from neuron_explainer.llm.limits import RateLimits
-from neuron_explainer.llm.openai_backend import OpenAIBackend, OpenAISettings, SlotMode, missing_key_error
+from neuron_explainer.llm.openai_backend import (OpenAIBackend, OpenAISettings, SlotMode, display_url,
+                                                 missing_key_error)
 from neuron_explainer.llm.retry import RetryPolicy
 
-SPEC_HELP = ("use openai:MODEL, openai:MODEL@http://HOST:PORT/v1, local:HF_ID_OR_DIR, local:FILE.gguf or "
+SPEC_HELP = ("use openai:MODEL, openai:MODEL@http://HOST:PORT/v1 (or several: @URL1,URL2), local:HF_ID_OR_DIR, local:FILE.gguf or "
              "local:default, optionally followed by ?option=value&...")
 OPENAI_OPTIONS = ("slots", "prompt_logprobs", "echo", "logprobs", "completion", "context", "key_env", "concurrency",
                   "rpm", "tpm", "timeout", "attempts", "backoff", "batch_poll", "batch_flush")
@@ -79,6 +80,9 @@ def parse_backend_spec(spec: str) -> BackendSpec:
         match = _URL_SPLIT.match(rest)
         if match:
             rest, url = match["model"], match["url"]
+            if any(not re.match(r"https?://.", part.strip()) for part in url.split(",")):
+                raise UserError(f"bad server URL list in LLM backend {spec!r}: give URL1,URL2,... each starting "
+                                "with http:// or https://")
         elif "@" in rest:
             raise UserError(f"bad server URL in LLM backend {spec!r}: the part after @ must start with http:// or "
                             "https://")
@@ -142,6 +146,14 @@ def _build_openai(parsed: BackendSpec, settings: BuildSettings) -> LLMBackend:
         context_window=_positive_int(options, "context", None), key_env=options.get("key_env", "OPENAI_API_KEY"),
         limits=limits, retry=_retry_policy(options, settings.retry or RetryPolicy()),
         timeout_s=_positive_float(options, "timeout", settings.timeout) or 120.0)
+    urls = [part.strip() for part in url.split(",")] if url else []
+    if len(urls) > 1:
+        from neuron_explainer.llm.endpoints import EndpointPool
+
+        # One backend per endpoint, each with the spec's concurrency, limits and retries.
+        members = [OpenAIBackend(replace(openai_settings, base_url=endpoint), cache=settings.cache,
+                                 ledger=settings.ledger) for endpoint in urls]
+        return EndpointPool(members, name=f"openai:{parsed.model}@" + ",".join(display_url(item) for item in urls))
     backend = OpenAIBackend(openai_settings, cache=settings.cache, ledger=settings.ledger)
     if settings.batch_journal is None:
         return backend

@@ -117,6 +117,9 @@ class RunConfig(BaseModel):
     """Score again even where a score for the same configuration exists."""
     causal: bool = False
     """Also compute the causal score (subject run with simulated vs mean activations) of every score lacking one."""
+    lease_seconds: float = 300.0
+    """PostgreSQL: how long a worker's claim on a neuron lives without renewal (a dead worker's neurons wait this
+    long for another worker, less on the same host)."""
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -140,7 +143,7 @@ class RunConfig(BaseModel):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative (got {value})")
-        for name in ("ctx", "windows", "concurrency", "candidates", "explain_windows"):
+        for name in ("ctx", "windows", "concurrency", "candidates", "explain_windows", "lease_seconds"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{name.replace('_', '-')} must be positive (got {getattr(self, name)})")
         if self.polarity == "any":

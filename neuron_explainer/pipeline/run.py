@@ -38,6 +38,7 @@ from neuron_explainer.pipeline.causal import check_causal_inputs, run_causal
 from neuron_explainer.pipeline.config import RunConfig, parse_deadline
 from neuron_explainer.pipeline.explainers import ExplainerJob, make_explainer_jobs
 from neuron_explainer.pipeline.resources import BackendSettings, RunResources
+from neuron_explainer.pipeline.units import LocalUnits, SharedUnits, make_units, shares_work
 from neuron_explainer.scoring import SCORERS, ScoreConfig, Scorer, SimulationScorer, donor_assignment, score_mean
 from neuron_explainer.scoring_llm import ScorerKind
 from neuron_explainer.simulate import simulator_needs
@@ -266,13 +267,23 @@ class Pipeline:
         score_keys = {job.key: self._score_key(scorer) for job in jobs}
         self.classifiers = classifier_jobs(self.config.scorers, self.resources, manifest_hash=manifest.recording_id,
                                            split=self.split)
-        todo = self._plan(neurons, jobs, score_keys)
-        skipped = len(neurons) - len(todo)
-        logger.info("%d neurons selected, %d already done, %d to do", len(neurons), skipped, len(todo))
-        if self.config.limit is not None:
-            todo = todo[:self.config.limit]
-        budget = _Budget(self.config, self.ledger, started)
-        stop_reason = await self._schedule(todo, jobs, scorer, score_keys, budget)
+        units = make_units(self.database, unit_keys=[(job.key, score_keys[job.key]) for job in jobs],
+                           selection=f"{self.config.neurons}|{self.config.sample}|{self.config.seed}|"
+                                     f"{self.config.limit}",
+                           mode=f"rescore={self.config.rescore}|retry={self.config.retry_failed}",
+                           run_id=self.run_id, lease_s=self.config.lease_seconds,
+                           on_takeover=lambda neuron: self._reload(neuron, jobs))
+        try:
+            todo = self._plan(neurons, jobs, score_keys)
+            skipped = len(neurons) - len(todo)
+            logger.info("%d neurons selected, %d already done, %d to do", len(neurons), skipped, len(todo))
+            if self.config.limit is not None:
+                todo = todo[:self.config.limit]
+            budget = _Budget(self.config, self.ledger, started)
+            units.offer(todo)
+            stop_reason = await self._schedule(units, len(todo), jobs, scorer, score_keys, budget)
+        finally:
+            units.close()
         self.database.flush()
         if self.config.baselines and stop_reason is None:
             stop_reason = await self._fill_baselines(neurons, jobs, scorer, score_keys, budget)
@@ -338,18 +349,33 @@ class Pipeline:
                                          cost_usd=totals.cost_usd or 0.0,
                                          tokens=totals.prompt_tokens + totals.completion_tokens, activity=activity))
 
-    async def _schedule(self, todo: list[NeuronId], jobs: list[ExplainerJob], scorer: Scorer,
-                        score_keys: dict[str, str], budget: _Budget) -> str | None:
-        """Run one unit per neuron through the shared runner; stop launching when a budget is reached (in-flight
-        units finish)."""
-        self._total = len(todo)
+    def _reload(self, neuron: NeuronId, jobs: list[ExplainerJob]) -> None:
+        """A neuron taken over from a worker whose lease expired: use the explanations it committed."""
+        for job in jobs:
+            stored = self.database.load_explanations(job.key, neurons=[neuron])
+            if neuron in stored:
+                job.existing[neuron] = stored[neuron]
 
-        def unit(neuron: NeuronId) -> Callable[[], Awaitable[None]]:
-            async def run() -> None:
+    async def _schedule(self, units: LocalUnits | SharedUnits, total: int, jobs: list[ExplainerJob],
+                        scorer: Scorer, score_keys: dict[str, str], budget: _Budget) -> str | None:
+        """Run up to `total` units through the shared runner, each taking the next neuron from `units` (a local
+        queue, or leases shared with other workers); stop launching when a budget is reached (in-flight units
+        finish)."""
+        self._total = total
+
+        def unit() -> Callable[[], Awaitable[bool]]:
+            async def run() -> bool:
+                neuron = await units.next()
+                if neuron is None:
+                    return False
                 await self._process(neuron, jobs, scorer, score_keys)
+                units.finished(neuron)
+                return True
             return run
 
-        def finished(_: None) -> None:
+        def finished(processed: bool) -> None:
+            if not processed:
+                return
             self.tally.done += 1
             self.backend_watch.check()
             self._persist_ledger()
@@ -358,7 +384,7 @@ class Pipeline:
             self._report_progress("")
 
         try:
-            summary = await run_units([unit(neuron) for neuron in todo], concurrency=self.config.concurrency,
+            summary = await run_units([unit() for _ in range(total)], concurrency=self.config.concurrency,
                                       on_result=finished, description="run", progress=False, stop=budget.exceeded)
         except BackendDown as down:
             # run_units cancelled the units in flight: they would only wait out their retries on the same backend.
@@ -507,7 +533,7 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
     in-process subject); None loads the model the recording names, when a stage first needs it."""
     check_inputs(config)
     with open_database(config.db) as database:
-        run_id = database.start_run(config=config.as_dict())
+        run_id = database.start_run(config=config.as_dict(), shared=shares_work(database))
         status, error, summary = RunStatus.FAILED, None, None
         try:
             store = ensure_records(config, progress=progress)

@@ -27,12 +27,15 @@ from neuron_explainer.pipeline import RunConfig, recording_directory, run_pipeli
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
+from db_targets import db_exists, db_url, is_postgres  # noqa: E402
 from fault_harness import integrity, results_snapshot, rows, word_store  # noqa: E402
 from neuron_records import corpus_windows  # noqa: E402
 from scripted_llm import competent_model  # noqa: E402
 
 LLM_TRIALS = 7
 DB_TRIALS = 7
+POSTGRES_TRIALS = 3
+"""Trials of each kind on PostgreSQL: the same code paths on a second backend, at a smaller cost."""
 RECORDING_TRIALS = 6
 NEURONS = 6
 POLL_S = 0.002
@@ -70,9 +73,14 @@ def _kill_when(config: RunConfig, ready: Callable[[], bool], *, single_thread: b
     return process.exitcode
 
 
-def _count(db: Path, query: str) -> int:
-    if not db.exists():
+def _count(db: Path | str, query: str) -> int:
+    if not db_exists(db):
         return 0
+    if is_postgres(db):
+        try:
+            return int(rows(db, query)[0][0])
+        except Exception:  # noqa: BLE001 - tables not created yet
+            return 0
     try:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=0.05)) as connection:
             return int(connection.execute(query).fetchone()[0])
@@ -85,25 +93,27 @@ def small_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return word_store(tmp_path_factory.mktemp("kill-words"), neurons=NEURONS, words=NEURONS)
 
 
-def _llm_config(store: Path, db: Path, spec: str) -> RunConfig:
-    return RunConfig(db=f"sqlite:///{db}", records=str(store), explainers=("token-pairs",), simulator="generated",
+def _llm_config(store: Path, db: Path | str, spec: str) -> RunConfig:
+    return RunConfig(db=db_url(db), records=str(store), explainers=("token-pairs",), simulator="generated",
                      llm=spec, concurrency=4, score_top_windows=2, score_random_windows=2, explain_windows=6)
 
 
-def test_sigkill_during_llm_calls_and_db_writes_then_resume(small_store: Path, tmp_path: Path) -> None:
+def test_sigkill_during_llm_calls_and_db_writes_then_resume(small_store: Path, new_db) -> None:
     with FakeOpenAIServer(responder=competent_model) as server:
         spec = server.backend_spec("competent", "timeout=10&attempts=3&backoff=0.01")
-        reference = tmp_path / "reference.db"
+        reference = new_db()
+        llm_trials, db_trials = (POSTGRES_TRIALS, POSTGRES_TRIALS) if is_postgres(reference) else (LLM_TRIALS,
+                                                                                                  DB_TRIALS)
         assert run_pipeline(_llm_config(small_store, reference, spec), progress=False).status == "completed"
         expected = results_snapshot(reference)
         assert len(expected["scores"]) == NEURONS
         total_requests = server.count()
         landed = 0
-        for trial in range(LLM_TRIALS + DB_TRIALS):
+        for trial in range(llm_trials + db_trials):
             rng = random.Random(1000 + trial)
-            db = tmp_path / f"killed-{trial}.db"
+            db = new_db()
             config = _llm_config(small_store, db, spec)
-            if trial < LLM_TRIALS:
+            if trial < llm_trials:
                 # While requests are in flight: once the server has seen a seeded share of the night's requests.
                 server.reset()
                 threshold = rng.randint(total_requests // 10, total_requests * 8 // 10)
@@ -126,7 +136,7 @@ def test_sigkill_during_llm_calls_and_db_writes_then_resume(small_store: Path, t
                 statuses = rows(db, "select status, coalesce(error, '') from runs order by id")
                 assert len(statuses) == 2 and all(status in ("completed", "failed") for status, _ in statuses)
                 assert all("abandoned" in error for status, error in statuses if status == "failed"), statuses
-    assert landed >= (LLM_TRIALS + DB_TRIALS) - 2, f"only {landed} kills landed mid-run"
+    assert landed >= (llm_trials + db_trials) - 2, f"only {landed} kills landed mid-run"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,127 @@
+"""Benchmark several `run` workers on one PostgreSQL database against the loopback OpenAI server.
+
+1, 2 and 4 workers (forked processes, each with the same --concurrency) share one night of planted word neurons
+(token-pairs explainer, generated simulator) over a throwaway PostgreSQL server (tests/pg_server.py); the loopback
+server (tests/fake_openai_server.py) answers every request after a fixed latency (default 200 ms), as a remote
+endpoint would. Throughput is neurons per second of wall time; scaling is throughput / (N x one worker's), target
+>= 0.8. Every N must store exactly the single worker's results. Also prints the per-neuron figures (requests,
+prompt and completion tokens) that docs/scale.md projects a whole model from.
+
+Usage: .venv/bin/python scripts/bench_workers.py [--neurons 48] [--latency 0.2] [--concurrency 2] [--workers 1,2,4]
+Prints a table and a final JSON line {"bench": "workers", ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from db_targets import rows  # noqa: E402
+from fake_openai_server import FakeOpenAIServer  # noqa: E402
+from fault_harness import results_snapshot, word_store  # noqa: E402
+from pg_server import start_server  # noqa: E402
+from scripted_llm import competent_model  # noqa: E402
+
+from neuron_explainer.pipeline import RunConfig, run_pipeline  # noqa: E402
+
+
+def _work(config: RunConfig) -> None:
+    code = 0
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+        run_pipeline(config, progress=False)
+    except BaseException:  # noqa: BLE001 - reported through the exit code
+        import traceback
+
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def night(url: str, store: Path, spec: str, *, workers: int, concurrency: int, cache: Path) -> float:
+    """Run one night with `workers` forked workers; returns wall seconds."""
+    os.environ["NEURON_EXPLAINER_CACHE"] = str(cache)  # a fresh response cache: every request reaches the server
+    config = RunConfig(db=url, records=str(store), explainers=("token-pairs",), simulator="generated", llm=spec,
+                       concurrency=concurrency, score_top_windows=2, score_random_windows=2, explain_windows=6)
+    start = time.perf_counter()
+    processes = [multiprocessing.get_context("fork").Process(target=_work, args=(config,)) for _ in range(workers)]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    elapsed = time.perf_counter() - start
+    if any(process.exitcode != 0 for process in processes):
+        raise SystemExit(f"a worker failed: exit codes {[process.exitcode for process in processes]}")
+    return elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--neurons", type=int, default=48)
+    parser.add_argument("--latency", type=float, default=0.2, help="seconds the loopback server waits per answer")
+    parser.add_argument("--concurrency", type=int, default=2, help="neurons in flight per worker")
+    parser.add_argument("--workers", default="1,2,4")
+    args = parser.parse_args()
+    counts = [int(part) for part in args.workers.split(",")]
+    load_before = os.getloadavg()
+    scratch = Path(tempfile.mkdtemp(prefix="bench_workers_"))
+    store = word_store(scratch, neurons=args.neurons, words=min(args.neurons, 40))
+    server = start_server()
+    results: dict[int, dict] = {}
+    try:
+        with FakeOpenAIServer(responder=competent_model, latency=args.latency) as llm:
+            spec = llm.backend_spec("competent", "timeout=30&attempts=3&backoff=0.05")
+            reference = None
+            for workers in counts:
+                url = server.new_database("bench")
+                llm.reset()
+                seconds = night(url, store, spec, workers=workers, concurrency=args.concurrency,
+                                cache=scratch / f"cache-{workers}")
+                snapshot = results_snapshot(url)
+                reference = reference or snapshot
+                [(prompt_tokens, completion_tokens, calls)] = rows(
+                    url, "select sum(prompt_tokens), sum(completion_tokens), count(*) from llm_calls")
+                done = [json.loads(totals).get("done", 0) for (totals,) in rows(url, "select totals_json from runs")]
+                results[workers] = {
+                    "seconds": round(seconds, 2), "neurons_per_s": round(args.neurons / seconds, 3),
+                    "identical_to_first": snapshot == reference, "neurons_done_per_worker": sorted(done),
+                    "requests": llm.count(), "requests_per_neuron": round(llm.count() / args.neurons, 2),
+                    "prompt_tokens_per_neuron": round(int(prompt_tokens) / args.neurons, 1),
+                    "completion_tokens_per_neuron": round(int(completion_tokens) / args.neurons, 1),
+                    "ledger_calls": int(calls)}
+                base = results[counts[0]]["neurons_per_s"] / counts[0]
+                results[workers]["scaling"] = round(results[workers]["neurons_per_s"] / (workers * base), 3)
+                row = results[workers]
+                print(f"{workers} worker(s): {row['seconds']:7.2f} s  {row['neurons_per_s']:6.3f} neurons/s  "
+                      f"scaling {row['scaling']:.2f} x N  identical {row['identical_to_first']}  "
+                      f"done per worker {row['neurons_done_per_worker']}")
+    finally:
+        server.stop()
+    load_after = os.getloadavg()
+    first = results[counts[0]]
+    print(f"per neuron: {first['requests_per_neuron']} requests, {first['prompt_tokens_per_neuron']} prompt and "
+          f"{first['completion_tokens_per_neuron']} completion tokens; load average {load_before[0]:.1f} -> "
+          f"{load_after[0]:.1f} on {os.cpu_count()} CPUs")
+    print(json.dumps({"bench": "workers", "neurons": args.neurons, "latency_s": args.latency,
+                      "concurrency_per_worker": args.concurrency, "results": results,
+                      "load_average_before": round(load_before[0], 2), "load_average_after": round(load_after[0], 2),
+                      "cpus": os.cpu_count(),
+                      "meets_target": all(row["scaling"] >= 0.8 and row["identical_to_first"]
+                                          for row in results.values())}))
+
+
+if __name__ == "__main__":
+    main()
