@@ -29,6 +29,14 @@ class NeuronId:
             raise UserError(f"malformed neuron {text!r}: expected LAYER:NEURON such as 3:17") from None
 
 
+def range_bounds(piece: str) -> tuple[int, int]:
+    """The inclusive bounds of `N` or `A-B` (ValueError when either is not an integer)."""
+    if "-" in piece:
+        start_text, end_text = piece.split("-", 1)
+        return int(start_text), int(end_text)
+    return int(piece), int(piece)
+
+
 def parse_range(text: str, *, upper: int, what: str) -> list[int]:
     """Parse `*`, `N`, `A-B` (inclusive) or comma-joined pieces into sorted unique ints in [0, upper)."""
     values: set[int] = set()
@@ -38,11 +46,7 @@ def parse_range(text: str, *, upper: int, what: str) -> list[int]:
             values.update(range(upper))
             continue
         try:
-            if "-" in piece:
-                start_text, end_text = piece.split("-", 1)
-                start, end = int(start_text), int(end_text)
-            else:
-                start = end = int(piece)
+            start, end = range_bounds(piece)
         except ValueError:
             raise UserError(f"malformed {what} range {piece!r}: use N, A-B, * or a comma list") from None
         if start > end:

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, Select, and_, column, exists, func, or_, select, table
 
 from neuron_explainer.core.errors import UserError
-from neuron_explainer.core.neurons import NeuronId
+from neuron_explainer.core.neurons import NeuronId, range_bounds
 from neuron_explainer.db.classifier import classifier_metrics_by_explanation
 from neuron_explainer.db.codec import load_json, none_to_nan
 from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, ExplanationRow, NeuronRow, RecordingRow, ScoreRow,
@@ -443,11 +443,7 @@ def parse_int_list(text: str, *, what: str) -> tuple[int, ...]:
     for piece in text.split(","):
         piece = piece.strip()
         try:
-            if "-" in piece:
-                start_text, end_text = piece.split("-", 1)
-                start, end = int(start_text), int(end_text)
-            else:
-                start = end = int(piece)
+            start, end = range_bounds(piece)
         except ValueError:
             raise UserError(f"malformed {what} filter {piece!r}: use N, A-B or a comma list") from None
         if start < 0 or start > end:
