@@ -448,6 +448,8 @@ def _add_explain(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--simulator", default=None, help="simulator ranking best-of-n candidates (default: best)")
     parser.add_argument("--stratified", action="store_true",
                         help="explain windows spread over the activation range instead of at random")
+    parser.add_argument("--with-weights", action="store_true",
+                        help="token-pairs: also show the neuron's weight views (run `weights` on the store first)")
     _add_split_flags(parser)
     parser.set_defaults(handler=_cmd_explain)
 
@@ -456,7 +458,7 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     from neuron_explainer.explain import ExplainConfig
     from neuron_explainer.explain_and_score import run_explain
 
-    config = ExplainConfig(split=_split_config(args), candidates=args.candidates)
+    config = ExplainConfig(split=_split_config(args), candidates=args.candidates, with_weights=args.with_weights)
     summary = run_explain(args.records, args.neurons, llm=args.llm, out=args.out, config=config,
                           polarity=args.polarity, simulator=args.simulator, explainer=args.explainer,
                           concurrency=args.concurrency, progress=sys.stderr.isatty())

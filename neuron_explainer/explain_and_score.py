@@ -119,12 +119,17 @@ def run_explain(records: str | Path, neurons: str, *, llm: str, out: str | Path,
         raise UserError(f"--polarity {polarity}: the recording {store.path} has no negative windows (recorded with "
                         f"polarity {store.manifest.polarity}); record with --polarity both")
     selected = select_neurons(neurons, layers=store.layers, neurons_per_layer=store.neurons_per_layer)
+    if config.with_weights:
+        from neuron_explainer.pipeline.explainers import check_weight_view_inputs
+
+        check_weight_view_inputs([explainer], store, selected)
 
     async def go() -> BatchSummary:
         resources = RunResources(BackendSettings(llm=llm, simulator=simulator), store, split=config.split)
         try:
             explainers = [explainer_type(ExplainerSettings(split=config.split, polarity=side,
-                                                           candidates=config.candidates), resources)
+                                                           candidates=config.candidates,
+                                                           with_weights=config.with_weights), resources)
                           for side in POLARITY_CHOICES[polarity]]
             units = [_explain_unit(each, store, neuron) for neuron in selected for each in explainers]
             with _open_out(out) as handle:

@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -189,6 +190,17 @@ class WeightViews:
                          for index, weight in zip(ids.tolist(), weights.tolist()))
 
         return NeuronWeightView(NeuronId(layer, neuron), *(items(kind) for kind in KINDS))
+
+
+def require_weight_views(store: RecordStore, layers: Iterable[int]) -> WeightViews:
+    """The store's views, or a UserError saying how to compute them when they miss any of `layers`."""
+    views = WeightViews.open(store)
+    missing = sorted({layer for layer in layers if views is None or not views.has_layer(layer)})
+    if views is None or missing:
+        which = "" if views is None else f" of layer(s) {', '.join(map(str, missing))}"
+        raise UserError(f"the record store {store.path} has no weight views{which} to show the explainer; compute "
+                        f"them first with `neuron-explainer weights --records {store.path}`")
+    return views
 
 
 def neuron_weight_view(store: RecordStore, neuron: NeuronId) -> NeuronWeightView | None:

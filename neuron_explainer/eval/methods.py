@@ -182,6 +182,9 @@ class _Context:
     async def isolated_ngrams(self, layer: int, config: Any) -> Any:
         raise UserError("in-process evaluation reads in-context n-grams only")
 
+    def weight_view(self, neuron: NeuronId) -> Any:
+        raise UserError("the planted suite's neurons have no model weights, so no weight views")
+
     def report_activity(self, activity: str) -> None:
         """The evaluation's own progress bar counts neurons; a step's activity is not shown."""
 

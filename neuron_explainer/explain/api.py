@@ -9,12 +9,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from neuron_explainer.activations.records import NeuronRecord
+from neuron_explainer.activations.weight_views import NeuronWeightView
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.failures import Failure
 from neuron_explainer.core.prompts import load_prompt_files
 from neuron_explainer.explain.parsing import clean_explanation
 from neuron_explainer.explain.splits import SplitConfig, oriented_record, split_neuron
-from neuron_explainer.explain.token_pairs import PROMPT_FILES, build_prompt, render_as_text, scale_windows
+from neuron_explainer.explain.token_pairs import (PROMPT_FILES, PROMPT_FILES_WITH_WEIGHTS, build_prompt,
+                                                  render_as_text, scale_windows, weight_view_text)
 from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity
 from neuron_explainer.llm.base import LLMBackend
 from neuron_explainer.llm.errors import LLMError, backend_failure
@@ -45,6 +47,25 @@ class ExplainConfig:
     """Tokens allowed for each answer."""
     nonzero_threshold: float = 0.2
     """Repeat the non-zero pairs when fewer than this fraction of the shown activations are non-zero."""
+    with_weights: bool = False
+    """Also show the neuron's weight views (output and input tokens; `neuron-explainer weights`) in the prompt."""
+    weight_view_tokens: int = 10
+    """Tokens shown per weight-view list when `with_weights` is set."""
+
+    def identity_parameters(self) -> dict[str, object]:
+        """The settings that change the text (part of the explanation's config key); old keys stay unchanged when
+        weights are off."""
+        parameters: dict[str, object] = {
+            **self.split.as_dict(), "candidates": self.candidates, "temperature": self.effective_temperature,
+            "max_answer_tokens": self.max_answer_tokens, "nonzero_threshold": self.nonzero_threshold}
+        if self.with_weights:
+            parameters["weight_view_tokens"] = self.weight_view_tokens
+        return parameters
+
+    @property
+    def prompt_files(self) -> tuple[str, ...]:
+        """The prompt files this configuration reads."""
+        return PROMPT_FILES_WITH_WEIGHTS if self.with_weights else PROMPT_FILES
 
     @property
     def effective_temperature(self) -> float:
@@ -59,8 +80,10 @@ def _now() -> str:
 
 
 async def explain_neuron(record: NeuronRecord, backend: LLMBackend, *, config: ExplainConfig = ExplainConfig(),
-                         ranker: CandidateRanker | None = None) -> Explanation | Failure:
-    """Explain one neuron with the token-activation-pair method.
+                         ranker: CandidateRanker | None = None,
+                         weight_view: NeuronWeightView | None = None) -> Explanation | Failure:
+    """Explain one neuron with the token-activation-pair method (with `config.with_weights`, also showing
+    `weight_view`).
 
     Returns a Failure (with the raw answers) when the neuron never fires in its explain windows, the prompt cannot
     fit the backend's context, the backend errors, or no answer parses into a usable phrase.
@@ -77,9 +100,16 @@ async def explain_neuron(record: NeuronRecord, backend: LLMBackend, *, config: E
     if not any(value > 0 for window in scaled for value in window.values):
         return Failure(record.neuron, "explain", f"no {config.polarity.value} activation in the explain windows")
 
-    files = load_prompt_files(PROMPT_FILES)
+    files = load_prompt_files(config.prompt_files)
+    weights = ""
+    if config.with_weights:
+        if weight_view is None:
+            return Failure(record.neuron, "explain", f"the record store has no weight views of layer "
+                                                     f"{record.neuron.layer} (`neuron-explainer weights`)")
+        weights = weight_view_text(files, weight_view, polarity=config.polarity, tokens=config.weight_view_tokens)
     budget = backend.capabilities.context_window - config.max_answer_tokens - CONTEXT_SAFETY_TOKENS
-    prompt = build_prompt(scaled, token_budget=budget, nonzero_threshold=config.nonzero_threshold, files=files)
+    prompt = build_prompt(scaled, token_budget=budget, nonzero_threshold=config.nonzero_threshold, files=files,
+                          weights=weights)
     if prompt is None:
         return Failure(record.neuron, "explain",
                        f"the prompt does not fit the {backend.capabilities.context_window}-token context of {backend.name}")
@@ -125,9 +155,7 @@ async def explain_neuron(record: NeuronRecord, backend: LLMBackend, *, config: E
         extra["rejected"] = rejected
 
     parameters: dict[str, object] = {
-        **config.split.as_dict(), "candidates": config.candidates, "temperature": config.effective_temperature,
-        "max_answer_tokens": config.max_answer_tokens, "nonzero_threshold": config.nonzero_threshold,
-        "windows_shown": len(prompt.shown_windows), "few_shot_examples": prompt.few_shot_count,
+        **config.identity_parameters(), "windows_shown": len(prompt.shown_windows), "few_shot_examples": prompt.few_shot_count,
         "nonzero_repeated": prompt.nonzero_repeated, "truncated": prompt.truncated,
         "prompt_style": "chat" if backend.capabilities.chat else "completion"}
     return Explanation(

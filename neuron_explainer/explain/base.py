@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from neuron_explainer.activations.records import NeuronRecord
+from neuron_explainer.activations.weight_views import NeuronWeightView
 from neuron_explainer.core.failures import Failure
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.core.registry import Needs
 from neuron_explainer.explain.api import CandidateRanker
 from neuron_explainer.explain.ngrams import LayerNgramResponses, NgramConfig, NgramMode
@@ -33,6 +35,9 @@ class ExplainResources(Protocol):
     async def isolated_ngrams(self, layer: int, config: NgramConfig) -> LayerNgramResponses:
         """Every neuron of `layer`'s response to each corpus n-gram read alone (one cached sweep)."""
 
+    def weight_view(self, neuron: NeuronId) -> NeuronWeightView | None:
+        """The neuron's weight view from the record store (None when its layer has none)."""
+
     def report_activity(self, activity: str) -> None:
         """Tell whoever watches the run what a long step is doing now (shown by the CLI's progress bar)."""
 
@@ -49,6 +54,8 @@ class ExplainerSettings:
     """Explanations drawn per neuron (best-of-n on the calibrate split, where the explainer supports it)."""
     ngram_mode: NgramMode = NgramMode.IN_CONTEXT
     """Where n-gram based explainers read n-gram responses."""
+    with_weights: bool = False
+    """Also show the neuron's weight views to the explainer (token-pairs)."""
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,6 @@ from neuron_explainer.explain.base import Explainer, ExplainerIdentity, Explaine
 from neuron_explainer.explain.ngrams import (NGRAM_EXPLANATION_DEFAULTS, NeuronNgrams, NgramConfig, NgramMode,
                                              explain_ngram, in_context_ngrams_for_record)
 from neuron_explainer.explain.sasc import SascBatcher, SascConfig, sasc_prompt_files
-from neuron_explainer.explain.token_pairs import PROMPT_FILES as TOKEN_PAIR_PROMPTS
 from neuron_explainer.explain.types import Explanation
 
 
@@ -26,22 +25,22 @@ class TokenPairsExplainer(Explainer):
     def __init__(self, settings: ExplainerSettings, resources: ExplainResources) -> None:
         super().__init__(settings, resources)
         self.backend = resources.llm()
-        self.config = ExplainConfig(split=settings.split, polarity=settings.polarity, candidates=settings.candidates)
+        self.config = ExplainConfig(split=settings.split, polarity=settings.polarity, candidates=settings.candidates,
+                                    with_weights=settings.with_weights)
 
     def identity(self) -> ExplainerIdentity:
         config = self.config
-        parameters = {**config.split.as_dict(), "candidates": config.candidates,
-                      "temperature": config.effective_temperature, "max_answer_tokens": config.max_answer_tokens,
-                      "nonzero_threshold": config.nonzero_threshold}
+        parameters = config.identity_parameters()
         if config.candidates > 1:
             # Best-of-n is ranked by simulation on the calibrate split, so the ranker is part of the work.
             parameters["ranker"] = self.resources.ranker_identity()
         return ExplainerIdentity(parameters=parameters, backend=self.backend.name, model=self.backend.model,
-                                 prompt_hash=load_prompt_files(TOKEN_PAIR_PROMPTS).hash)
+                                 prompt_hash=load_prompt_files(config.prompt_files).hash)
 
     async def explain(self, record: NeuronRecord) -> Explanation | Failure:
         ranker = self.resources.ranker(record, self.config.polarity) if self.config.candidates > 1 else None
-        return await explain_neuron(record, self.backend, config=self.config, ranker=ranker)
+        view = self.resources.weight_view(record.neuron) if self.config.with_weights else None
+        return await explain_neuron(record, self.backend, config=self.config, ranker=ranker, weight_view=view)
 
 
 def ngram_source(settings: ExplainerSettings, resources: ExplainResources,

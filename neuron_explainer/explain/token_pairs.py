@@ -6,12 +6,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from neuron_explainer.activations.records import Window
+from neuron_explainer.activations.weight_views import NeuronWeightView
 from neuron_explainer.core.prompts import PromptFiles, load_prompt_files
-from neuron_explainer.explain.formatting import format_pairs, scale_activations
+from neuron_explainer.explain.formatting import format_pairs, printable_token, scale_activations
+from neuron_explainer.explain.types import Polarity
 from neuron_explainer.llm.base import Message
 
 PROMPT_FILES = ("explainer/token_pairs/system.md", "explainer/token_pairs/request.md",
                 "explainer/token_pairs/nonzero.md", "explainer/token_pairs/examples.json")
+WEIGHTS_FILE = "explainer/token_pairs/weights.md"
+PROMPT_FILES_WITH_WEIGHTS = (*PROMPT_FILES, WEIGHTS_FILE)
+"""The variant that also shows the neuron's weight views (`--explain-with-weights`); its own content hash."""
 
 CHARACTERS_PER_TOKEN = 3.0
 """Conservative characters-per-token estimate for budgeting prompts without the backend's tokenizer."""
@@ -85,7 +90,22 @@ def load_examples(files: PromptFiles) -> tuple[FewShotExample, ...]:
     return tuple(examples)
 
 
-def _request_text(files: PromptFiles, windows: Sequence[ScaledWindow], *, nonzero_threshold: float) -> tuple[str, bool]:
+def weight_view_text(files: PromptFiles, view: NeuronWeightView, *, polarity: Polarity, tokens: int) -> str:
+    """The weights paragraph of the request: `tokens` tokens per list, quoted and escaped like the passages.
+
+    A negative explanation describes the negated activation, which pushes the output and reads the input the
+    other way round, so the promoted/suppressed and exciting/inhibiting lists swap."""
+    lists = {"promoted": view.promoted, "suppressed": view.suppressed, "exciting": view.exciting,
+             "inhibiting": view.inhibiting}
+    if polarity is Polarity.NEGATIVE:
+        lists = {"promoted": view.suppressed, "suppressed": view.promoted, "exciting": view.inhibiting,
+                 "inhibiting": view.exciting}
+    return files.render(WEIGHTS_FILE, **{kind: ", ".join(f'"{printable_token(item.token)}"' for item in items[:tokens])
+                                         for kind, items in lists.items()})
+
+
+def _request_text(files: PromptFiles, windows: Sequence[ScaledWindow], *, nonzero_threshold: float,
+                  weights: str = "") -> tuple[str, bool]:
     passages = "\n".join(f"--- passage {index} ---\n{format_pairs(window.tokens, window.values)}"
                          for index, window in enumerate(windows, start=1))
     values = [value for window in windows for value in window.values]
@@ -96,16 +116,20 @@ def _request_text(files: PromptFiles, windows: Sequence[ScaledWindow], *, nonzer
     if repeat:
         nonzero = "\n" + files.render("explainer/token_pairs/nonzero.md", pairs=format_pairs(
             [token for token, _ in nonzero_pairs], [value for _, value in nonzero_pairs]))
+    if weights:
+        # After the passages and before the question, in the slot the non-zero repeat uses, so request.md (and the
+        # hash of every result made without weights) stays as it was.
+        nonzero += "\n" + weights
     return files.render("explainer/token_pairs/request.md", passages=passages, nonzero=nonzero), repeat
 
 
 def _messages(files: PromptFiles, examples: Sequence[FewShotExample], windows: Sequence[ScaledWindow], *,
-              nonzero_threshold: float) -> tuple[tuple[Message, ...], bool]:
+              nonzero_threshold: float, weights: str = "") -> tuple[tuple[Message, ...], bool]:
     messages = [Message("system", files.text("explainer/token_pairs/system.md").strip())]
     for example in examples:
         text, _ = _request_text(files, example.windows, nonzero_threshold=nonzero_threshold)
         messages += [Message("user", text), Message("assistant", example.explanation)]
-    text, repeated = _request_text(files, windows, nonzero_threshold=nonzero_threshold)
+    text, repeated = _request_text(files, windows, nonzero_threshold=nonzero_threshold, weights=weights)
     messages.append(Message("user", text))
     return tuple(messages), repeated
 
@@ -118,8 +142,10 @@ def _excerpt(window: ScaledWindow, length: int) -> ScaledWindow:
 
 
 def build_prompt(windows: Sequence[ScaledWindow], *, token_budget: int, nonzero_threshold: float = 0.2,
-                 files: PromptFiles | None = None) -> ExplainerPrompt | None:
+                 files: PromptFiles | None = None, weights: str = "") -> ExplainerPrompt | None:
     """Build the explainer prompt within `token_budget` estimated tokens; None if nothing useful fits.
+
+    `weights` (from `weight_view_text`) goes into the neuron's request only: the few-shot examples have no weights.
 
     Trimming order: drop the weakest windows down to a few, then few-shot examples, then more windows down to
     one, then cut that window to an excerpt around its peak.
@@ -129,7 +155,7 @@ def build_prompt(windows: Sequence[ScaledWindow], *, token_budget: int, nonzero_
     shown = list(windows)
     truncated = False
     while True:
-        messages, repeated = _messages(files, examples, shown, nonzero_threshold=nonzero_threshold)
+        messages, repeated = _messages(files, examples, shown, nonzero_threshold=nonzero_threshold, weights=weights)
         estimated = estimate_tokens(messages)
         if estimated <= token_budget:
             return ExplainerPrompt(messages=messages, shown_windows=tuple(shown), few_shot_count=len(examples),

@@ -79,6 +79,8 @@ class RunConfig(BaseModel):
     """Backend for simulating (default: the same as `llm`)."""
     candidates: int = 1
     """Explanations drawn per neuron (best-of-n on the calibrate split)."""
+    explain_with_weights: bool = False
+    """Show token-pairs the neuron's weight views too (output and input tokens; `neuron-explainer weights` first)."""
     explain_windows: int = SPLIT_DEFAULTS.explain_top
     """Top windows shown to the explainer."""
     score_top_windows: int = SPLIT_DEFAULTS.score_top

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from neuron_explainer.activations import Manifest, NeuronRecord
+from neuron_explainer.activations import Manifest, NeuronRecord, RecordStore
+from neuron_explainer.activations.weight_views import require_weight_views
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.failures import Failure
 from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.db import explanation_config_key
@@ -33,6 +35,15 @@ class ExplainerJob:
     """Neurons with nothing left to do for this job (explained and scored, or failed and not retried)."""
 
 
+def check_weight_view_inputs(explainers: Sequence[str], store: RecordStore, neurons: Sequence[NeuronId]) -> None:
+    """`--explain-with-weights`: a UserError unless a token-pairs explainer runs and the store has weight views of
+    every selected layer."""
+    if ExplainerKind.TOKEN_PAIRS.value not in explainers:
+        raise UserError(f"--explain-with-weights shows weight views to the token-pairs explainer only (explainers: "
+                        f"{', '.join(explainers)})")
+    require_weight_views(store, {neuron.layer for neuron in neurons})
+
+
 def make_explainer_jobs(names: Sequence[str], polarities: Sequence[Polarity], settings: ExplainerSettings,
                         resources: ExplainResources, manifest: Manifest) -> list[ExplainerJob]:
     """Jobs for every named explainer and polarity, built from the registry with the run's resources."""
@@ -40,9 +51,7 @@ def make_explainer_jobs(names: Sequence[str], polarities: Sequence[Polarity], se
     for name in names:
         explainer_type = explainer_class(name)
         for polarity in polarities:
-            explainer = explainer_type(ExplainerSettings(split=settings.split, polarity=polarity,
-                                                         candidates=settings.candidates,
-                                                         ngram_mode=settings.ngram_mode), resources)
+            explainer = explainer_type(replace(settings, polarity=polarity), resources)
             identity = explainer.identity()
             key = explanation_config_key(
                 subject_model=manifest.model_id, model_fingerprint=manifest.model_fingerprint,

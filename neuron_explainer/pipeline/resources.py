@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from neuron_explainer.activations import NeuronRecord, RecordStore
+from neuron_explainer.activations.weight_views import NeuronWeightView, WeightViews, require_weight_views
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.explain import CandidateRanker, LayerNgramResponses, NgramConfig, Polarity, SplitConfig
 from neuron_explainer.llm import LLMBackend, ResponseCache, UsageLedger, make_backend
 from neuron_explainer.scoring import ScoreConfig, calibrate_ranker
@@ -59,6 +61,7 @@ class RunResources:
         self._simulator: Simulator | None = None
         self._layer_ngrams: dict[int, LayerNgramResponses] = {}
         self._ngram_lock = asyncio.Lock()
+        self._weight_views: WeightViews | None = None
         self.on_activity: Callable[[str], None] | None = None
         """Called with what a long step is doing now (the run's progress callback)."""
 
@@ -128,6 +131,12 @@ class RunResources:
                 self._layer_ngrams.update(await asyncio.to_thread(
                     isolated_ngram_responses, self.subject(), layers, texts, config, progress=True))
         return self._layer_ngrams[layer]
+
+    def weight_view(self, neuron: NeuronId) -> NeuronWeightView | None:
+        """The neuron's weight view from the record store (opened once)."""
+        if self._weight_views is None:
+            self._weight_views = require_weight_views(self.store, [neuron.layer])
+        return self._weight_views.neuron(neuron.layer, neuron.neuron)
 
     def report_activity(self, activity: str) -> None:
         """Pass a long step's current activity on to the run's progress callback, if any."""

@@ -36,7 +36,7 @@ from neuron_explainer.pipeline.preflight import check_recording_request
 from neuron_explainer.pipeline.backend_watch import BackendDown, BackendWatch
 from neuron_explainer.pipeline.causal import check_causal_inputs, run_causal
 from neuron_explainer.pipeline.config import RunConfig, parse_deadline
-from neuron_explainer.pipeline.explainers import ExplainerJob, make_explainer_jobs
+from neuron_explainer.pipeline.explainers import ExplainerJob, check_weight_view_inputs, make_explainer_jobs
 from neuron_explainer.pipeline.resources import BackendSettings, RunResources
 from neuron_explainer.pipeline.units import LocalUnits, SharedUnits, make_units, shares_work
 from neuron_explainer.scoring import SCORERS, ScoreConfig, Scorer, SimulationScorer, donor_assignment, score_mean
@@ -262,7 +262,7 @@ class Pipeline:
         if manifest.polarity == "both" and self.config.polarity in ("both", "auto"):
             polarities.append(Polarity.NEGATIVE)
         settings = ExplainerSettings(split=self.split, candidates=self.config.candidates,
-                                     ngram_mode=self.config.ngram_mode)
+                                     ngram_mode=self.config.ngram_mode, with_weights=self.config.explain_with_weights)
         jobs = make_explainer_jobs(self.config.explainers, polarities, settings, self.resources, manifest)
         score_keys = {job.key: self._score_key(scorer) for job in jobs}
         self.classifiers = classifier_jobs(self.config.scorers, self.resources, manifest_hash=manifest.recording_id,
@@ -518,9 +518,11 @@ def check_inputs(config: RunConfig) -> None:
         store = RecordStore.open(config.records)
         store.verify()
         check_store_fits(config, store)
-        select_neurons(store, config)
+        neurons = select_neurons(store, config)
         if config.causal:
             check_causal_inputs(store, config.split)
+        if config.explain_with_weights:
+            check_weight_view_inputs(config.explainers, store, neurons)
     else:
         check_recording_request(record_config(config))
 
@@ -541,6 +543,8 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
             neurons = select_neurons(store, config)
             if config.causal:
                 check_causal_inputs(store, config.split)
+            if config.explain_with_weights:
+                check_weight_view_inputs(config.explainers, store, neurons)
             pipeline = Pipeline(config, database, store, on_progress=on_progress, subject=subject)
             pipeline.run_id = run_id
             summary = asyncio.run(_run_then_close(pipeline, neurons)) if neurons else None
