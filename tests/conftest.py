@@ -91,3 +91,14 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     # One line, not one per skipped test, says why PostgreSQL was not tested.
     if _postgres_unavailable:
         terminalreporter.write_line(_postgres_unavailable[0], yellow=True, bold=True)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """A real local Ray cluster for this test session (two CPUs, no dashboard), shut down at its end."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'neuron-explainer[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()

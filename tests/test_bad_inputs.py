@@ -279,6 +279,11 @@ CASES: dict[str, Case] = {
     "show-record: truncated array in the store": Case(lambda ws: ["show-record", "0:1", "--records",
                                                                   str(ws.root / "truncated-store")],
                                                       ("top_activations.npy", "damaged")),
+    "run: unreachable Ray address": Case(lambda ws: _run(ws, "--explainer", "ngram", "--simulator", "lexical",
+                                                         "--ray", "127.0.0.1:1"),
+                                         ("cannot reach the Ray cluster at 127.0.0.1:1",), ("new.db",)),
+    "run: malformed Ray address": Case(lambda ws: _run(ws, "--explainer", "ngram", "--ray", "nowhere"),
+                                       ("'nowhere' is not a Ray address",), ("new.db",)),
     "runs: missing database": Case(lambda ws: ["runs", "--db", ws.db_url("missing.db")], ("no database at",),
                                    ("missing.db",)),
     "failures: database that is not a database": Case(lambda ws: ["failures", "--db", ws.db_url("notdb.db")],
@@ -317,6 +322,14 @@ def test_bad_input_gives_one_line_exit_2_and_leaves_nothing(name: str, ws: Works
     assert not left, f"left behind: {left}"
     assert {path: (ws.root / path).read_bytes() for path in case.unchanged} == before
     assert not list(ws.root.glob(".new-records.partial-*")) and not list(ws.root.glob("*.tmp"))
+
+
+def test_ray_without_ray_installed_says_how_to_install_it(ws: Workspace, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # what `import ray` meets where Ray is not installed
+    assert run_cli(_run(ws, "--explainer", "ngram", "--simulator", "lexical", "--ray")) == 2
+    assert "pip install 'neuron-explainer[ray]'" in _error_line(capsys.readouterr().err)
+    assert not (ws.root / "new.db").exists()
 
 
 def test_there_are_at_least_thirty_cases_over_every_command() -> None:

@@ -212,6 +212,11 @@ class UsageLedger:
             self._on_entry(entry)
         return entry
 
+    def extend(self, entries: list[LedgerEntry]) -> None:
+        """Add calls recorded by another process's ledger (a Ray worker's)."""
+        with self._lock:
+            self._entries.extend(entries)
+
     @property
     def entries(self) -> list[LedgerEntry]:
         """Every entry recorded so far."""

@@ -122,6 +122,11 @@ class RunConfig(BaseModel):
     lease_seconds: float = 300.0
     """PostgreSQL: how long a worker's claim on a neuron lives without renewal (a dead worker's neurons wait this
     long for another worker, less on the same host)."""
+    ray: str | None = None
+    """Run the units on a Ray cluster: `auto` (the local one, started if none runs; the flag alone means auto),
+    HOST:PORT or ray://HOST:PORT. Needs `pip install 'neuron-explainer[ray]'`."""
+    ray_workers: int | None = None
+    """Ray worker actors, each with `concurrency` neurons in flight (default: one per CPU of the cluster)."""
 
     def __init__(self, **values: Any) -> None:
         try:
@@ -141,7 +146,8 @@ class RunConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check_ranges(self) -> RunConfig:
-        for name in ("max_cost", "max_tokens", "max_minutes", "limit", "sample", "max_consecutive_failures"):
+        for name in ("max_cost", "max_tokens", "max_minutes", "limit", "sample", "max_consecutive_failures",
+                     "ray_workers"):
             value = getattr(self, name)
             if value is not None and value < 0:
                 raise ValueError(f"--{name.replace('_', '-')} must not be negative (got {value})")

@@ -241,6 +241,10 @@ class Pipeline:
         self.simulates = ScorerKind.SIMULATION in scorer_kinds(config.scorers)
         self.classifiers: list[ClassifierJob] = []
         self._simulated: dict[str, set[NeuronId]] = {}
+        self.make_units = make_units
+        """Where the run's units come from (a Ray worker takes them from its driver's queue instead)."""
+        self.remote: Any = None
+        """A Ray night (pipeline/ray_night.py) that runs the planned units on its workers instead of here."""
 
     async def aclose(self) -> None:
         """Release backends and the response cache file."""
@@ -267,7 +271,7 @@ class Pipeline:
         score_keys = {job.key: self._score_key(scorer) for job in jobs}
         self.classifiers = classifier_jobs(self.config.scorers, self.resources, manifest_hash=manifest.recording_id,
                                            split=self.split)
-        units = make_units(self.database, unit_keys=[(job.key, score_keys[job.key]) for job in jobs],
+        units = self.make_units(self.database, unit_keys=[(job.key, score_keys[job.key]) for job in jobs],
                            selection=f"{self.config.neurons}|{self.config.sample}|{self.config.seed}|"
                                      f"{self.config.limit}",
                            mode=f"rescore={self.config.rescore}|retry={self.config.retry_failed}",
@@ -281,7 +285,10 @@ class Pipeline:
                 todo = todo[:self.config.limit]
             budget = _Budget(self.config, self.ledger, started)
             units.offer(todo)
-            stop_reason = await self._schedule(units, len(todo), jobs, scorer, score_keys, budget)
+            if self.remote is not None:
+                stop_reason = await self.remote.schedule(self, todo, neurons)
+            else:
+                stop_reason = await self._schedule(units, len(todo), jobs, scorer, score_keys, budget)
         finally:
             units.close()
         self.database.flush()
@@ -534,6 +541,10 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
     `subject` stands in for the recording's model where a stage runs it on new text (the planted evaluation's
     in-process subject); None loads the model the recording names, when a stage first needs it."""
     check_inputs(config)
+    if config.ray is not None:
+        from neuron_explainer.pipeline.ray_night import RayNight, connect
+
+        connect(config.ray)
     with open_database(config.db) as database:
         run_id = database.start_run(config=config.as_dict(), shared=shares_work(database))
         status, error, summary = RunStatus.FAILED, None, None
@@ -547,6 +558,8 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
                 check_weight_view_inputs(config.explainers, store, neurons)
             pipeline = Pipeline(config, database, store, on_progress=on_progress, subject=subject)
             pipeline.run_id = run_id
+            if config.ray is not None:
+                pipeline.remote = RayNight(config)
             summary = asyncio.run(_run_then_close(pipeline, neurons)) if neurons else None
             if summary is None:
                 summary = RunSummary(run_id=run_id, status=RunStatus.COMPLETED.value, records=str(store.path),

@@ -1,0 +1,365 @@
+"""A night on a Ray cluster (`run --ray [ADDRESS]`): the explain/simulate/score units run in worker actors.
+
+Each worker actor is the ordinary `Pipeline` over the same record store and database, taking neurons one at a time
+through the ordinary unit-of-work runner. On PostgreSQL the workers write directly and split the plan with the
+leases of db/claims.py, exactly as separate `run` processes do. On SQLite the driver stays the only writer: the
+workers take neurons from one queue actor and send their writes back, and the driver commits them. Every worker's
+LLM spend goes to one spend actor, so `--max-cost` and `--max-tokens` bound the whole night, not each worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.neurons import NeuronId
+from neuron_explainer.db import Database, RecordingRef, open_database
+from neuron_explainer.llm import LedgerEntry, UsageLedger, UsageTotals
+from neuron_explainer.pipeline.config import RunConfig
+from neuron_explainer.pipeline.units import shares_work
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = "pip install 'neuron-explainer[ray]'"
+"""How to get Ray, said in the one-line error when it is missing."""
+
+_POLL_S = 0.2
+"""How often the driver collects the workers' writes and progress."""
+
+
+def import_ray() -> Any:
+    """The `ray` module, or a UserError saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise UserError(f"--ray needs Ray, which is not installed: {INSTALL_HINT}") from None
+    return ray
+
+
+def connect(address: str) -> None:
+    """Attach to the Ray cluster at `address` (`auto`: the local one, started if none runs); UserError when it
+    cannot be reached. Checked before the database is opened, so a bad address leaves nothing behind."""
+    ray = import_ray()
+    if address == "auto":
+        if not ray.is_initialized():
+            ray.init(log_to_driver=False)
+        return
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host, port = None, None
+    if not host or port is None:
+        raise UserError(f"--ray {address!r} is not a Ray address: expected auto, HOST:PORT or ray://HOST:PORT")
+    # Ray itself retries an unreachable address for minutes; one plain connection attempt answers at once.
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        raise UserError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
+    if ray.is_initialized():
+        return
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError) as exc:
+        raise UserError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
+
+
+def worker_count(config: RunConfig) -> int:
+    """Worker actors for a night: `ray_workers`, else one per CPU of the cluster."""
+    if config.ray_workers:
+        return config.ray_workers
+    return max(1, int(import_ray().cluster_resources().get("CPU", 1)))
+
+
+# --- actors (plain classes; `ray.remote` makes them actors when a night starts) -------------------------------
+
+
+class UnitQueue:
+    """The driver's plan on SQLite: workers take the next neuron from here, each neuron once."""
+
+    def __init__(self, todo: list[NeuronId]) -> None:
+        self._todo = list(reversed(todo))
+
+    def next(self) -> NeuronId | None:
+        """The next neuron, or None when none is left."""
+        return self._todo.pop() if self._todo else None
+
+
+class SpendLedger:
+    """The night's one account of LLM spend: every worker adds its calls, and every budget check reads the sum."""
+
+    def __init__(self) -> None:
+        self._totals = UsageTotals()
+
+    def add(self, entries: list[LedgerEntry]) -> UsageTotals:
+        """Add calls; returns the night's totals so far."""
+        for entry in entries:
+            self._totals = self._totals.add(entry)
+        return self._totals
+
+    def totals(self) -> UsageTotals:
+        """The night's totals so far."""
+        return self._totals
+
+
+class _SharedLedger(UsageLedger):
+    """A worker's ledger whose totals (what budgets read) are the whole night's, kept by the spend actor."""
+
+    def __init__(self, spend: Any) -> None:
+        super().__init__(on_entry=self._report)
+        self._spend = spend
+        self._night = UsageTotals()
+        self._reported = threading.Lock()
+
+    def _report(self, entry: LedgerEntry) -> None:
+        import ray
+
+        # Waited for, so that this worker's next budget check already counts this call.
+        totals = ray.get(self._spend.add.remote([entry]))
+        with self._reported:
+            self._night = totals
+
+    def totals(self) -> UsageTotals:
+        with self._reported:
+            return self._night
+
+
+class _QueueUnits:
+    """LocalUnits' interface over the driver's queue actor (the driver already offered the plan)."""
+
+    def __init__(self, queue: Any) -> None:
+        self._queue = queue
+
+    def offer(self, todo: Any) -> None:
+        """The driver's plan is in the queue already."""
+
+    async def next(self) -> NeuronId | None:
+        return await self._queue.next.remote()
+
+    def finished(self, neuron: NeuronId) -> None:
+        """Its writes are queued for the driver."""
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+_WRITES = ("record_neuron_stats", "record_explanation", "record_score", "record_classifier_score", "record_failure",
+           "delete_scores")
+
+
+class _RelayDatabase:
+    """A worker's view of a SQLite database: reads go to the file, writes are kept for the driver to commit."""
+
+    def __init__(self, database: Database, recording: RecordingRef) -> None:
+        self._database = database
+        self._recording = recording
+        self._writes: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
+        self._entries: list[LedgerEntry] = []
+        self._lock = threading.Lock()
+        self.url = database.url
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _WRITES:
+            def keep(*args: Any, **kwargs: Any) -> None:
+                with self._lock:
+                    self._writes.append((name, args, kwargs))
+            return keep
+        return getattr(self._database, name)
+
+    def register_recording(self, **_details: Any) -> RecordingRef:
+        """Registered by the driver already."""
+        return self._recording
+
+    def record_llm_call(self, entry: LedgerEntry, **_where: Any) -> None:
+        """The driver's ledger records it (with the driver's run)."""
+        with self._lock:
+            self._entries.append(entry)
+
+    def flush(self, timeout: float | None = None) -> None:
+        """The driver commits."""
+
+    def check_writes(self) -> None:
+        """The driver's writes are checked by the driver."""
+
+    def take(self) -> tuple[list[tuple[str, tuple[Any, ...], dict[str, Any]]], list[LedgerEntry]]:
+        """The writes and calls since the last take."""
+        with self._lock:
+            writes, entries, self._writes, self._entries = self._writes, self._entries, [], []
+        return writes, entries
+
+
+@dataclass
+class WorkerReport:
+    """What a worker sends the driver each time it is asked."""
+
+    writes: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = field(default_factory=list)
+    """SQLite: database writes for the driver to apply, in order (empty on PostgreSQL: written already)."""
+    entries: list[LedgerEntry] = field(default_factory=list)
+    """LLM calls since the last report, for the driver's ledger (SQLite: also for the driver to store)."""
+    tally: Any = None
+    """The worker pipeline's counts."""
+    stop_reason: str | None = None
+    """Why the worker stopped early (a budget, its backend failing), once it has finished."""
+    backend_down: str | None = None
+    """Why the worker gave up on its backend, if it did."""
+    done: int = 0
+    """Neurons this worker has finished so far."""
+    pid: int = 0
+    """The worker's process id."""
+
+
+class NightWorker:
+    """One worker actor: a Pipeline over the night's store and database, fed neurons by the queue or the leases."""
+
+    def __init__(self, config: dict[str, Any], *, run_id: int, recording: RecordingRef, store_path: str,
+                 queue: Any, spend: Any) -> None:
+        self._config = RunConfig(**{**config, "baselines": False, "ray": None})
+        self._run_id = run_id
+        self._recording = recording
+        self._store_path = store_path
+        self._queue = queue
+        self._spend = spend
+        self._relay: _RelayDatabase | None = None
+        self._pipeline: Any = None
+        self._reported = 0
+        self._stop_reason: str | None = None
+
+    async def run(self, neurons: list[NeuronId]) -> None:
+        """Work until the queue (or the shared plan) has no neuron left."""
+        import torch
+
+        from neuron_explainer.activations import RecordStore
+        from neuron_explainer.pipeline.run import Pipeline
+
+        # Actors share the host's cores: each one thread, as separate `run` workers would be given.
+        torch.set_num_threads(1)
+        config = self._config
+        store = RecordStore.open(self._store_path)
+        # `create=False`: the driver made the schema; a worker must never create or upgrade one.
+        database = open_database(config.db, create=False)
+        try:
+            if not shares_work(database):
+                self._relay = _RelayDatabase(database, self._recording)
+            pipeline = Pipeline(config, self._relay or database, store)  # type: ignore[arg-type]
+            pipeline.run_id = self._run_id
+            pipeline.ledger = _SharedLedger(self._spend)
+            pipeline.resources.ledger = pipeline.ledger
+            if self._relay is not None:
+                queue = self._queue
+                pipeline.make_units = lambda *_args, **_kwargs: _QueueUnits(queue)
+            self._pipeline = pipeline
+            try:
+                self._stop_reason = (await pipeline.run(neurons)).stop_reason
+            finally:
+                await pipeline.aclose()
+        finally:
+            database.close()
+
+    async def report(self) -> WorkerReport:
+        """The writes and calls since the last report, and the counts once the run has finished."""
+        report = WorkerReport(pid=os.getpid(), stop_reason=self._stop_reason)
+        if self._relay is not None:
+            report.writes, report.entries = self._relay.take()
+        elif self._pipeline is not None:
+            # PostgreSQL: the worker stored its calls itself; the driver only counts them.
+            entries = self._pipeline.ledger.entries
+            report.entries, self._reported = entries[self._reported:], len(entries)
+        if self._pipeline is not None:
+            report.done = self._pipeline.tally.done
+            report.tally = self._pipeline.tally
+            report.backend_down = self._pipeline.backend_down
+        return report
+
+
+# --- the driver --------------------------------------------------------------------------------------------
+
+
+class RayNight:
+    """Runs a Pipeline's planned units on Ray worker actors and gathers their results into the driver's pipeline."""
+
+    def __init__(self, config: RunConfig) -> None:
+        self.config = config
+        self.workers_done: list[int] = []
+        """Neurons each worker finished (set after the night)."""
+
+    async def schedule(self, pipeline: Any, todo: list[NeuronId], neurons: list[NeuronId]) -> str | None:
+        """Run `todo` on the workers; fold their counts into `pipeline.tally` and their calls into its ledger;
+        returns the budget that stopped the night, or None."""
+        ray = import_ray()
+        count = worker_count(self.config)
+        shared = shares_work(pipeline.database)
+        queue = None if shared else ray.remote(UnitQueue).remote(todo)
+        spend = ray.remote(SpendLedger).remote()
+        cpus = min(1.0, float(ray.cluster_resources().get("CPU", 1)) / count)
+        actor = ray.remote(NightWorker).options(num_cpus=cpus, scheduling_strategy="SPREAD")
+        config = self.config.as_dict()
+        if not shared:
+            # Workers may start in another directory: a relative SQLite path must still name the driver's file.
+            config["db"] = f"sqlite:///{Path(pipeline.database.url.database).resolve()}"
+        workers = [actor.remote(config, run_id=pipeline.run_id, recording=pipeline.recording,
+                                store_path=str(pipeline.store.path.resolve()), queue=queue, spend=spend)
+                   for _ in range(count)]
+        running = {worker.run.remote(neurons): worker for worker in workers}
+        pipeline._total = len(todo)
+        reports: dict[int, WorkerReport] = {}
+        try:
+            while True:
+                finished, _ = await asyncio.to_thread(ray.wait, list(running), num_returns=len(running),
+                                                      timeout=_POLL_S)
+                fresh = await asyncio.to_thread(ray.get, [worker.report.remote() for worker in workers])
+                for index, report in enumerate(fresh):
+                    self._apply(pipeline, report, stored=shared)
+                    reports[index] = report
+                pipeline.tally.done = sum(report.done for report in reports.values())
+                pipeline._report_progress("")
+                if len(finished) == len(running):
+                    try:
+                        await asyncio.to_thread(ray.get, finished)
+                    except ray.exceptions.RayTaskError as exc:
+                        raise exc.as_instanceof_cause() from None  # a worker's UserError stays a UserError
+                    break
+            # The last reports, taken after every worker returned, carry their final counts.
+            self._fold(pipeline, list(reports.values()))
+        finally:
+            for worker in workers:
+                ray.kill(worker)
+            for helper in (queue, spend):
+                if helper is not None:
+                    ray.kill(helper)
+        return next((report.stop_reason for report in reports.values() if report.stop_reason), None)
+
+    @staticmethod
+    def _apply(pipeline: Any, report: WorkerReport, *, stored: bool) -> None:
+        database = pipeline.database
+        for name, args, kwargs in report.writes:
+            getattr(database, name)(*args, **kwargs)
+        if report.entries:
+            pipeline.ledger.extend(report.entries)
+            if stored:
+                pipeline.ledger.drain()
+            else:
+                pipeline._persist_ledger()
+
+    def _fold(self, pipeline: Any, reports: list[WorkerReport]) -> None:
+        tally = pipeline.tally
+        tally.done = 0
+        for report in reports:
+            worker = report.tally
+            if worker is None:
+                continue
+            tally.done += worker.done
+            tally.explained += worker.explained
+            tally.scored += worker.scored
+            tally.failed += worker.failed
+            tally.scores.extend(worker.scores)
+            tally.failures.extend(worker.failures)
+            pipeline.backend_down = pipeline.backend_down or report.backend_down
+        self.workers_done = sorted(report.done for report in reports)
