@@ -598,31 +598,36 @@ def _cmd_eval_real(args: argparse.Namespace) -> int:
 
 
 def _add_run(commands: argparse._SubParsersAction) -> None:
-    from neuron_explainer.pipeline.config import RunConfig
+    from neuron_explainer.pipeline.config import SECTIONS, config_flags
 
     parser = commands.add_parser(
         "run", help="the nightly run: record if needed, then explain, simulate and score; resumable",
-        description="Every key of the TOML config is also a flag; flags win. Re-running the same command skips "
-                    "finished work and resumes interrupted work.")
-    parser.add_argument("--config", default=None, help="TOML file with run settings (keys as the flags below)")
+        description="Every key of the TOML config is also a flag (`[record] top_k` is --top-k); flags win. "
+                    "Re-running the same command skips finished work and resumes interrupted work.")
+    parser.add_argument("--config", default=None,
+                        help="TOML file with run settings, one table per section below ([run], [record], ...)")
     parser.add_argument("--json", action="store_true", help="print the final summary as one JSON object")
     parser.add_argument("--plan", action="store_true",
                         help="print the projected requests, tokens, dollars and hours of this run; spend nothing")
-    for name, item in RunConfig.model_fields.items():
-        flag = "--" + name.replace("_", "-")
+    groups = {section: parser.add_argument_group(f"[{section}]", model.__doc__.split(": ", 1)[-1])
+              for section, model in SECTIONS.items()}
+    for name, setting in config_flags().items():
+        item, flag, group = setting.field, setting.option, groups[setting.section]
         doc = " ".join((item.description or "").split())
+        if setting.key != name:
+            doc += f" (TOML: [{setting.section}] {setting.key})"
         if name in ("explainers", "scorers"):
             single = "--" + name.removesuffix("s")
-            parser.add_argument(single, flag, dest=name, default=None, help=f"{doc} Comma-separated.")
+            group.add_argument(single, flag, dest=name, default=None, help=f"{doc} Comma-separated.")
         elif name == "ray":
-            parser.add_argument(flag, dest=name, nargs="?", const="auto", default=None, metavar="ADDRESS", help=doc)
+            group.add_argument(flag, dest=name, nargs="?", const="auto", default=None, metavar="ADDRESS", help=doc)
         elif isinstance(item.default, bool):
-            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=doc)
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=doc)
         elif isinstance(item.default, enum.Enum):
-            parser.add_argument(flag, dest=name, choices=[member.value for member in type(item.default)],
-                                default=None, help=doc)
+            group.add_argument(flag, dest=name, choices=[member.value for member in type(item.default)],
+                               default=None, help=doc)
         else:
-            parser.add_argument(flag, dest=name, type=_flag_type(item.annotation), default=None, help=doc)
+            group.add_argument(flag, dest=name, type=_flag_type(item.annotation), default=None, help=doc)
     parser.set_defaults(handler=_cmd_run)
 
 
@@ -645,11 +650,11 @@ def _flag_type(annotation: Any) -> Callable[[str], Any]:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from neuron_explainer.pipeline import RunProgress, config_field_names, load_config, run_pipeline
+    from neuron_explainer.pipeline import RunProgress, config_flags, load_config, run_pipeline
     from neuron_explainer.interrupts import second_interrupt_exits
     from neuron_explainer.progress import Snapshot, progress_reporter
 
-    overrides = {name: getattr(args, name) for name in config_field_names()}
+    overrides = {name: getattr(args, name) for name in config_flags()}
     config = load_config(args.config, overrides)
     if args.plan:
         from neuron_explainer.pipeline.plan import format_plan, plan_run

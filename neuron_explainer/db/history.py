@@ -89,17 +89,27 @@ def _seconds(started: str, ended: str | None) -> float | None:
         return None
 
 
+def _setting(config: dict[str, Any], section: str, key: str, flat: str | None = None) -> Any:
+    """A stored run config's setting: nested (`config[section][key]`) or, in runs stored before the config had
+    sections, flat (`config[flat]`)."""
+    table = config.get(section)
+    if isinstance(table, dict):
+        return table.get(key)
+    return config.get(flat or key)
+
+
 def _selection(config: dict[str, Any]) -> str:
-    parts = [f"neurons {config.get('neurons', 'all')}"]
-    for key in ("sample", "limit"):
-        if config.get(key) is not None:
-            parts.append(f"{key} {config[key]}")
-    explainers = config.get("explainers") or []
+    parts = [f"neurons {_setting(config, 'explain', 'neurons') or 'all'}"]
+    for section, key in (("explain", "sample"), ("run", "limit")):
+        if _setting(config, section, key) is not None:
+            parts.append(f"{key} {_setting(config, section, key)}")
+    explainers = _setting(config, "explain", "explainers") or []
     parts.append("+".join(explainers) if isinstance(explainers, list) else str(explainers))
-    if config.get("simulator"):
-        parts.append(str(config["simulator"]))
-    if config.get("llm"):
-        parts.append(str(config["llm"]).split("@", 1)[0])
+    if _setting(config, "simulate", "simulator"):
+        parts.append(str(_setting(config, "simulate", "simulator")))
+    backend = _setting(config, "llm", "backend", "llm")
+    if backend:
+        parts.append(str(backend).split("@", 1)[0])
     return ", ".join(parts)
 
 

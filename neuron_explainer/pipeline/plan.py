@@ -128,7 +128,7 @@ def plan_run(config: RunConfig) -> RunPlan:
     """The plan of `config`'s run; reads the record store manifest (or the model config) and the database's
     ledger if they exist, writes nothing and calls no LLM."""
     neurons, selection = _selection(config)
-    history = _ledger_history(config.db)
+    history = _ledger_history(config.run.db)
     prices = PriceTable.load()
     discount = _batch_discount(prices)
     stages = []
@@ -166,26 +166,25 @@ def _selection(config: RunConfig) -> tuple[int, str]:
     """Neurons the run would select: from the record store when one exists, else from the model's config."""
     from neuron_explainer.activations import RecordStore
     from neuron_explainer.pipeline.run import recording_directory, select_neurons
-    from neuron_explainer.core.neurons import parse_neuron_spec
+    from neuron_explainer.core.neurons import parse_layers, parse_neuron_spec
 
-    path = Path(config.records) if config.records else recording_directory(config)
-    if config.records or (path / "manifest.json").is_file():
+    path = Path(config.record.records) if config.record.records else recording_directory(config)
+    if config.record.records or (path / "manifest.json").is_file():
         count = len(select_neurons(RecordStore.open(path), config))
         source = f"record store {path}"
     else:
-        num_layers, per_layer = _model_layout(config.model)
-        layers = {neuron.layer for neuron in parse_neuron_spec(config.layers, num_layers, 1)} \
-            if config.layers.strip() != "all" else set(range(num_layers))
-        if config.neurons.strip() == "all":
+        num_layers, per_layer = _model_layout(config.record.model)
+        layers = set(parse_layers(config.record.layers, num_layers))
+        if config.explain.neurons.strip() == "all":
             count = len(layers) * per_layer
         else:
-            chosen = parse_neuron_spec(config.neurons, num_layers, per_layer)
+            chosen = parse_neuron_spec(config.explain.neurons, num_layers, per_layer)
             count = sum(1 for neuron in chosen if neuron.layer in layers)
-        source = f"model config of {config.model} ({num_layers} layers x {per_layer} neurons)"
-        if config.sample is not None:
-            count = min(count, config.sample)
-    if config.limit is not None:
-        count = min(count, config.limit)
+        source = f"model config of {config.record.model} ({num_layers} layers x {per_layer} neurons)"
+        if config.explain.sample is not None:
+            count = min(count, config.explain.sample)
+    if config.run.limit is not None:
+        count = min(count, config.run.limit)
     return count, source
 
 
@@ -272,10 +271,10 @@ def _default_simulator(spec: str) -> SimulatorKind:
 
 def _stage_figures(config: RunConfig, history: dict[tuple[str, str], _Measured]) -> list[StageFigures]:
     """Per-unit figures of every LLM stage the run has."""
-    polarities = 2 if config.polarity == "both" else 1
-    explainers = [ExplainerKind(name) for name in config.explainers]
-    windows = _synthetic_windows(config.explain_windows, config.ctx)
-    simulated_windows = config.score_top_windows + config.score_random_windows + 5 + 5
+    polarities = 2 if config.record.polarity == "both" else 1
+    explainers = [ExplainerKind(name) for name in config.explain.explainers]
+    windows = _synthetic_windows(config.split.explain_windows, config.record.ctx)
+    simulated_windows = config.split.score_top_windows + config.split.score_random_windows + 5 + 5
     figures: list[StageFigures] = []
 
     def add(stage: str, spec: str, units: float, template: tuple[float, float, float, float]) -> None:
@@ -300,16 +299,17 @@ def _stage_figures(config: RunConfig, history: dict[tuple[str, str], _Measured])
             prompt = build_prompt(scale_windows(windows), token_budget=10**9)
             assert prompt is not None
             prefix = _tokens(prompt.messages[:-1])
-            add(f"explain:{kind.value}", config.llm, polarities,
-                (1.0, prompt.estimated_tokens, EXPLANATION_TOKENS * config.candidates, prefix))
+            add(f"explain:{kind.value}", config.llm.backend, polarities,
+                (1.0, prompt.estimated_tokens, EXPLANATION_TOKENS * config.explain.candidates, prefix))
         elif kind is ExplainerKind.SASC:
             # SASC's request count depends on its candidates and synthetic texts: only a measured run says.
-            add(f"explain:{kind.value}", config.llm, polarities, (0.0, 0.0, 0.0, 0.0))
-    kinds = scorer_kinds(config.scorers)
-    scorer_spec = config.simulator_llm or config.llm
+            add(f"explain:{kind.value}", config.llm.backend, polarities, (0.0, 0.0, 0.0, 0.0))
+    kinds = scorer_kinds(config.score.scorers)
+    scorer_spec = config.llm.simulator_backend or config.llm.backend
     if ScorerKind.SIMULATION in kinds:
-        simulator = SimulatorKind(config.simulator) if config.simulator else _default_simulator(scorer_spec)
-        units = len(explainers) * polarities * (3 if config.baselines else 1)
+        simulator = (SimulatorKind(config.simulate.simulator) if config.simulate.simulator
+                     else _default_simulator(scorer_spec))
+        units = len(explainers) * polarities * (3 if config.score.baselines else 1)
         window = windows[0].tokens
         if simulator is SimulatorKind.GENERATED:
             from neuron_explainer.core.prompts import load_prompt_files
@@ -318,7 +318,7 @@ def _stage_figures(config: RunConfig, history: dict[tuple[str, str], _Measured])
             messages = build_generated_messages(load_prompt_files(PROMPT_FILES), "the word value", window)
             add(f"simulate:{simulator.value}", scorer_spec, units,
                 (simulated_windows, simulated_windows * _tokens(messages),
-                 simulated_windows * ANSWER_TOKENS_PER_LINE * config.ctx, _tokens(messages[:-1])))
+                 simulated_windows * ANSWER_TOKENS_PER_LINE * config.record.ctx, _tokens(messages[:-1])))
         elif simulator is SimulatorKind.ALL_AT_ONCE:
             from neuron_explainer.core.prompts import load_prompt_files
             from neuron_explainer.simulate.all_at_once import PROMPT_FILES, build_preamble, build_slot_prompt
@@ -333,7 +333,8 @@ def _stage_figures(config: RunConfig, history: dict[tuple[str, str], _Measured])
     for kind in kinds:
         if kind is ScorerKind.SIMULATION:
             continue
-        passages = config.score_top_windows + (config.score_random_windows if kind is ScorerKind.DETECTION else 0)
+        passages = config.split.score_top_windows + (
+            config.split.score_random_windows if kind is ScorerKind.DETECTION else 0)
         per_request = 10
         requests = math.ceil(passages / per_request)
         batch = [(windows[0].tokens, (0,) if kind is ScorerKind.FUZZING else ())] * min(per_request, passages)
@@ -367,12 +368,12 @@ def _hours(config: RunConfig, stages: list[StagePlan]) -> tuple[float, str]:
         return 0.0, "no API requests"
     requests = sum(stage.requests for stage in api)
     tokens = sum(stage.prompt_tokens + stage.completion_tokens for stage in api)
-    bounds = {f"latency at concurrency {config.concurrency}":
-              sum(stage.requests * stage.figures.latency_s for stage in api) / config.concurrency / 3600}
-    if config.rpm:
-        bounds[f"rpm {config.rpm}"] = requests / config.rpm / 60
-    if config.tpm:
-        bounds[f"tpm {config.tpm}"] = tokens / config.tpm / 60
+    bounds = {f"latency at concurrency {config.run.concurrency}":
+              sum(stage.requests * stage.figures.latency_s for stage in api) / config.run.concurrency / 3600}
+    if config.llm.rpm:
+        bounds[f"rpm {config.llm.rpm}"] = requests / config.llm.rpm / 60
+    if config.llm.tpm:
+        bounds[f"tpm {config.llm.tpm}"] = tokens / config.llm.tpm / 60
     bound_by = max(bounds, key=bounds.__getitem__)
     return bounds[bound_by], bound_by
 

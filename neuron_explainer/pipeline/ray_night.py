@@ -74,8 +74,8 @@ def connect(address: str) -> None:
 
 def worker_count(config: RunConfig) -> int:
     """Worker actors for a night: `ray_workers`, else one per CPU of the cluster."""
-    if config.ray_workers:
-        return config.ray_workers
+    if config.run.ray_workers:
+        return config.run.ray_workers
     return max(1, int(import_ray().cluster_resources().get("CPU", 1)))
 
 
@@ -221,7 +221,8 @@ class NightWorker:
 
     def __init__(self, config: dict[str, Any], *, run_id: int, recording: RecordingRef, store_path: str,
                  queue: Any, spend: Any) -> None:
-        self._config = RunConfig(**{**config, "baselines": False, "ray": None})
+        self._config = RunConfig(**{**config, "score": {**config["score"], "baselines": False},
+                                    "run": {**config["run"], "ray": None}})
         self._run_id = run_id
         self._recording = recording
         self._store_path = store_path
@@ -244,7 +245,7 @@ class NightWorker:
         config = self._config
         store = RecordStore.open(self._store_path)
         # `create=False`: the driver made the schema; a worker must never create or upgrade one.
-        database = open_database(config.db, create=False)
+        database = open_database(config.run.db, create=False)
         try:
             if not shares_work(database):
                 self._relay = _RelayDatabase(database, self._recording)
@@ -303,7 +304,7 @@ class RayNight:
         config = self.config.as_dict()
         if not shared:
             # Workers may start in another directory: a relative SQLite path must still name the driver's file.
-            config["db"] = f"sqlite:///{Path(pipeline.database.url.database).resolve()}"
+            config["run"]["db"] = f"sqlite:///{Path(pipeline.database.url.database).resolve()}"
         workers = [actor.remote(config, run_id=pipeline.run_id, recording=pipeline.recording,
                                 store_path=str(pipeline.store.path.resolve()), queue=queue, spend=spend)
                    for _ in range(count)]

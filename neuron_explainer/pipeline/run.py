@@ -138,30 +138,32 @@ def recording_directory(config: RunConfig) -> Path:
     identity = {key: value for key, value in record_config(config).as_dict().items()
                 if key not in ("device", "batch_size")}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{Path(config.model).name}-{config.corpus}").strip("-")[:60]
-    return Path(config.records_root) / f"{slug}-{digest}"
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{Path(config.record.model).name}-{config.record.corpus}").strip("-")[:60]
+    return Path(config.record.records_root) / f"{slug}-{digest}"
 
 
 def record_config(config: RunConfig) -> RecordConfig:
     """The recording request a run's settings describe."""
-    return RecordConfig(model=config.model, corpus=config.corpus, layers=config.layers, window_length=config.ctx,
-                        windows=config.windows, top_k=config.top_k, random_k=config.random, seed=config.seed,
-                        dtype=config.dtype, device=config.device, polarity=RecordPolarity(config.polarity))
+    settings = config.record
+    return RecordConfig(model=settings.model, corpus=settings.corpus, layers=settings.layers,
+                        window_length=settings.ctx, windows=settings.windows, top_k=settings.top_k,
+                        random_k=settings.random, seed=settings.seed, dtype=settings.dtype, device=settings.device,
+                        polarity=RecordPolarity(settings.polarity))
 
 
 def check_store_fits(config: RunConfig, store: RecordStore) -> None:
     """UserError when the run asks for what the store lacks: negative windows, or document groups."""
-    if config.polarity == "both" and store.manifest.polarity != "both":
+    if config.record.polarity == "both" and store.manifest.polarity != "both":
         raise UserError(f"--polarity both: the recording {store.path} has no negative windows (recorded with "
                         f"polarity {store.manifest.polarity}); record with --polarity both, or run with --polarity "
                         "positive or auto")
-    check_split_groups(config.split, has_document_ids=store.has_document_ids, store=store.path)
+    check_split_groups(config.split_config, has_document_ids=store.has_document_ids, store=store.path)
 
 
 def ensure_records(config: RunConfig, *, progress: bool = True) -> RecordStore:
-    """Open `config.records`, or record into the run's recording directory (reused when its manifest matches)."""
-    if config.records is not None:
-        return RecordStore.open(config.records)
+    """Open `config.record.records`, or record into the run's recording directory (reused when its manifest matches)."""
+    if config.record.records is not None:
+        return RecordStore.open(config.record.records)
     summary = record(record_config(config), recording_directory(config), progress=progress)
     if summary.reused:
         logger.info("reusing recording %s", summary.path)
@@ -172,16 +174,16 @@ def select_neurons(store: RecordStore, config: RunConfig) -> list[NeuronId]:
     """The neurons a run works on: the spec within the recorded layers, then the seeded sample."""
     manifest = store.manifest
     num_layers = max(manifest.num_model_layers, max(store.layers) + 1)
-    chosen = parse_neuron_spec(config.neurons, num_layers, store.neurons_per_layer)
+    chosen = parse_neuron_spec(config.explain.neurons, num_layers, store.neurons_per_layer)
     recorded = set(store.layers)
-    if config.neurons.strip() == "all":
+    if config.explain.neurons.strip() == "all":
         chosen = [neuron for neuron in chosen if neuron.layer in recorded]
     missing = sorted({neuron.layer for neuron in chosen} - recorded)
     if missing:
         raise UserError(f"layer {missing[0]} was not recorded in {store.path}; recorded layers: "
                         f"{', '.join(map(str, store.layers))}")
-    if config.sample is not None and config.sample < len(chosen):
-        chosen = sorted(random.Random(config.seed).sample(chosen, config.sample))
+    if config.explain.sample is not None and config.explain.sample < len(chosen):
+        chosen = sorted(random.Random(config.record.seed).sample(chosen, config.explain.sample))
     return chosen
 
 
@@ -192,21 +194,22 @@ class _Budget:
         self._config = config
         self._ledger = ledger
         self._started = started
-        self._deadline = (parse_deadline(config.deadline, now=dt.datetime.now()).timestamp()
-                          if config.deadline else None)
+        self._deadline = (parse_deadline(config.budget.deadline, now=dt.datetime.now()).timestamp()
+                          if config.budget.deadline else None)
 
     def exceeded(self) -> str | None:
         """Which limit has been reached, or None."""
         totals = self._ledger.totals()
-        if self._config.max_cost is not None and (totals.cost_usd or 0.0) >= self._config.max_cost:
-            return f"max-cost {self._config.max_cost} USD"
+        budget = self._config.budget
+        if budget.max_cost is not None and (totals.cost_usd or 0.0) >= budget.max_cost:
+            return f"max-cost {budget.max_cost} USD"
         tokens = totals.prompt_tokens + totals.completion_tokens
-        if self._config.max_tokens is not None and tokens >= self._config.max_tokens:
-            return f"max-tokens {self._config.max_tokens}"
-        if self._config.max_minutes is not None and time.monotonic() - self._started >= self._config.max_minutes * 60:
-            return f"max-minutes {self._config.max_minutes}"
+        if budget.max_tokens is not None and tokens >= budget.max_tokens:
+            return f"max-tokens {budget.max_tokens}"
+        if budget.max_minutes is not None and time.monotonic() - self._started >= budget.max_minutes * 60:
+            return f"max-minutes {budget.max_minutes}"
         if self._deadline is not None and time.time() >= self._deadline:
-            return f"deadline {self._config.deadline}"
+            return f"deadline {budget.deadline}"
         return None
 
 
@@ -221,24 +224,25 @@ class Pipeline:
         self.store = store
         self.on_progress = on_progress
         self.ledger = UsageLedger()
-        self.split = config.split
+        self.split = config.split_config
         self.tally = _Tally()
         self.run_id: int | None = None
         self.recording: RecordingRef | None = None
         # A retry or a rescore asks again: a cached answer would fail, or score, exactly the same way.
-        fresh = config.retry_failed or config.rescore
-        cache = ResponseCache.for_database(config.db, mode=CacheMode.REFRESH if fresh else CacheMode.USE)
+        fresh = config.run.retry_failed or config.score.rescore
+        cache = ResponseCache.for_database(config.run.db, mode=CacheMode.REFRESH if fresh else CacheMode.USE)
         self.resources = RunResources(
-            BackendSettings(llm=config.llm, simulator=config.simulator, simulator_llm=config.simulator_llm,
-                            concurrency=config.concurrency, rpm=config.rpm, tpm=config.tpm, device=config.device,
-                            dtype=config.dtype, batch=config.batch),
+            BackendSettings(llm=config.llm.backend, simulator=config.simulate.simulator,
+                            simulator_llm=config.llm.simulator_backend, concurrency=config.run.concurrency,
+                            rpm=config.llm.rpm, tpm=config.llm.tpm, device=config.record.device,
+                            dtype=config.record.dtype, batch=config.llm.batch),
             store, split=self.split, cache=cache, ledger=self.ledger, subject=subject)
         self.resources.on_activity = self._report_progress
         self._total = 0
-        self.backend_watch = BackendWatch(config.max_consecutive_failures)
+        self.backend_watch = BackendWatch(config.run.max_consecutive_failures)
         self.backend_down: str | None = None
         """Why the run stopped early because its backend kept failing (None when it did not)."""
-        self.simulates = ScorerKind.SIMULATION in scorer_kinds(config.scorers)
+        self.simulates = ScorerKind.SIMULATION in scorer_kinds(config.score.scorers)
         self.classifiers: list[ClassifierJob] = []
         self._simulated: dict[str, set[NeuronId]] = {}
         self.make_units = make_units
@@ -263,26 +267,27 @@ class Pipeline:
         scorer = SCORERS.get(SimulationScorer.name)(self.resources)
         # `auto` and `both` explain every side the recording has (`both` on a positive-only store was refused).
         polarities = [Polarity.POSITIVE]
-        if manifest.polarity == "both" and self.config.polarity in ("both", "auto"):
+        if manifest.polarity == "both" and self.config.record.polarity in ("both", "auto"):
             polarities.append(Polarity.NEGATIVE)
-        settings = ExplainerSettings(split=self.split, candidates=self.config.candidates,
-                                     ngram_mode=self.config.ngram_mode, with_weights=self.config.explain_with_weights)
-        jobs = make_explainer_jobs(self.config.explainers, polarities, settings, self.resources, manifest)
+        settings = ExplainerSettings(split=self.split, candidates=self.config.explain.candidates,
+                                     ngram_mode=self.config.explain.ngram_mode,
+                                     with_weights=self.config.explain.with_weights)
+        jobs = make_explainer_jobs(self.config.explain.explainers, polarities, settings, self.resources, manifest)
         score_keys = {job.key: self._score_key(scorer) for job in jobs}
-        self.classifiers = classifier_jobs(self.config.scorers, self.resources, manifest_hash=manifest.recording_id,
-                                           split=self.split)
+        self.classifiers = classifier_jobs(self.config.score.scorers, self.resources,
+                                           manifest_hash=manifest.recording_id, split=self.split)
         units = self.make_units(self.database, unit_keys=[(job.key, score_keys[job.key]) for job in jobs],
-                           selection=f"{self.config.neurons}|{self.config.sample}|{self.config.seed}|"
-                                     f"{self.config.limit}",
-                           mode=f"rescore={self.config.rescore}|retry={self.config.retry_failed}",
-                           run_id=self.run_id, lease_s=self.config.lease_seconds,
-                           on_takeover=lambda neuron: self._reload(neuron, jobs))
+                                selection=f"{self.config.explain.neurons}|{self.config.explain.sample}|"
+                                          f"{self.config.record.seed}|{self.config.run.limit}",
+                                mode=f"rescore={self.config.score.rescore}|retry={self.config.run.retry_failed}",
+                                run_id=self.run_id, lease_s=self.config.run.lease_seconds,
+                                on_takeover=lambda neuron: self._reload(neuron, jobs))
         try:
             todo = self._plan(neurons, jobs, score_keys)
             skipped = len(neurons) - len(todo)
             logger.info("%d neurons selected, %d already done, %d to do", len(neurons), skipped, len(todo))
-            if self.config.limit is not None:
-                todo = todo[:self.config.limit]
+            if self.config.run.limit is not None:
+                todo = todo[:self.config.run.limit]
             budget = _Budget(self.config, self.ledger, started)
             units.offer(todo)
             if self.remote is not None:
@@ -292,7 +297,7 @@ class Pipeline:
         finally:
             units.close()
         self.database.flush()
-        if self.config.baselines and stop_reason is None:
+        if self.config.score.baselines and stop_reason is None:
             stop_reason = await self._fill_baselines(neurons, jobs, scorer, score_keys, budget)
             self.database.flush()
         totals = self.ledger.totals()
@@ -311,7 +316,7 @@ class Pipeline:
         return score_config_key(
             manifest_hash=self.store.manifest.recording_id, simulator=identity.kind, backend=identity.backend,
             model=identity.model, prompt_hash=identity.prompt_hash, split_seed=self.split.seed,
-            parameters={**self.split.as_dict(), **identity.parameters, "baselines": self.config.baselines})
+            parameters={**self.split.as_dict(), **identity.parameters, "baselines": self.config.score.baselines})
 
     def _plan(self, neurons: list[NeuronId], jobs: list[ExplainerJob],
               score_keys: dict[str, str]) -> list[NeuronId]:
@@ -321,11 +326,11 @@ class Pipeline:
         pending: set[NeuronId] = set()
         for job in jobs:
             stored = self.database.load_explanations(job.key)
-            scored = set() if self.config.rescore else self.database.scored_neurons(
+            scored = set() if self.config.score.rescore else self.database.scored_neurons(
                 explanation_key=job.key, score_key=score_keys[job.key])
             failed: set[NeuronId] = set()
             score_failed: set[NeuronId] = set()
-            if not self.config.retry_failed:
+            if not self.config.run.retry_failed:
                 # Transient failures (the backend's fault) are always retried; permanent ones wait for --retry-failed.
                 permanent = FailureKind.PERMANENT
                 failed = self.database.failed_neurons(stage="explain", config_key=job.key, kind=permanent) - set(stored)
@@ -339,7 +344,7 @@ class Pipeline:
             for classifier in self.classifiers:
                 # A rescore replaces simulation scores only: a classifier score is kept once per configuration.
                 classified = self.database.classified_neurons(explanation_key=job.key, score_key=classifier.key)
-                if not self.config.retry_failed:
+                if not self.config.run.retry_failed:
                     classified |= self.database.failed_neurons(stage=classifier.scorer.name,
                                                                config_key=classifier.key, kind=FailureKind.PERMANENT)
                 classifier.done[job.key] = classified
@@ -391,7 +396,7 @@ class Pipeline:
             self._report_progress("")
 
         try:
-            summary = await run_units([unit() for _ in range(total)], concurrency=self.config.concurrency,
+            summary = await run_units([unit() for _ in range(total)], concurrency=self.config.run.concurrency,
                                       on_result=finished, description="run", progress=False, stop=budget.exceeded)
         except BackendDown as down:
             # run_units cancelled the units in flight: they would only wait out their retries on the same backend.
@@ -450,7 +455,7 @@ class Pipeline:
         if isinstance(score, Failure):
             self._fail(score, score_key, job.method.value)
             return
-        if self.config.rescore:
+        if self.config.score.rescore:
             # Replaced only now that the new score exists: an interrupted rescore loses nothing.
             await asyncio.to_thread(self.database.delete_scores, explanation_key=job.key, score_key=score_key,
                                     neurons=[record_.neuron])
@@ -468,7 +473,7 @@ class Pipeline:
         explained under the job (scoring/baselines.py): every neuron gets a donor, none serves twice. An
         interrupted run leaves some scores without baselines; the next run fills them.
         """
-        semaphore = asyncio.Semaphore(max(1, self.config.concurrency))
+        semaphore = asyncio.Semaphore(max(1, self.config.run.concurrency))
         stop_reason: str | None = None
         for job in jobs:
             explained = self.database.load_explanations(job.key, neurons=neurons)
@@ -515,21 +520,21 @@ def check_inputs(config: RunConfig) -> None:
     """Check what needs no work: explainer and simulator names, backend specs and API keys, and (with `records`)
     the record store and the neuron selection. A run does this before it creates its database, so a mistyped
     flag costs no model load and leaves nothing behind."""
-    if any(explainer_class(name).needs.llm for name in config.explainers):
-        check_backend(config.llm)
-    kinds = scorer_kinds(config.scorers)
+    if any(explainer_class(name).needs.llm for name in config.explain.explainers):
+        check_backend(config.llm.backend)
+    kinds = scorer_kinds(config.score.scorers)
     classifies = any(kind is not ScorerKind.SIMULATION for kind in kinds)
-    if classifies or (ScorerKind.SIMULATION in kinds and simulator_needs(config.simulator).llm):
-        check_backend(config.simulator_llm or config.llm)
-    if config.records is not None:
-        store = RecordStore.open(config.records)
+    if classifies or (ScorerKind.SIMULATION in kinds and simulator_needs(config.simulate.simulator).llm):
+        check_backend(config.llm.simulator_backend or config.llm.backend)
+    if config.record.records is not None:
+        store = RecordStore.open(config.record.records)
         store.verify()
         check_store_fits(config, store)
         neurons = select_neurons(store, config)
-        if config.causal:
-            check_causal_inputs(store, config.split)
-        if config.explain_with_weights:
-            check_weight_view_inputs(config.explainers, store, neurons)
+        if config.score.causal:
+            check_causal_inputs(store, config.split_config)
+        if config.explain.with_weights:
+            check_weight_view_inputs(config.explain.explainers, store, neurons)
     else:
         check_recording_request(record_config(config))
 
@@ -541,33 +546,33 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
     `subject` stands in for the recording's model where a stage runs it on new text (the planted evaluation's
     in-process subject); None loads the model the recording names, when a stage first needs it."""
     check_inputs(config)
-    if config.ray is not None:
+    if config.run.ray is not None:
         from neuron_explainer.pipeline.ray_night import RayNight, connect
 
-        connect(config.ray)
-    with open_database(config.db) as database:
+        connect(config.run.ray)
+    with open_database(config.run.db) as database:
         run_id = database.start_run(config=config.as_dict(), shared=shares_work(database))
         status, error, summary = RunStatus.FAILED, None, None
         try:
             store = ensure_records(config, progress=progress)
             check_store_fits(config, store)
             neurons = select_neurons(store, config)
-            if config.causal:
-                check_causal_inputs(store, config.split)
-            if config.explain_with_weights:
-                check_weight_view_inputs(config.explainers, store, neurons)
+            if config.score.causal:
+                check_causal_inputs(store, config.split_config)
+            if config.explain.with_weights:
+                check_weight_view_inputs(config.explain.explainers, store, neurons)
             pipeline = Pipeline(config, database, store, on_progress=on_progress, subject=subject)
             pipeline.run_id = run_id
-            if config.ray is not None:
+            if config.run.ray is not None:
                 pipeline.remote = RayNight(config)
             summary = asyncio.run(_run_then_close(pipeline, neurons)) if neurons else None
             if summary is None:
                 summary = RunSummary(run_id=run_id, status=RunStatus.COMPLETED.value, records=str(store.path),
                                      selected=0, done=0, skipped=0, explained=0, scored=0, failed=0, prompt_tokens=0,
                                      completion_tokens=0, cost_usd=0.0, scores={}, shuffled={}, seconds=0.0)
-            if config.causal and summary.status == RunStatus.COMPLETED.value:
-                causal = run_causal(database, store, neurons, run_id=run_id, device=config.device,
-                                    dtype=config.dtype, seed=config.split.seed)
+            if config.score.causal and summary.status == RunStatus.COMPLETED.value:
+                causal = run_causal(database, store, neurons, run_id=run_id, device=config.record.device,
+                                    dtype=config.record.dtype, seed=config.split_config.seed)
                 summary = dataclasses.replace(summary, causal=dataclasses.asdict(causal))
             status = RunStatus(summary.status)
             return summary
