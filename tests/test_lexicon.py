@@ -109,6 +109,38 @@ def test_weighted_list_round_trip_and_scores() -> None:
     assert quote("`\"") == "‘`\"’" and not quotable("`\"‘’") and not quotable(" x") and not quotable("")
 
 
+def test_context_whitespace_and_lowered_items_round_trip_and_score() -> None:
+    items = (LexicalItem(ItemKind.PHRASE, "def", 1.0), LexicalItem(ItemKind.PHRASE, "(", 0.75, after="def"),
+             LexicalItem(ItemKind.AFTER, "import", 0.5), LexicalItem(ItemKind.WHITESPACE, "\n    ", 0.25),
+             LexicalItem(ItemKind.PHRASE, "the", -0.5), LexicalItem(ItemKind.WHITESPACE, "\n", -0.25))
+    text = format_items(items)
+    assert text == ('fires on "def" (1.00), "(" after "def" (0.75), tokens after "import" (0.50), a line break and '
+                    '4 spaces (0.25); lower on "the" (0.50), a line break (0.25)')
+    parsed = parse_items(text)
+    assert [(item.kind, item.text, item.weight, item.after) for item in parsed] == [
+        (item.kind, item.text, item.weight, item.after) for item in items]
+    tokens = ("def", "(", " (", "\n    ", "import", " os", " the", "\n", " x", "(")
+    # A raised item wins over a lowered one on the same token; "(" counts only right after "def".
+    assert item_scores(parsed, tokens) == (1.0, 0.75, 0.0, 0.25, 0.0, 0.5, -0.5, -0.25, 0.0, 0.0)
+    assert item_scores(parse_items('fires on "x" (0.50); lower on "x" (1.00)'), (" x", "y")) == (0.5, 0.0)
+    assert parse_items("fires on 2 line breaks and a space (0.50)")[0].text == "\n\n "
+
+
+def test_explainer_writes_context_and_lowered_items() -> None:
+    windows = [tuple(window) for window in corpus_windows(count=200, length=32)]
+    # Fires on whatever follows "the", and sits below its usual level on ".".
+    def activations(tokens: tuple[str, ...]) -> tuple[float, ...]:
+        return tuple(1.0 if index and tokens[index - 1].strip() == "the" else -0.5 if token.strip() == "." else 0.1
+                     for index, token in enumerate(tokens))
+
+    items = fit_items([Window(window_id=index, tokens=tokens, activations=activations(tokens))
+                       for index, tokens in enumerate(windows[:40])])
+    assert isinstance(items, list)
+    assert (ItemKind.AFTER, "the") in {(item.kind, item.text) for item in items if item.weight > 0}, items
+    assert any(item.text == "." and item.weight < 0 for item in items), items
+    assert format_items(items).startswith('fires on tokens after "the" (1.00)')
+
+
 def test_free_form_explanations_read_as_before_plus_classes() -> None:
     tokens = ("United", " States", " def", " 12", ".")
     assert lexical_scores('"United States" and "def"', tokens) == (1.0, 1.0, 1.0, 0.0, 0.0)
@@ -128,6 +160,11 @@ MALFORMED = [
     'fires on "def" (0.50),',                 # trailing separator
     'fires on "def" (0.50), digits (1.0.5)',  # garbled weight
     'fires on digits (0.50); also on',        # dangling tail
+    'fires on "(" after (0.50)',              # context item without its token
+    'fires on tokens after def (0.50)',       # unquoted context token
+    'fires on "a" (0.50); lower on "b" (0.20); also on digits (0.10)',  # raised items after the lowered ones
+    'fires on "a" (0.50); lower on',          # dangling lowered tail
+    'fires on 0 spaces (0.50)',               # whitespace item without whitespace
 ]
 
 
@@ -230,6 +267,9 @@ def test_run_with_the_lexicon_explainer_stores_the_ceiling(tmp_path: Path) -> No
         rows = connection.execute("select e.method, e.text, s.pearson, s.baselines_json from explanations e "
                                   "join scores s on s.explanation_id = e.id order by e.id").fetchall()
     assert [row[0] for row in rows] == ["lexicon"] * 3
-    assert rows[1][1] == 'fires on "the" (1.00)' and rows[2][1] == 'fires on "of" (1.00)'
+    # The word in its most frequent form first; other casings may follow (the simulator gives them only 0.8).
+    for row, word in ((rows[1], "the"), (rows[2], "of")):
+        assert row[1].startswith(f'fires on "{word}" (1.00)')
+        assert {item.text.casefold() for item in parse_items(row[1])} == {word}
     for _, _, pearson, baselines in rows:
         assert pearson > 0.75 and json.loads(baselines)["lexical_ceiling"] > 0.5

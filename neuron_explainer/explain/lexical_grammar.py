@@ -2,16 +2,21 @@
 
 Two kinds of text are read:
 
-- **Weighted lists**, as the `lexicon` explainer writes them: `fires on "def" (1.00), "class" (0.62); also on
-  digits (0.55)` — quoted tokens/phrases and class names, each with a weight in parentheses (0 to 1). A text that
-  starts with `fires on` and carries a `(number)` is held to this grammar; if it does not parse, `parse_items`
-  raises `LexicalParseError` with the raw text, never a half-read list.
+- **Weighted lists**, as the `lexicon` explainer writes them: `fires on "def" (1.00), "(" after "def" (0.80),
+  tokens after "import" (0.55); also on digits (0.55); lower on "the" (0.30)` — quoted tokens/phrases, context
+  items (a quoted token right after a quoted token; any token right after a quoted token) and class names, each
+  with a weight in parentheses (0 to 1). Items after `; lower on` are where the neuron sits *below* its usual
+  level (the simulator predicts minus their weight there). A text that starts with `fires on` and carries a
+  `(number)` is held to this grammar; if it does not parse, `parse_items` raises `LexicalParseError` with the raw
+  text, never a half-read list.
 - **Free-form text** (LLM explanations): every quoted string weighs 1; a text without quotes falls back to its
   content words (0.5 each), matched case-insensitively to whole tokens; and every class the text names (`digits`,
   `opening parentheses`, `the "-tion" suffix`) weighs 1.
 
 `item_scores` turns items into a prediction per token: the largest weight of any item the token matches (a
-quoted phrase matched exactly counts fully, case-insensitively 0.8 of its weight; phrases may span tokens).
+quoted phrase matched exactly counts fully, case-insensitively 0.8 of its weight; phrases may span tokens); a token
+that matches only `lower on` items gets the most negative of their (negated) weights; nothing matched is 0. A
+context item's preceding token must equal its quoted text exactly (surrounding spaces stripped).
 """
 
 from __future__ import annotations
@@ -30,12 +35,16 @@ MAX_PHRASE_TOKENS = 12
 """Longest run of tokens tried against one quoted phrase."""
 LIST_PREFIX = "fires on "
 ALSO = "; also on "
+LOWER = "; lower on "
+AFTER = " after "
+TOKENS_AFTER = "tokens after "
 
 _QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|`([^`]+)`|(?<![A-Za-z])'([^']+)'(?![A-Za-z])|‘([^’]+)’")
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]+|\d+")
 _WEIGHT_MARK = re.compile(r"\(\s*\d+\.\d+\s*\)")
 _WEIGHT = re.compile(r"\s*\(\s*(\d+(?:\.\d+)?)\s*\)")
 _CLASS_NAME = re.compile(r"([^()\"`‘’,;]+?)(?=\s*\()")
+_WHITESPACE_ITEM = re.compile(r"(?:(a|\d+) line breaks?)(?: and (a|\d+) spaces?)?|(a|\d+) spaces?")
 _CLOSING_QUOTE = {'"': '"', "`": "`", "‘": "’"}
 # Words that describe neurons rather than the text they respond to.
 _GENERIC_WORDS = frozenset("""
@@ -52,6 +61,11 @@ class ItemKind(str, Enum):
     PHRASE = "phrase"
     CLASS = "class"
     WORD = "word"
+    AFTER = "after"
+    """Any token right after the quoted token `text`."""
+    WHITESPACE = "whitespace"
+    """A whitespace-only token exactly (`text` is it: line breaks then spaces), written `a line break and 4
+    spaces`: quotes cannot show it, and indentation depths differ."""
 
 
 @dataclass(frozen=True)
@@ -63,9 +77,11 @@ class LexicalItem:
     text: str
     """The phrase, the class name or the (lower-cased) word."""
     weight: float = 1.0
-    """Relative strength, 0 to 1."""
+    """Relative strength, -1 to 1 (negative: the neuron is below its usual level there, `lower on`)."""
     token_class: TokenClass | None = None
     """The class, for CLASS items."""
+    after: str | None = None
+    """For PHRASE items: the token that must come right before the phrase (a context item), else None."""
 
 
 class LexicalParseError(ValueError):
@@ -124,21 +140,29 @@ def _parse_weighted_list(raw: str) -> tuple[LexicalItem, ...]:
     text = raw.strip()
     position = len(LIST_PREFIX.strip())
     items: list[LexicalItem] = []
+    sign = 1.0
     while True:
         while position < len(text) and text[position].isspace():
             position += 1
         if position >= len(text):
             raise LexicalParseError("an item is missing", raw)
-        opening = text[position]
-        if opening in _CLOSING_QUOTE:
-            end = text.find(_CLOSING_QUOTE[opening], position + 1)
-            if end < 0:
-                raise LexicalParseError(f"unclosed quote at character {position}", raw)
-            phrase = text[position + 1:end]
-            if not phrase.strip():
-                raise LexicalParseError(f"empty quote at character {position}", raw)
-            item = LexicalItem(ItemKind.PHRASE, phrase.strip())
-            position = end + 1
+        if text[position] in _CLOSING_QUOTE:
+            phrase, position = _quoted_at(text, position, raw)
+            after = None
+            if text.startswith(AFTER, position) and text[position + len(AFTER):][:1] in _CLOSING_QUOTE:
+                after, position = _quoted_at(text, position + len(AFTER), raw)
+            item = LexicalItem(ItemKind.PHRASE, phrase, after=after)
+        elif (blank := _WHITESPACE_ITEM.match(text, position)) is not None and _WEIGHT.match(text, blank.end()):
+            if not _whitespace_text(blank):
+                raise LexicalParseError(f"no whitespace in {blank.group(0)!r}", raw)
+            item = LexicalItem(ItemKind.WHITESPACE, _whitespace_text(blank))
+            position = blank.end()
+        elif text.startswith(TOKENS_AFTER, position):
+            if text[position + len(TOKENS_AFTER):][:1] not in _CLOSING_QUOTE:
+                raise LexicalParseError(f"no quoted token after {TOKENS_AFTER.strip()!r} at character {position}",
+                                        raw)
+            before, position = _quoted_at(text, position + len(TOKENS_AFTER), raw)
+            item = LexicalItem(ItemKind.AFTER, before)
         else:
             match = _CLASS_NAME.match(text, position)
             token_class = class_named(match.group(1)) if match else None
@@ -153,26 +177,80 @@ def _parse_weighted_list(raw: str) -> tuple[LexicalItem, ...]:
         value = float(weight.group(1))
         if value > 1.0:
             raise LexicalParseError(f"weight {value} of {item.text!r} is above 1", raw)
-        items.append(LexicalItem(item.kind, item.text, value, item.token_class))
+        items.append(LexicalItem(item.kind, item.text, sign * value, item.token_class, item.after))
         position = weight.end()
         rest = text[position:]
         if not rest.strip():
             return tuple(items)
-        if rest.startswith(ALSO):
+        if rest.startswith(ALSO) and sign > 0:
             position += len(ALSO)
+        elif rest.startswith(LOWER) and sign > 0:
+            position += len(LOWER)
+            sign = -1.0
         elif rest.lstrip().startswith(","):
             position += len(rest) - len(rest.lstrip()) + 1
         else:
-            raise LexicalParseError(f"expected ',' or '{ALSO.strip()}' at character {position}", raw)
+            raise LexicalParseError(f"expected ',', '{ALSO.strip()}' or '{LOWER.strip()}' at character {position}",
+                                    raw)
+
+
+def _whitespace_text(match: re.Match[str]) -> str:
+    def count(group: str | None) -> int:
+        return 0 if group is None else 1 if group == "a" else int(group)
+
+    return "\n" * count(match.group(1)) + " " * (count(match.group(2)) + count(match.group(3)))
+
+
+def whitespace_item_text(token: str) -> str | None:
+    """How a whitespace-only token of line breaks then spaces is written (`a line break and 4 spaces`), or None
+    for any other token."""
+    breaks = len(token) - len(token.lstrip("\n"))
+    spaces = len(token) - breaks
+    if not token or token != "\n" * breaks + " " * spaces:
+        return None
+    parts = []
+    if breaks:
+        parts.append("a line break" if breaks == 1 else f"{breaks} line breaks")
+    if spaces:
+        parts.append("a space" if spaces == 1 else f"{spaces} spaces")
+    return " and ".join(parts)
+
+
+def _quoted_at(text: str, position: int, raw: str) -> tuple[str, int]:
+    """The stripped quoted text opening at `position` and the position after its closing quote."""
+    end = text.find(_CLOSING_QUOTE[text[position]], position + 1)
+    if end < 0:
+        raise LexicalParseError(f"unclosed quote at character {position}", raw)
+    phrase = text[position + 1:end]
+    if not phrase.strip():
+        raise LexicalParseError(f"empty quote at character {position}", raw)
+    return phrase.strip(), end + 1
 
 
 def format_items(items: Sequence[LexicalItem]) -> str:
-    """The weighted-list text of items (phrases first, then `; also on` classes, each strongest first)."""
-    phrases = sorted((item for item in items if item.kind is ItemKind.PHRASE), key=lambda item: -item.weight)
-    classes = sorted((item for item in items if item.kind is ItemKind.CLASS), key=lambda item: -item.weight)
-    parts = [", ".join(f"{quote(item.text)} ({item.weight:.2f})" for item in phrases),
-             ", ".join(f"{item.text} ({item.weight:.2f})" for item in classes)]
-    return LIST_PREFIX + ALSO.join(part for part in parts if part)
+    """The weighted-list text of items: quoted and context items, then `; also on` classes, then `; lower on`
+    items (negative weights), each part strongest first. There must be at least one positive item."""
+    def listed(selected: Sequence[LexicalItem]) -> str:
+        return ", ".join(f"{describe(item)} ({abs(item.weight):.2f})"
+                         for item in sorted(selected, key=lambda item: -abs(item.weight)))
+
+    raised = [item for item in items if item.weight >= 0]
+    lowered = [item for item in items if item.weight < 0]
+    text = LIST_PREFIX + ALSO.join(part for part in (listed([item for item in raised if item.kind is not ItemKind.CLASS]),
+                                                     listed([item for item in raised if item.kind is ItemKind.CLASS]))
+                                   if part)
+    return text + LOWER + listed(lowered) if lowered else text
+
+
+def describe(item: LexicalItem) -> str:
+    """An item as the weighted list writes it, without its weight."""
+    if item.kind is ItemKind.AFTER:
+        return TOKENS_AFTER + quote(item.text)
+    if item.kind is ItemKind.WHITESPACE:
+        return whitespace_item_text(item.text) or ""
+    if item.kind is ItemKind.PHRASE:
+        return quote(item.text) + (AFTER + quote(item.after) if item.after is not None else "")
+    return item.text
 
 
 def quote(phrase: str) -> str:
@@ -204,28 +282,68 @@ def phrase_match(phrase: str, text: str) -> float:
 
 
 def item_scores(items: Sequence[LexicalItem], tokens: Sequence[str]) -> tuple[float, ...]:
-    """Prediction per token: the largest weight of any item the token matches (0 when none does)."""
-    scores = [0.0] * len(tokens)
-    heads = [token.lstrip().casefold() for token in tokens]
+    """Prediction per token: the largest weight of the positive items the token matches; where it matches none,
+    the most negative of the `lower on` items it matches; 0 when it matches nothing."""
+    raised: list[float | None] = [None] * len(tokens)
+    lowered = [0.0] * len(tokens)
+    view = _TokenView(tokens)
     for item in items:
-        if item.kind is ItemKind.PHRASE:
-            _mark_phrase(item, tokens, heads, scores)
-        elif item.kind is ItemKind.CLASS and item.token_class is not None:
-            for position, token in enumerate(tokens):
-                if item.weight > scores[position] and item.token_class(token):
-                    scores[position] = item.weight
-        else:
-            for position, token in enumerate(tokens):
-                if item.weight > scores[position] and _singular(token.strip().casefold()) == item.text:
-                    scores[position] = item.weight
-    return tuple(scores)
+        for position, quality in _matches(item, view):
+            value = quality * item.weight
+            if item.weight >= 0:
+                current = raised[position]
+                raised[position] = value if current is None else max(current, value)
+            else:
+                lowered[position] = min(lowered[position], value)
+    return tuple(lowered[position] if value is None else value for position, value in enumerate(raised))
 
 
-def _mark_phrase(item: LexicalItem, tokens: Sequence[str], heads: Sequence[str], scores: list[float]) -> None:
+class _TokenView:
+    """The tokens of one window with what matching needs, computed once: stripped forms and, per first character
+    of the case-folded head, where such tokens start (whitespace-only tokens can start any phrase)."""
+
+    def __init__(self, tokens: Sequence[str]) -> None:
+        self.tokens = tokens
+        self.stripped = [token.strip() for token in tokens]
+        self.heads = [token.lstrip().casefold() for token in tokens]
+        self.starts: dict[str, list[int]] = {}
+        blank: list[int] = []
+        for position, head in enumerate(self.heads):
+            if head:
+                self.starts.setdefault(head[0], []).append(position)
+            else:
+                blank.append(position)
+        self.blank = blank
+
+    def starting_with(self, character: str) -> list[int]:
+        """Positions whose head starts with `character` or is blank, in order."""
+        return sorted(self.starts.get(character, []) + self.blank)
+
+
+def _matches(item: LexicalItem, view: _TokenView) -> list[tuple[int, float]]:
+    """(position, match quality) of every token the item covers."""
+    tokens = view.tokens
+    if item.kind is ItemKind.AFTER:
+        return [(position + 1, EXACT_WEIGHT) for position, form in enumerate(view.stripped[:-1]) if form == item.text]
+    if item.kind is ItemKind.WHITESPACE:
+        return [(position, EXACT_WEIGHT) for position, token in enumerate(tokens) if token == item.text]
+    if item.kind is ItemKind.CLASS:
+        if item.token_class is None:
+            return []
+        return [(position, EXACT_WEIGHT) for position, token in enumerate(tokens) if item.token_class(token)]
+    if item.kind is ItemKind.WORD:
+        return [(position, EXACT_WEIGHT) for position, form in enumerate(view.stripped)
+                if _singular(form.casefold()) == item.text]
     phrase, folded = item.text, item.text.casefold()
-    for start, head in enumerate(heads):
-        # A match starting here must begin with this token's text: skip the rest cheaply (most tokens).
+    if not folded:
+        return []
+    found: list[tuple[int, float]] = []
+    for start in view.starting_with(folded[0]):
+        head = view.heads[start]
+        # A match starting here must begin with this token's text.
         if head and not folded.startswith(head) and folded != head.rstrip():
+            continue
+        if item.after is not None and (start == 0 or view.stripped[start - 1] != item.after):
             continue
         joined = ""
         for end in range(start, min(len(tokens), start + MAX_PHRASE_TOKENS)):
@@ -234,6 +352,6 @@ def _mark_phrase(item: LexicalItem, tokens: Sequence[str], heads: Sequence[str],
                 break
             quality = phrase_match(phrase, joined)
             if quality:
-                for position in range(start, end + 1):
-                    scores[position] = max(scores[position], quality * item.weight)
+                found.extend((position, quality) for position in range(start, end + 1))
                 break
+    return found

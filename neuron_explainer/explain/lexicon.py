@@ -1,14 +1,17 @@
-"""The `lexicon` explainer (no LLM): a weighted list of the tokens and token classes a neuron fires on, read from
-its explain windows only, e.g. `fires on "def" (1.00), "class" (0.62); also on digits (0.55)`.
+"""The `lexicon` explainer (no LLM): a weighted list of the tokens, contexts and token classes a neuron fires on,
+read from its explain windows only, e.g. `fires on "def" (1.00), "(" after "def" (0.80), tokens after "import"
+(0.55); also on digits (0.55); lower on "the" (0.30)`.
 
 Candidates are every token of the explain windows (as the lexical simulator quotes it: surrounding whitespace
-stripped, so punctuation and sub-word pieces count) and every rule-based token class of `token_classes`. Each
-candidate's weight is its mean activation shrunk toward the neuron's mean over the explain windows (a token seen
-once is not trusted as much as one seen ten times). Items are chosen greedily: each step adds the candidate whose
-addition most raises the Pearson correlation, on the explain windows, between the activations and the prediction
-the lexical simulator would make from the list so far; a class is preferred over the members it covers when it
-explains nearly as well, since it also covers members the explain windows never showed. Items whose removal costs
-almost nothing are pruned at the end, so the list stays short.
+stripped, so punctuation and sub-word pieces count), every rule-based token class of `token_classes`, and context
+items seen at least twice: a token right after a given token, and any token right after a given token. Each
+candidate's level is its mean activation shrunk toward the neuron's mean over the explain windows (a token seen
+once is not trusted as much as one seen ten times), measured from that mean: the simulator predicts 0 where nothing
+matches, which stands for the neuron's usual level, and candidates below it become `lower on` items. Items are
+chosen greedily: each step adds the candidate whose addition most raises the Pearson correlation, on the explain
+windows, between the activations and the prediction the lexical simulator would make from the list so far; a
+class is preferred over the members it covers when it explains nearly as well, since it also covers members the
+explain windows never showed. Items whose removal costs almost nothing are pruned at the end.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import numpy as np
 
 from neuron_explainer.activations.records import NeuronRecord, Window
 from neuron_explainer.explain.lexical_grammar import (CASE_INSENSITIVE_WEIGHT, EXACT_WEIGHT, ItemKind, LexicalItem,
-                                                      format_items, quotable)
+                                                      format_items, quotable, whitespace_item_text)
 from neuron_explainer.explain.splits import SplitConfig, oriented_record, split_neuron
 from neuron_explainer.explain.token_classes import FIXED_CLASSES, candidate_classes, class_memberships
 from neuron_explainer.core.failures import Failure
@@ -33,13 +36,23 @@ from neuron_explainer.explain.types import ExplainerKind, Explanation, Polarity
 class LexiconConfig:
     """How the `lexicon` explainer picks and weighs items (recorded in each explanation's parameters)."""
 
-    max_items: int = 12
+    max_items: int = 40
     """Most items listed."""
-    min_gain: float = 0.005
+    candidate_pool: int = 200
+    """Only the quoted and context candidates that carry most of the activations' variance on the explain windows
+    (occurrences times squared level) enter the greedy choice, this many (classes always do): it keeps the
+    choice fast without changing what it picks."""
+    context_shrinkage: float = 3.0
+    """Pseudo-count of a context item's token-alone level added to its mean activation."""
+    context_margin: float = 0.01
+    """Correlation a context item must add beyond the best plain item to be chosen instead."""
+    context_min_count: int = 2
+    """A context item is a candidate only when seen this often: once, it says no more than its token alone."""
+    min_gain: float = 0.001
     """Stop adding items when the best one raises the explain-window correlation by less than this."""
     shrinkage: float = 1.0
     """Pseudo-count of the neuron's mean added to every candidate's mean activation."""
-    class_bonus: float = 0.02
+    class_bonus: float = 0.0
     """Correlation a class may fall short of the best token by and still be preferred (it generalises)."""
     class_min_members: int = 4
     """A class is tried only when this many of its distinct members fire above the neuron's mean in the explain
@@ -47,8 +60,10 @@ class LexiconConfig:
     class_min_occurrences: int = 15
     """... and only when its members fire above the mean at least this often: a class read off a handful of
     occurrences (five colour names that happen to be in capitals) says more than the windows show."""
-    prune_tolerance: float = 0.002
+    prune_tolerance: float = 0.0005
     """An item is dropped at the end when the correlation without it is at most this much lower."""
+    tie_tolerance: float = 0.002
+    """Candidates this close to the best count as tied; the earliest (most frequent form) is chosen."""
 
     def as_dict(self) -> dict[str, float | int]:
         """JSON-ready parameters."""
@@ -63,7 +78,7 @@ _FIXED_NAMES = frozenset(token_class.name for token_class in FIXED_CLASSES)
 class _Candidate:
     item: LexicalItem
     quality: np.ndarray
-    """Match quality (0-1) of every distinct token of the explain windows."""
+    """Match quality (0-1) at every position of the explain windows."""
 
 
 class LexiconExplainer(Explainer):
@@ -101,7 +116,8 @@ def explain_lexicon(record: NeuronRecord, *, split: SplitConfig = SplitConfig(),
 
 
 def fit_items(windows: Sequence[Window], *, config: LexiconConfig = LexiconConfig()) -> list[LexicalItem] | str:
-    """The chosen items with weights normalised to the strongest (1), or why there are none."""
+    """The chosen items with weights normalised to the largest (1; `lower on` items negative), or why there are
+    none."""
     tokens = [token for window in windows for token in window.tokens]
     activations = np.array([value for window in windows for value in window.activations], dtype=np.float64)
     if activations.size == 0:
@@ -112,36 +128,61 @@ def fit_items(windows: Sequence[Window], *, config: LexiconConfig = LexiconConfi
         return "the activations are constant in the explain windows"
     distinct, position_of = np.unique(np.array(tokens, dtype=object), return_inverse=True)
     stripped = [str(token).strip() for token in distinct]
-    candidates = _candidates([str(token) for token in distinct], np.bincount(position_of, minlength=len(distinct)))
+    in_window = np.array([position for window in windows for position in range(len(window.tokens))])
+    previous = np.where(in_window > 0, np.roll(position_of, 1), -1)
+    candidates = _candidates([str(token) for token in distinct], position_of, previous, config)
     if not candidates:
         return "no token of the explain windows can be quoted or classed"
-    quality = np.stack([candidate.quality for candidate in candidates])[:, position_of]
+    quality = np.stack([candidate.quality for candidate in candidates])
     exact = quality >= 1.0
     counts = exact.sum(axis=1)
     neuron_mean = float(activations.mean())
-    weights = (exact @ activations + config.shrinkage * neuron_mean) / (counts + config.shrinkage)
+    sums = exact @ activations
+    levels = (sums + config.shrinkage * neuron_mean) / (counts + config.shrinkage) - neuron_mean
+    # A context item is shrunk toward what its token alone says (a token after anything: the neuron's mean), with
+    # more pseudo-counts: it must earn a level of its own.
+    phrase_row = {candidate.item.text: index for index, candidate in enumerate(candidates)
+                  if candidate.item.kind is ItemKind.PHRASE and candidate.item.after is None}
+    for index, candidate in enumerate(candidates):
+        item = candidate.item
+        if item.kind is ItemKind.AFTER or item.after is not None:
+            prior = levels[phrase_row[item.text]] if item.after is not None else 0.0
+            levels[index] = ((sums[index] - counts[index] * neuron_mean + config.context_shrinkage * prior)
+                             / (counts[index] + config.context_shrinkage))
     firing = activations > neuron_mean
-    members = [{stripped[index] for index in np.flatnonzero(candidate.quality >= 1.0)} for candidate in candidates]
+    members = [{stripped[token] for token in position_of[candidate.quality >= 1.0]}
+               if candidate.item.kind is ItemKind.PHRASE and candidate.item.after is None else set()
+               for candidate in candidates]
     is_class = np.array([candidate.item.kind is ItemKind.CLASS for candidate in candidates])
-    eligible = (counts > 0) & (weights > neuron_mean) & (weights > 0)
+    eligible = (counts > 0) & (levels != 0)
     for index, candidate in enumerate(candidates):
         if is_class[index]:
-            fired_positions = exact[index] & firing
+            # For a `lower on` class, "firing" means sitting below the mean.
+            fired_positions = exact[index] & (firing if levels[index] > 0 else ~firing)
             fired = {stripped[token] for token in position_of[fired_positions]}
             needed = 1 if candidate.item.text in _WHITESPACE_CLASSES else config.class_min_members
             eligible[index] &= len(fired) >= needed and int(fired_positions.sum()) >= config.class_min_occurrences
-    if not eligible.any():
+    if not (eligible & (levels > 0)).any():
         return "no token or class fires above the neuron's mean"
-    useful = np.flatnonzero(eligible)
-    predictions = quality[useful] * weights[useful, None]
-    chosen = _prune(_greedy(predictions, activations, is_class[useful], config), predictions, activations, config)
-    strongest = max(weights[useful[index]] for index in chosen)
+    importance = np.where(is_class, np.inf, counts * levels ** 2)
+    # Back in candidate order: where rows tie (case variants of one token), the most frequent form wins.
+    useful = np.sort(np.array([index for index in np.argsort(-importance, kind="stable") if eligible[index]],
+                              dtype=np.int64)[:config.candidate_pool + int(is_class.sum())])
+    predictions = quality[useful] * levels[useful, None]
+    is_context = np.array([candidate.item.kind is ItemKind.AFTER or candidate.item.after is not None
+                           for candidate in candidates])
+    chosen = _prune(_greedy(predictions, activations, is_class[useful], is_context[useful], config), predictions,
+                    activations, config)
+    largest = max(abs(levels[useful[index]]) for index in chosen)
     items = []
     for index in chosen:
         candidate = candidates[useful[index]]
-        item = _class_named_alike(candidate.item, candidates, members) or candidate.item
-        items.append(LexicalItem(item.kind, item.text, round(float(weights[useful[index]] / strongest), 2),
-                                 item.token_class))
+        weight = round(float(levels[useful[index]] / largest), 2)
+        if weight == 0:
+            continue
+        item = _class_named_alike(candidate.item, candidates, members) if weight > 0 else None
+        item = item or candidate.item
+        items.append(LexicalItem(item.kind, item.text, weight, item.token_class, item.after))
     return items
 
 
@@ -157,9 +198,13 @@ def _class_named_alike(item: LexicalItem, candidates: Sequence[_Candidate],
     return None
 
 
-def _candidates(distinct: Sequence[str], counts: Sequence[int]) -> list[_Candidate]:
-    """Quoted-token candidates (one per stripped form) and every class with a member among the tokens."""
+def _candidates(distinct: Sequence[str], position_of: np.ndarray, previous: np.ndarray,
+                config: LexiconConfig) -> list[_Candidate]:
+    """Quoted-token candidates (one per stripped form), context candidates and every class with a member among the
+    tokens, each with its match quality at every position (`previous`: the distinct index of the token before,
+    -1 at a window's start)."""
     stripped = [token.strip() for token in distinct]
+    counts = np.bincount(position_of, minlength=len(distinct))
     # Most frequent form first: where forms tie (case variants of a token), the list quotes the common one.
     frequency: dict[str, int] = {}
     for form, count in zip(stripped, counts):
@@ -177,14 +222,44 @@ def _candidates(distinct: Sequence[str], counts: Sequence[int]) -> list[_Candida
             quality[row, column] = CASE_INSENSITIVE_WEIGHT
         if form in row_of:
             quality[row_of[form], column] = EXACT_WEIGHT
-    candidates = [_Candidate(LexicalItem(ItemKind.PHRASE, phrase), quality[row]) for row, phrase in enumerate(phrases)]
+    at_positions = quality[:, position_of]
+    candidates = [_Candidate(LexicalItem(ItemKind.PHRASE, phrase), at_positions[row])
+                  for row, phrase in enumerate(phrases)]
+    candidates += _context_candidates(stripped, position_of, previous, row_of, at_positions, config)
+    for index, token in enumerate(distinct):
+        if whitespace_item_text(token) is not None:
+            candidates.append(_Candidate(LexicalItem(ItemKind.WHITESPACE, token),
+                                         (position_of == index).astype(np.float64)))
     classes = candidate_classes()
     membership = np.array([class_memberships(token) for token in distinct], dtype=np.float64).reshape(
-        len(distinct), len(classes))
+        len(distinct), len(classes))[position_of]
     for index, token_class in enumerate(classes):
         if membership[:, index].any():
             candidates.append(_Candidate(LexicalItem(ItemKind.CLASS, token_class.name, token_class=token_class),
                                          membership[:, index]))
+    return candidates
+
+
+def _context_candidates(stripped: Sequence[str], position_of: np.ndarray, previous: np.ndarray,
+                        row_of: dict[str, int], at_positions: np.ndarray,
+                        config: LexiconConfig) -> list[_Candidate]:
+    """`"x" after "y"` and `tokens after "y"` seen at least `context_min_count` times (the simulator matches the
+    preceding token exactly, stripped)."""
+    has_previous = previous >= 0
+    before = np.array([stripped[index] if index >= 0 else "" for index in previous], dtype=object)
+    candidates: list[_Candidate] = []
+    befores, before_counts = np.unique(before[has_previous], return_counts=True)
+    for text, count in zip(befores, before_counts):
+        if count < config.context_min_count or text not in row_of:
+            continue
+        follows = before == text
+        candidates.append(_Candidate(LexicalItem(ItemKind.AFTER, str(text)), follows.astype(np.float64)))
+        pairs, pair_counts = np.unique(position_of[follows], return_counts=True)
+        for token, pair_count in zip(pairs, pair_counts):
+            form = stripped[token]
+            if pair_count >= config.context_min_count and form in row_of:
+                candidates.append(_Candidate(LexicalItem(ItemKind.PHRASE, form, after=str(text)),
+                                             at_positions[row_of[form]] * follows))
     return candidates
 
 
@@ -197,25 +272,45 @@ def _correlations(predictions: np.ndarray, centred_target: np.ndarray) -> np.nda
     return np.where(spread > 0, values, -np.inf)
 
 
-def _greedy(predictions: np.ndarray, activations: np.ndarray, is_class: np.ndarray,
+def _compose(predictions: np.ndarray) -> np.ndarray:
+    """What the simulator predicts from some items' rows: the largest positive match, else the most negative
+    match, else 0 (per column)."""
+    raised = np.where(predictions > 0, predictions, -np.inf).max(axis=0)
+    return np.where(raised > -np.inf, raised, np.minimum(predictions.min(axis=0), 0.0))
+
+
+def _greedy(predictions: np.ndarray, activations: np.ndarray, is_class: np.ndarray, is_context: np.ndarray,
             config: LexiconConfig) -> list[int]:
     target = activations - activations.mean()
-    current = np.zeros(activations.size)
+    raised = np.full(activations.size, -np.inf)
+    lowered = np.zeros(activations.size)
+    positive = predictions > 0
+    raised_rows = np.where(positive, predictions, -np.inf)
+    lowered_rows = np.where(positive, 0.0, predictions)
     current_r = 0.0
     chosen: list[int] = []
     while len(chosen) < config.max_items:
-        trial = _correlations(np.maximum(current[None, :], predictions), target)
+        trial_raised = np.maximum(raised[None, :], raised_rows)
+        trial_lowered = np.minimum(lowered[None, :], lowered_rows)
+        trial = _correlations(np.where(trial_raised > -np.inf, trial_raised, trial_lowered), target)
         trial[chosen] = -np.inf
+        # A context item must beat every plain item by a margin: on a tie the plain token generalises better.
+        best_plain = float(np.max(np.where(is_context, -np.inf, trial)))
+        trial[is_context & (trial < best_plain + config.context_margin)] = -np.inf
+        if not chosen:
+            # A list starts with what the neuron fires on; `lower on` items only refine it.
+            trial[~positive.any(axis=1)] = -np.inf
         best_token = float(np.max(np.where(is_class, -np.inf, trial)))
         best_class = float(np.max(np.where(is_class, trial, -np.inf)))
         if best_class >= best_token - config.class_bonus and best_class > -np.inf:
             index = int(np.argmax(np.where(is_class, trial, -np.inf)))
         else:
-            index = int(np.argmax(trial))
+            # Near-ties go to the earliest candidate: the most frequent form of a token (case variants tie).
+            index = int(np.flatnonzero(trial >= np.max(trial) - config.tie_tolerance)[0])
         if not trial[index] - current_r >= config.min_gain:
             break
         chosen.append(index)
-        current = np.maximum(current, predictions[index])
+        raised, lowered = trial_raised[index], trial_lowered[index]
         current_r = float(trial[index])
     return chosen
 
@@ -226,13 +321,14 @@ def _prune(chosen: list[int], predictions: np.ndarray, activations: np.ndarray, 
     def correlation(indices: list[int]) -> float:
         if not indices:
             return -np.inf
-        return float(_correlations(predictions[indices].max(axis=0, keepdims=True), target)[0])
+        return float(_correlations(_compose(predictions[indices])[None, :], target)[0])
 
+    raises = (predictions > 0).any(axis=1)
     kept = list(chosen)
     full = correlation(kept)
     for index in reversed(chosen):
         without = [other for other in kept if other != index]
-        if without and correlation(without) >= full - config.prune_tolerance:
+        if raises[without].any() and correlation(without) >= full - config.prune_tolerance:
             kept = without
             full = correlation(kept)
     return kept
