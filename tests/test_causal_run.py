@@ -45,7 +45,7 @@ def _config(store: Path, db: Path, **overrides) -> RunConfig:
     return RunConfig(**values)
 
 
-def test_run_causal_stores_a_causal_score_per_score_and_resumes(tiny_store, tmp_path, capsys):
+def test_run_causal_stores_a_causal_score_per_score_resumes_and_reaches_query(tiny_store, tmp_path, capsys):
     db = tmp_path / "n.db"
     summary = run_pipeline(_config(tiny_store, db), progress=False)
     assert summary.scored == 4 and summary.causal["scored"] == 4
@@ -74,6 +74,34 @@ def test_run_causal_stores_a_causal_score_per_score_and_resumes(tiny_store, tmp_
     assert main(["show", "1:2", "--db", str(db), "--format", "json"]) == 0
     [shown] = json.loads(capsys.readouterr().out)
     assert list(shown["causal_scores"].values())[0]["windows"] == 8
+    _causal_reaches_query_and_exports(db, rows, tmp_path, capsys)
+
+
+def _causal_reaches_query_and_exports(db: Path, rows: list, tmp_path: Path, capsys) -> None:
+    stored = {value for _, value, *_ in rows}
+    assert main(["query", "--db", str(db), "--format", "json"]) == 0
+    queried = json.loads(capsys.readouterr().out)
+    assert len(queried) == 4 and {row["causal"]["value"] for row in queried} == stored
+    assert all(row["causal"]["ablation"] == "mean" for row in queried)
+    assert main(["query", "--db", str(db)]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split()[:4] == ["neuron", "polarity", "score", "causal"]
+    assert main(["export", "--db", str(db), "--format", "csv", "--out", str(tmp_path / "x.csv")]) == 0
+    import csv
+
+    with open(tmp_path / "x.csv", newline="", encoding="utf-8") as handle:
+        exported = list(csv.DictReader(handle))
+    assert {json.loads(row["causal"])["value"] for row in exported} == stored
+    assert main(["export", "--db", str(db), "--format", "jsonl", "--out", str(tmp_path / "x.jsonl")]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "x.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {entry["causal"]["value"] for line in lines for entry in line["explanations"]} == stored
+    site = tmp_path / "site"
+    assert main(["export", "--db", str(db), "--format", "html", "--out", str(site)]) == 0
+    pages = [path.read_text(encoding="utf-8") for path in site.rglob("*.html")]
+    neuron_pages = [text for text in pages if "data-score-id" in text]
+    # Each neuron's score row shows its causal score, with the interval (or why it is undefined) on hover.
+    assert len(neuron_pages) == 4
+    assert all(">causal</th>" in text and ("mean ablation, 95% CI [" in text or "changes nothing" in text)
+               for text in neuron_pages)
 
 
 def test_rescore_drops_the_old_causal_scores(tiny_store, tmp_path):

@@ -1,17 +1,23 @@
-"""Causal scores in the database: one `causal_scores` row per score, written by `run --causal`, read by `show`."""
+"""Causal scores in the database: one `causal_scores` row per score, written by `run --causal`, read by `show`,
+`query` and the exports."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, select
 
 from neuron_explainer.causal import CausalScore
 from neuron_explainer.db.codec import dump_json, float_or_none, load_json, none_to_nan, utc_iso
-from neuron_explainer.db.database import Database
-from neuron_explainer.db.writes import insert_ignoring_duplicates
 from neuron_explainer.db.models import CausalScoreRow
+from neuron_explainer.db.writes import insert_ignoring_duplicates
+
+if TYPE_CHECKING:  # the query module reads causal values, and the database module imports it
+    from neuron_explainer.db.database import Database
+
+_CHUNK = 500
 
 _TOP_LEVEL = ("value", "ci_low", "ci_high", "ablation", "undefined_reason")
 
@@ -42,8 +48,8 @@ def load_causal_scores(database: Database, score_ids: Iterable[int]) -> dict[int
     table = CausalScoreRow.__table__
     found: dict[int, CausalScore] = {}
     with database.reader() as connection:
-        for start in range(0, len(wanted), 500):
-            statement = select(table).where(table.c.score_id.in_(wanted[start:start + 500]))
+        for start in range(0, len(wanted), _CHUNK):
+            statement = select(table).where(table.c.score_id.in_(wanted[start:start + _CHUNK]))
             for row in connection.execute(statement):
                 details = load_json(row.details_json, {})
                 found[row.score_id] = CausalScore(
@@ -51,4 +57,18 @@ def load_causal_scores(database: Database, score_ids: Iterable[int]) -> dict[int
                     ablation=row.ablation, undefined_reason=row.undefined_reason,
                     **{key: none_to_nan(value) if key not in ("windows", "tokens") else int(value)
                        for key, value in details.items()})
+    return found
+
+
+def causal_values_by_score(connection: Connection, score_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """score id -> {value, ci_low, ci_high, ablation, undefined_reason} of its causal score (query rows and
+    exports; absent ids have none)."""
+    wanted = sorted(set(score_ids))
+    table = CausalScoreRow.__table__
+    found: dict[int, dict[str, Any]] = {}
+    for start in range(0, len(wanted), _CHUNK):
+        rows = connection.execute(select(table.c.score_id, *(table.c[name] for name in _TOP_LEVEL))
+                                  .where(table.c.score_id.in_(wanted[start:start + _CHUNK])))
+        for row in rows:
+            found[row.score_id] = {name: getattr(row, name) for name in _TOP_LEVEL}
     return found

@@ -20,6 +20,7 @@ from sqlalchemy import ColumnElement, Connection, Select, and_, column, exists, 
 
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.neurons import NeuronId, range_bounds
+from neuron_explainer.db.causal import causal_values_by_score
 from neuron_explainer.db.classifier import classifier_metrics_by_explanation
 from neuron_explainer.db.codec import load_json, none_to_nan
 from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, ExplanationRow, NeuronRow, RecordingRow, ScoreRow,
@@ -174,6 +175,9 @@ class ResultRow:
     """Baseline scores, if computed."""
     classifiers: dict[str, dict[str, float | None]] = field(default_factory=dict)
     """Detection / fuzzing metrics of the explanation (accuracy, balanced_accuracy, auroc), by scorer."""
+    causal: dict[str, Any] = field(default_factory=dict)
+    """Causal score of this score (`value`, `ci_low`, `ci_high`, `ablation`, `undefined_reason`; `run --causal`),
+    empty when not computed."""
 
     @property
     def lexical_ceiling(self) -> float:
@@ -433,8 +437,11 @@ def run_query(connection: Connection, query: ExplanationQuery, *, search_index: 
     for batch in result.partitions(500):
         rows = [_row(values) for values in batch]
         metrics = classifier_metrics_by_explanation(connection, [row.explanation_id for row in rows])
+        causal = causal_values_by_score(connection, [row.score_id for row in rows])
         for row in rows:
-            yield replace(row, classifiers=metrics[row.explanation_id]) if row.explanation_id in metrics else row
+            if row.explanation_id in metrics or row.score_id in causal:
+                row = replace(row, classifiers=metrics.get(row.explanation_id, {}), causal=causal.get(row.score_id, {}))
+            yield row
 
 
 def parse_int_list(text: str, *, what: str) -> tuple[int, ...]:

@@ -22,21 +22,28 @@ def _clip(text: str, width: int) -> str:
 
 
 def format_rows_table(rows: Sequence[ResultRow], *, width: int = 120) -> str:
-    """A fixed-width table: neuron, polarity, score, method, explainer model, lexical ceiling, explanation (clipped
-    to `width`)."""
+    """A fixed-width table: neuron, polarity, score, classifier and causal scores (when any row has them), method,
+    explainer model, lexical ceiling, explanation (clipped to `width`)."""
     if not rows:
         return "no matching explanations"
     scorers = sorted({name for row in rows for name in row.classifiers})
-    header = ("neuron", "polarity", "score", *scorers, "method", "explainer", "ceiling", "explanation")
+    causal = ("causal",) if any(row.causal for row in rows) else ()
+    header = ("neuron", "polarity", "score", *scorers, *causal, "method", "explainer", "ceiling", "explanation")
 
     def balanced(row: ResultRow, scorer: str) -> str:
         value = row.classifiers.get(scorer, {}).get("balanced_accuracy")
         return _number(float("nan") if value is None else value)
 
+    def causal_value(row: ResultRow) -> tuple[str, ...]:
+        value = row.causal.get("value")
+        return (_number(float("nan") if value is None else value),) if causal else ()
+
     cells = [(str(row.neuron), row.polarity, _number(row.score), *(balanced(row, scorer) for scorer in scorers),
-              row.method, _clip(row.explainer_model, 24), _number(row.lexical_ceiling), row.text) for row in rows]
+              *causal_value(row), row.method, _clip(row.explainer_model, 24), _number(row.lexical_ceiling), row.text)
+             for row in rows]
     columns = len(header) - 1
-    numeric = {*range(2, 3 + len(scorers)), 5 + len(scorers)}
+    extra = len(scorers) + len(causal)
+    numeric = {*range(2, 3 + extra), 5 + extra}
     widths = [max(len(header[index]), *(len(cell[index]) for cell in cells)) for index in range(columns)]
     text_width = max(width - sum(widths) - 2 * columns, 20)
     lines = ["  ".join(value.ljust(size) for value, size in zip(header[:columns], widths)) + "  " + header[-1]]
