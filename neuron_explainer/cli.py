@@ -467,16 +467,22 @@ def _cmd_explain(args: argparse.Namespace) -> int:
 
 
 def _add_score(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("score", help="simulate and score explanations from a JSONL file (JSONL out)")
+    parser = commands.add_parser("score", help="score explanations from a JSONL file with a registered scorer "
+                                               "(simulation, detection, fuzzing; JSONL out)")
     parser.add_argument("--records", required=True, help="record store directory the explanations came from")
     parser.add_argument("--neurons", default="all", help="neuron SPEC: 3:17, 3:*, 0-3:0-99, all, comma lists")
     parser.add_argument("--explanations", required=True, help="JSONL written by `explain`")
+    parser.add_argument("--scorer", default="simulation",
+                        help="simulation (default: simulate the held-out windows and correlate), detection or "
+                             "fuzzing (the --llm chat model classifies passages; cheaper), or any registered one")
     parser.add_argument("--simulator", default=None,
-                        help="all-at-once, generated, lexical, embedding or any registered one (default: all-at-once "
-                             "if the backend allows, else generated; lexical without --llm)")
-    parser.add_argument("--llm", default=None, help="simulator backend, e.g. local:default")
+                        help="simulation scorer: all-at-once, generated, lexical, embedding or any registered one "
+                             "(default: all-at-once if the backend allows, else generated; lexical without --llm)")
+    parser.add_argument("--llm", default=None,
+                        help="backend of the simulator or of the detection/fuzzing scorer, e.g. local:default")
     parser.add_argument("--out", required=True, help="JSONL file for scores and failures")
-    parser.add_argument("--baselines", action="store_true", help="also score shuffled and empty explanations")
+    parser.add_argument("--baselines", action="store_true",
+                        help="simulation scorer: also score shuffled and empty explanations")
     _add_split_flags(parser)
     parser.set_defaults(handler=_cmd_score)
 
@@ -486,7 +492,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from neuron_explainer.scoring import ScoreConfig
 
     summary = run_score(args.records, args.neurons, explanations=args.explanations, out=args.out,
-                        simulator=args.simulator, llm=args.llm, config=ScoreConfig(split=_split_config(args)),
+                        scorer=args.scorer, simulator=args.simulator, llm=args.llm, config=ScoreConfig(split=_split_config(args)),
                         baselines=args.baselines, concurrency=args.concurrency, progress=sys.stderr.isatty())
     _print_summary(args, summary)
     return 0

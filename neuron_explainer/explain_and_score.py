@@ -21,7 +21,9 @@ from neuron_explainer.explain.registry import explainer_class
 from neuron_explainer.explain.serialize import explanation_from_dict, explanation_to_dict, failure_to_dict
 from neuron_explainer.explain.splits import check_split_groups
 from neuron_explainer.explain.types import Explanation, Polarity
-from neuron_explainer.scoring import ScoreConfig, score_explanations
+from neuron_explainer.scoring import SCORERS, ScoreConfig, Scorer, run_scorer
+from neuron_explainer.scoring_llm.serialize import classifier_score_to_dict
+from neuron_explainer.scoring_llm.types import ClassifierScore
 from neuron_explainer.simulate.serialize import score_to_dict
 from neuron_explainer.simulate.types import Score
 
@@ -69,11 +71,13 @@ class _JsonlWriter:
     def __init__(self, handle: IO[str]) -> None:
         self.handle = handle
 
-    def __call__(self, result: Explanation | Score | Failure) -> None:
+    def __call__(self, result: Explanation | Score | ClassifierScore | Failure) -> None:
         if isinstance(result, Explanation):
             data = explanation_to_dict(result)
         elif isinstance(result, Score):
             data = score_to_dict(result)
+        elif isinstance(result, ClassifierScore):
+            data = classifier_score_to_dict(result)
         else:
             data = failure_to_dict(result)
         self.handle.write(json.dumps(data, ensure_ascii=False, allow_nan=False) + "\n")
@@ -167,15 +171,22 @@ def read_explanations(path: str | Path) -> list[Explanation]:
 
 
 def run_score(records: str | Path, neurons: str, *, explanations: str | Path, out: str | Path,
-              simulator: str | None = None, llm: str | None = None, config: ScoreConfig = ScoreConfig(),
-              baselines: bool = False, concurrency: int = 8, progress: bool = True) -> CommandSummary:
-    """Score the explanations (from `explain`'s JSONL) of the selected neurons; write JSONL to `out`.
+              scorer: str = "simulation", simulator: str | None = None, llm: str | None = None,
+              config: ScoreConfig = ScoreConfig(), baselines: bool = False, concurrency: int = 8,
+              progress: bool = True) -> CommandSummary:
+    """Score the explanations (from `explain`'s JSONL) of the selected neurons with a registered scorer (default
+    simulation; detection and fuzzing ask the `llm` chat model); write JSONL to `out`.
     Shuffled baselines follow a seeded derangement over the file's neurons (scoring/baselines.py), so each
     selected neuron gets a donor of its own even when one neuron is selected."""
     from neuron_explainer.activations import RecordStore
-    from neuron_explainer.llm import check_backend, make_backend
-    from neuron_explainer.simulate import make_simulator
+    from neuron_explainer.llm import check_backend
+    from neuron_explainer.pipeline.resources import BackendSettings, RunResources
 
+    scorer_type = SCORERS.get(scorer)
+    if scorer_type.needs.llm and not llm:
+        raise UserError(f"--scorer {scorer} asks a chat model: give one with --llm")
+    if baselines and scorer_type.baselines is Scorer.baselines:
+        raise UserError(f"--baselines: the {scorer} scorer has no baselines (the simulation scorer has)")
     if llm:
         check_backend(llm)
     store = RecordStore.open(records)
@@ -188,15 +199,14 @@ def run_score(records: str | Path, neurons: str, *, explanations: str | Path, ou
         return store.load_neuron(neuron.layer, neuron.neuron)
 
     async def go() -> BatchSummary:
-        backend = make_backend(llm) if llm else None
+        resources = RunResources(BackendSettings(llm=llm, simulator=simulator), store, split=config.split)
         try:
-            chosen_simulator = make_simulator(simulator, backend)
+            chosen_scorer = scorer_type(resources)
             with _open_out(out) as handle:
-                return await score_explanations(load, chosen, chosen_simulator, config=config, baselines=baselines,
-                                                concurrency=concurrency, on_result=_JsonlWriter(handle),
-                                                donor_pool=every, progress=progress)
+                return await run_scorer(load, chosen, chosen_scorer, config=config, baselines=baselines,
+                                        concurrency=concurrency, on_result=_JsonlWriter(handle), donor_pool=every,
+                                        progress=progress)
         finally:
-            if backend is not None:
-                await backend.aclose()
+            await resources.aclose()
 
     return _summary(out, len({explanation.neuron for explanation in chosen}), asyncio.run(go()))

@@ -13,6 +13,7 @@ from typing import Any
 
 from neuron_explainer.activations import NeuronRecord, RecordStore
 from neuron_explainer.activations.weight_views import NeuronWeightView, WeightViews, require_weight_views
+from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.explain import CandidateRanker, LayerNgramResponses, NgramConfig, Polarity, SplitConfig
 from neuron_explainer.llm import LLMBackend, ResponseCache, UsageLedger, make_backend
@@ -24,8 +25,9 @@ from neuron_explainer.simulate import Simulator, make_simulator, simulator_needs
 class BackendSettings:
     """How a run builds its LLM backends."""
 
-    llm: str
-    """Backend spec of the explainer (and, by default, the simulator)."""
+    llm: str | None
+    """Backend spec of the explainer (and, by default, the simulator); None: no LLM (the `score` command without
+    --llm: LLM-free simulators only)."""
     simulator: str | None = None
     """Simulator name; None = the best the backend allows."""
     simulator_llm: str | None = None
@@ -82,18 +84,18 @@ class RunResources:
 
     def llm(self) -> LLMBackend:
         """The explainer backend."""
-        return self.backend(self.settings.llm)
+        return self.backend(_required(self.settings.llm))
 
     def scoring_llm(self) -> LLMBackend:
         """The backend of scorers that ask an LLM directly (detection, fuzzing): the simulator's."""
-        return self.backend(self.settings.simulator_llm or self.settings.llm)
+        return self.backend(_required(self.settings.simulator_llm or self.settings.llm))
 
     def simulator(self) -> Simulator:
-        """The run's simulator; LLM-free kinds get no backend."""
+        """The run's simulator; LLM-free kinds (and every kind when no backend is set) get no backend."""
         if self._simulator is None:
             kind = self.settings.simulator
-            backend = (self.backend(self.settings.simulator_llm or self.settings.llm)
-                       if simulator_needs(kind).llm else None)
+            spec = self.settings.simulator_llm or self.settings.llm
+            backend = self.backend(spec) if spec is not None and simulator_needs(kind).llm else None
             self._simulator = make_simulator(kind, backend)
         return self._simulator
 
@@ -149,3 +151,9 @@ class RunResources:
             await backend.aclose()
         if self.cache is not None:
             self.cache.close()
+
+
+def _required(spec: str | None) -> str:
+    if spec is None:
+        raise UserError("this step needs an LLM backend: give one with --llm")
+    return spec
