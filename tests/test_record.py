@@ -275,6 +275,42 @@ def test_accumulator_handles_a_strided_view_like_a_contiguous_tensor():
         np.testing.assert_array_equal(getattr(results[0], name), getattr(results[1], name))
 
 
+@pytest.mark.parametrize("dtype_name", ["float32", "bfloat16"])
+def test_the_c_kernel_records_what_the_torch_operations_record(monkeypatch, dtype_name):
+    import torch
+
+    from neuron_explainer.activations import native
+
+    torch.manual_seed(1)
+    batches = [torch.randn(7, 10, 37) for _ in range(6)]
+    batches[2][3] = batches[2][1]  # ties within a batch, across batches and among rounded values
+    batches[5][:] = batches[1][0]
+    batches[4] = torch.round(batches[4])
+    results = {}
+    for setting in ("1", "0"):
+        monkeypatch.setenv(native.DISABLE_VARIABLE, setting)
+        native.fold_library.cache_clear()
+        if setting == "1" and native.fold_library() is None:
+            pytest.skip("no C compiler on this machine: the recorder uses torch operations only")
+        accumulator = RecordingAccumulator({0: 37, 2: 37}, positions=9, top_k=4, random_k=3, quantile_tokens=32,
+                                           both=True, seed=3)
+        for batch in batches:
+            view = batch.to(getattr(torch, dtype_name))[:, 1:]  # strided, as the subject hands it over
+            picks = accumulator.begin_batch(len(view))
+            assert native.supports(view) == (setting == "1")
+            accumulator.add_layer(0, view, picks)
+            accumulator.layers[2].update(-view, picks, parts=3)  # neurons split over threads
+            accumulator.end_batch(picks)
+        results[setting] = [accumulator.pop_layer(0), accumulator.pop_layer(2)]
+    native.fold_library.cache_clear()
+    for kernel, torch_ops in zip(results["1"], results["0"]):
+        for name in ("top_window_ids", "top_activations", "random_activations", "quantiles", "bottom_window_ids",
+                     "bottom_activations"):
+            np.testing.assert_array_equal(getattr(kernel, name), getattr(torch_ops, name), err_msg=name)
+        # Sums in another order: equal to rounding.
+        np.testing.assert_allclose(kernel.stats, torch_ops.stats, rtol=1e-6, atol=1e-7)
+
+
 # --- recording a real (tiny) model -------------------------------------------------------------------------
 
 

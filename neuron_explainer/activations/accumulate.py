@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from neuron_explainer.activations import native
+
 # (probability, value) grid of the quantile sketch; 0 and 1 are the exact min and max.
 QUANTILE_PROBABILITIES = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 STATS_COLUMNS = ("count", "mean", "std", "min", "max", "fraction_positive")
@@ -147,6 +149,10 @@ class TopK:
         flat_index = neuron_index * k + new_slots[local_row, position]
         self.activations.view(-1, self.activations.shape[-1]).index_copy_(0, flat_index, entering_rows)
 
+    def lists(self) -> "native.TopLists":
+        """The state, for fold.c to merge into in place."""
+        return native.TopLists(scores=self.scores, window_ids=self.window_ids, slots=self.slots, rows=self.activations)
+
     def result(self, count: int) -> tuple[np.ndarray, np.ndarray]:
         """(window ids [neurons, count], activations [neurons, count, positions]) in rank order."""
         import torch
@@ -207,10 +213,14 @@ class LayerAccumulator:
         self.maximum = torch.full((neurons,), float("-inf"), device=device)
         self.count = 0
 
-    def update(self, activations: Any, picks: "BatchPicks") -> None:
-        """Fold in activations [batch, positions, neurons] (any float dtype; a strided view is fine) of one batch."""
+    def update(self, activations: Any, picks: "BatchPicks", *, parts: int = 1) -> None:
+        """Fold in activations [batch, positions, neurons] (any float dtype; a strided view is fine) of one batch;
+        `parts` threads share the CPU kernel's work."""
         import torch
 
+        if native.supports(activations):
+            self._update_native(activations, picks, parts)
+            return
         # Extremes are exact in any dtype, and reading the narrow dtype moves half the bytes.
         window_max = activations.amax(dim=1).float()
         window_min = activations.amin(dim=1).float()
@@ -229,15 +239,29 @@ class LayerAccumulator:
         self.top.update(window_max, activations, picks.first_window_id)
         if self.bottom is not None:
             self.bottom.update(-window_min, activations, picks.first_window_id)
+        self._sample(activations, picks)
+
+    def _update_native(self, activations: Any, picks: "BatchPicks", parts: int) -> None:
+        # One read of the layer for the totals and extremes; only rows entering a top-k list are copied (fold.c).
+        totals = native.Totals(total=self.total, total_squares=self.total_squares, positives=self.positives,
+                               minimum=self.minimum, maximum=self.maximum)
+        native.fold_batch(activations, totals, self.top.lists(), None if self.bottom is None else self.bottom.lists(),
+                          first_window_id=picks.first_window_id, parts=parts)
+        self.count += activations.shape[0] * activations.shape[1]
+        self._sample(activations, picks)
+
+    def _sample(self, activations: Any, picks: "BatchPicks") -> None:
+        import torch
+
         device = activations.device
         if picks.random_slots.size:
             self.random[torch.as_tensor(picks.random_slots, device=device)] = \
-                activations[torch.as_tensor(picks.random_offsets, device=device)]
+                activations[torch.as_tensor(picks.random_offsets, device=device)].float()
         if picks.token_slots.size:
             positions = activations.shape[1]
             offsets = torch.as_tensor(picks.token_offsets, device=device)
             self.token_sample[torch.as_tensor(picks.token_slots, device=device)] = \
-                activations[offsets // positions, offsets % positions]
+                activations[offsets // positions, offsets % positions].float()
 
     def summary(self, windows: int, random_order: np.ndarray, sampled_tokens: int) -> LayerSummary:
         """The layer's arrays; `random_order` lists reservoir slots in store order."""
@@ -304,13 +328,14 @@ class RecordingAccumulator:
         if activations.device.type != "cpu":
             self.layers[layer].update(activations, picks)
             return
-        # The bookkeeping is many small memory-bound ops: extra threads add little, and on a busy CPU their
+        # The torch bookkeeping is many small memory-bound ops: extra threads add little, and on a busy CPU their
         # OpenMP barriers stall on descheduled threads (measured 0.63 vs 0.83 of bare-forward throughput on a
         # loaded 2-core machine). A quarter of the forward pass's threads keeps memory bandwidth saturated.
+        # fold.c splits its work by neuron over as many threads as the forward pass has: they block, never spin.
         threads = torch.get_num_threads()
         torch.set_num_threads(max(1, threads // 4))
         try:
-            self.layers[layer].update(activations, picks)
+            self.layers[layer].update(activations, picks, parts=threads)
         finally:
             torch.set_num_threads(threads)
 
