@@ -10,7 +10,6 @@
  */
 #include <math.h>
 #include <stdint.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* One build runs at the widest vectors of whichever x86-64 CPU loads it (the library is cached per machine, but a
@@ -28,26 +27,39 @@ static inline float widen_bf16(uint16_t value) {
     return result;
 }
 
-/* One position's row of `neurons` values as float32: the data itself, or `buffer` holding the widened copy. */
-static inline const float *row_as_float(const void *data, int bf16, int64_t offset, int64_t neurons, float *buffer) {
-    if (!bf16) return (const float *)data + offset;
-    const uint16_t *row = (const uint16_t *)data + offset;
-    for (int64_t n = 0; n < neurons; n++) buffer[n] = widen_bf16(row[n]);
-    return buffer;
-}
+/* Neurons per block: a block's running values stay in registers or L1 across a window's positions, and the block's
+ * activations are still in L1 when its entering rows are copied. */
+#define BLOCK 64
 
-/* Fold one position's values into the window's per-neuron extremes and sums (inlined into each target clone). */
-static inline __attribute__((always_inline)) void fold_row(const float *restrict x, int64_t neurons,
-                                                          float *restrict high, float *restrict low,
-                                                          float *restrict sum, float *restrict squares,
-                                                          float *restrict count) {
-    for (int64_t n = 0; n < neurons; n++) {
-        float value = x[n];
-        high[n] = value > high[n] ? value : high[n];
-        low[n] = value < low[n] ? value : low[n];
-        sum[n] += value;
-        squares[n] += value * value;
-        count[n] += value > 0.0f ? 1.0f : 0.0f;
+/* One window's extremes and sums over positions for `width` neurons starting at `offset` (inlined into each target
+ * clone, with `bf16` and a full block's width constant). */
+static inline __attribute__((always_inline)) void fold_block(const void *data, int bf16, int64_t offset,
+                                                            int64_t positions, int64_t stride_p, int64_t width,
+                                                            float *restrict high, float *restrict low,
+                                                            float *restrict sum, float *restrict squares,
+                                                            float *restrict count) {
+    for (int64_t j = 0; j < width; j++) {
+        high[j] = -INFINITY;
+        low[j] = INFINITY;
+        sum[j] = squares[j] = count[j] = 0.0f;
+    }
+    float widened[BLOCK];
+    for (int64_t p = 0; p < positions; p++) {
+        const float *restrict x = widened;
+        if (bf16) {
+            const uint16_t *half = (const uint16_t *)data + offset + p * stride_p;
+            for (int64_t j = 0; j < width; j++) widened[j] = widen_bf16(half[j]);
+        } else {
+            x = (const float *)data + offset + p * stride_p;
+        }
+        for (int64_t j = 0; j < width; j++) {
+            float value = x[j];
+            high[j] = value > high[j] ? value : high[j];
+            low[j] = value < low[j] ? value : low[j];
+            sum[j] += value;
+            squares[j] += value * value;
+            count[j] += value > 0.0f ? 1.0f : 0.0f;
+        }
     }
 }
 
@@ -56,8 +68,14 @@ static inline __attribute__((always_inline)) void fold_row(const float *restrict
  * window exactly as the stable sort of the torch path does. The leaving window's row slot is returned (-1: no entry). */
 static inline int64_t insert(float score, int64_t window_id, int64_t k, float *scores, int64_t *ids, int64_t *slots) {
     if (!(score > scores[k - 1])) return -1;
-    int64_t rank = k - 1;
-    while (rank > 0 && scores[rank - 1] < score) rank--;
+    int64_t rank = 0, last = k - 1;  /* the first rank whose score is lower: binary search of a descending list */
+    while (rank < last) {
+        int64_t middle = (rank + last) / 2;
+        if (scores[middle] < score)
+            last = middle;
+        else
+            rank = middle + 1;
+    }
     int64_t slot = slots[k - 1];
     int64_t moved = k - 1 - rank;
     memmove(scores + rank + 1, scores + rank, sizeof(float) * moved);
@@ -80,53 +98,60 @@ static inline void copy_row(const void *data, int bf16, int64_t offset, int64_t 
     }
 }
 
+/* Statistics and top-k merges of one window for the `width` neurons from `first` on (see fold_batch). */
+static inline __attribute__((always_inline)) void fold_window_block(
+        const void *data, int bf16, int64_t b, int64_t first, int64_t width, int64_t positions, int64_t stride_b,
+        int64_t stride_p, double *total, double *total_squares, double *positives, float *minimum, float *maximum,
+        int64_t k, int64_t window_id, float *top_scores, int64_t *top_ids, int64_t *top_slots, float *top_rows,
+        float *bottom_scores, int64_t *bottom_ids, int64_t *bottom_slots, float *bottom_rows) {
+    float high[BLOCK], low[BLOCK], sum[BLOCK], squares[BLOCK], count[BLOCK];
+    fold_block(data, bf16, b * stride_b + first, positions, stride_p, width, high, low, sum, squares, count);
+    for (int64_t j = 0; j < width; j++) {
+        int64_t n = first + j;
+        total[n] += sum[j];
+        total_squares[n] += squares[j];
+        positives[n] += count[j];
+        maximum[n] = high[j] > maximum[n] ? high[j] : maximum[n];
+        minimum[n] = low[j] < minimum[n] ? low[j] : minimum[n];
+    }
+    for (int64_t j = 0; j < width; j++) {
+        int64_t n = first + j;
+        int64_t slot = insert(high[j], window_id, k, top_scores + n * k, top_ids + n * k, top_slots + n * k);
+        if (slot >= 0)
+            copy_row(data, bf16, b * stride_b + n, positions, stride_p, top_rows + (n * k + slot) * positions);
+        if (bottom_scores == NULL) continue;
+        slot = insert(-low[j], window_id, k, bottom_scores + n * k, bottom_ids + n * k, bottom_slots + n * k);
+        if (slot >= 0)
+            copy_row(data, bf16, b * stride_b + n, positions, stride_p, bottom_rows + (n * k + slot) * positions);
+    }
+}
+
 /* Fold one batch of `neurons` neurons (a column range of the layer: every per-neuron pointer starts at its first
- * neuron) into the running totals and the top-k lists, window by window:
+ * neuron) into the running totals and the top-k lists, window by window and block by block of neurons:
  * - per neuron: sum, sum of squares and count of positive values (each window summed in float32 over positions,
  *   then added in float64, as the torch path does), minimum and maximum;
  * - top lists (scores [neurons, k] by window max, ids, slots, rows [neurons, k, positions]) and, when bottom_scores
- *   is not NULL, bottom lists by negated window min. A window's rows are copied right after its statistics, while
- *   its activations are still in cache.
- * Returns 0, or -1 when out of memory. */
+ *   is not NULL, bottom lists by negated window min.
+ * Windows are merged in id order, so each list ends as the torch path's stable sort leaves it. */
 CLONES
-int fold_batch(const void *data, int bf16, int64_t batch, int64_t positions, int64_t neurons, int64_t stride_b,
+void fold_batch(const void *data, int bf16, int64_t batch, int64_t positions, int64_t neurons, int64_t stride_b,
                int64_t stride_p, double *total, double *total_squares, double *positives, float *minimum,
                float *maximum, int64_t k, int64_t first_window_id, float *top_scores, int64_t *top_ids,
                int64_t *top_slots, float *top_rows, float *bottom_scores, int64_t *bottom_ids, int64_t *bottom_slots,
                float *bottom_rows) {
-    float *scratch = malloc(sizeof(float) * 6 * (size_t)neurons);
-    if (scratch == NULL) return -1;
-    float *high = scratch, *low = scratch + neurons, *sum = scratch + 2 * neurons;
-    float *squares = scratch + 3 * neurons, *count = scratch + 4 * neurons;
-    float *buffer = scratch + 5 * neurons;
     for (int64_t b = 0; b < batch; b++) {
-        for (int64_t n = 0; n < neurons; n++) {
-            high[n] = -INFINITY;
-            low[n] = INFINITY;
-            sum[n] = squares[n] = count[n] = 0.0f;
-        }
-        for (int64_t p = 0; p < positions; p++)
-            fold_row(row_as_float(data, bf16, b * stride_b + p * stride_p, neurons, buffer), neurons, high, low, sum,
-                     squares, count);
-        for (int64_t n = 0; n < neurons; n++) {
-            total[n] += sum[n];
-            total_squares[n] += squares[n];
-            positives[n] += count[n];
-            maximum[n] = high[n] > maximum[n] ? high[n] : maximum[n];
-            minimum[n] = low[n] < minimum[n] ? low[n] : minimum[n];
-        }
-        for (int64_t n = 0; n < neurons; n++) {
-            int64_t slot = insert(high[n], first_window_id + b, k, top_scores + n * k, top_ids + n * k,
-                                  top_slots + n * k);
-            if (slot >= 0)
-                copy_row(data, bf16, b * stride_b + n, positions, stride_p, top_rows + (n * k + slot) * positions);
-            if (bottom_scores == NULL) continue;
-            slot = insert(-low[n], first_window_id + b, k, bottom_scores + n * k, bottom_ids + n * k,
-                          bottom_slots + n * k);
-            if (slot >= 0)
-                copy_row(data, bf16, b * stride_b + n, positions, stride_p, bottom_rows + (n * k + slot) * positions);
+        for (int64_t first = 0; first < neurons; first += BLOCK) {
+            int64_t width = neurons - first < BLOCK ? neurons - first : BLOCK;
+#define FOLD(BF16, WIDTH)                                                                                          \
+    fold_window_block(data, BF16, b, first, WIDTH, positions, stride_b, stride_p, total, total_squares, positives, \
+                      minimum, maximum, k, first_window_id + b, top_scores, top_ids, top_slots, top_rows,          \
+                      bottom_scores, bottom_ids, bottom_slots, bottom_rows)
+            if (bf16) {
+                if (width == BLOCK) FOLD(1, BLOCK); else FOLD(1, width);
+            } else {
+                if (width == BLOCK) FOLD(0, BLOCK); else FOLD(0, width);
+            }
+#undef FOLD
         }
     }
-    free(scratch);
-    return 0;
 }

@@ -62,7 +62,7 @@ def fold_library() -> Any | None:
     except (OSError, subprocess.SubprocessError) as error:
         logger.info("could not build the recorder's kernel (%s): using torch operations", error)
         return None
-    library.fold_batch.restype = _INT
+    library.fold_batch.restype = None
     library.fold_batch.argtypes = [_PTR, _INT, _I64, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64,
                                    _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR]
     return library
@@ -171,9 +171,7 @@ def _fold_range(activations: Any, totals: Totals, top: TopLists, bottom: TopList
     lists = [at(top.scores, k), at(top.window_ids, k), at(top.slots, k), at(top.rows, k * positions)]
     lists += [None] * 4 if bottom is None else [at(bottom.scores, k), at(bottom.window_ids, k), at(bottom.slots, k),
                                                  at(bottom.rows, k * positions)]
-    status = fold_library().fold_batch(
+    fold_library().fold_batch(
         at(activations), int(activations.dtype == torch.bfloat16), batch, positions, stop - start,
         activations.stride(0), activations.stride(1), at(totals.total), at(totals.total_squares),
         at(totals.positives), at(totals.minimum), at(totals.maximum), k, first_window_id, *lists)
-    if status != 0:
-        raise MemoryError("the recorder's kernel could not allocate its scratch rows")
