@@ -66,6 +66,8 @@ def test_latex_escapes_every_special_and_summarises_layers(database: Database, t
     line = next(line for line in text.splitlines() if line.startswith("0 & 0 & "))
     escaped = latex_escape(NASTY)
     assert line.endswith(f"& {escaped} \\\\")
+    # Layer, neuron, polarity, score [CI], lexical ceiling (not stored for this score: --), method, explanation.
+    assert "& Ceil. &" in text and line.split(" & ")[4] == "--"
     assert escaped == ("tokens like \\& \\% \\$ \\# \\_ \\{ \\} \\textasciitilde{} \\textasciicircum{} "
                        "\\textbackslash{} and \\textbar{} pipes \\textless{}b\\textgreater{}")
     # Outside the escape sequences themselves, no special character is left.

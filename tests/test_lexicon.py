@@ -260,16 +260,26 @@ def test_run_with_the_lexicon_explainer_stores_the_ceiling(tmp_path: Path) -> No
                            dtype=np.float32)
     store = record_activations(tmp_path / "records", token_ids=token_ids, vocab=vocab, activations={0: activations})
     db = tmp_path / "n.db"
-    summary = run_pipeline(RunConfig(db=f"sqlite:///{db}", records=str(store), explainers=("lexicon",),
-                                     simulator="lexical", baselines=True, concurrency=2), progress=False)
+
+    def run(baselines: bool):
+        return run_pipeline(RunConfig(db=f"sqlite:///{db}", records=str(store), explainers=("lexicon",),
+                                      simulator="lexical", baselines=baselines, concurrency=2), progress=False)
+
+    summary = run(False)
     assert (summary.explained, summary.scored, summary.failed) == (3, 3, 0)
     with sqlite3.connect(db) as connection:
+        stored = [json.loads(row[0]) for row in connection.execute("select baselines_json from scores")]
+    # Without --baselines every score still carries its lexical ceiling, and only that.
+    assert [sorted(values) for values in stored] == [["lexical_ceiling"]] * 3
+    run(True)  # scores the same explanations again, now with shuffled and empty too
+    with sqlite3.connect(db) as connection:
         rows = connection.execute("select e.method, e.text, s.pearson, s.baselines_json from explanations e "
-                                  "join scores s on s.explanation_id = e.id order by e.id").fetchall()
+                                  "join scores s on s.explanation_id = e.id where s.id > 3 order by e.id").fetchall()
     assert [row[0] for row in rows] == ["lexicon"] * 3
     # The word in its most frequent form first; other casings may follow (the simulator gives them only 0.8).
     for row, word in ((rows[1], "the"), (rows[2], "of")):
         assert row[1].startswith(f'fires on "{word}" (1.00)')
         assert {item.text.casefold() for item in parse_items(row[1])} == {word}
     for _, _, pearson, baselines in rows:
-        assert pearson > 0.75 and json.loads(baselines)["lexical_ceiling"] > 0.5
+        values = json.loads(baselines)
+        assert pearson > 0.75 and values["lexical_ceiling"] > 0.5 and {"shuffled", "empty"} <= set(values)

@@ -101,11 +101,12 @@ def _neurons_with(connection: Connection, scores: Any, explanation_key: str, sco
 
 
 def scores_without_baselines(connection: Connection, *, explanation_key: str, score_key: str) -> set[NeuronId]:
-    """Neurons whose score (explanation under `explanation_key`, score under `score_key`) has no baselines."""
+    """Neurons whose score (explanation under `explanation_key`, score under `score_key`) has no `empty` and
+    `shuffled` baselines yet (the lexical ceiling, stored with every score, does not count)."""
     s, e, n = ScoreRow.__table__, ExplanationRow.__table__, NeuronRow.__table__
     statement = (select(n.c.layer, n.c.neuron)
                  .select_from(s.join(e, e.c.id == s.c.explanation_id).join(n, n.c.id == s.c.neuron_id))
-                 .where(e.c.config_key == explanation_key, s.c.config_key == score_key, s.c.baselines_json == "{}"))
+                 .where(e.c.config_key == explanation_key, s.c.config_key == score_key, ~s.c.baselines_json.contains('"empty":')))
     return {NeuronId(row.layer, row.neuron) for row in connection.execute(statement)}
 
 

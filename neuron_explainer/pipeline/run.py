@@ -39,7 +39,8 @@ from neuron_explainer.pipeline.config import RunConfig, parse_deadline
 from neuron_explainer.pipeline.explainers import ExplainerJob, check_weight_view_inputs, make_explainer_jobs
 from neuron_explainer.pipeline.resources import BackendSettings, RunResources
 from neuron_explainer.pipeline.units import LocalUnits, SharedUnits, make_units, shares_work
-from neuron_explainer.scoring import SCORERS, ScoreConfig, Scorer, SimulationScorer, donor_assignment, score_mean
+from neuron_explainer.scoring import (LEXICAL_CEILING, SCORERS, ScoreConfig, Scorer, SimulationScorer, donor_assignment,
+                                      lexical_ceiling, score_mean)
 from neuron_explainer.scoring_llm import ScorerKind
 from neuron_explainer.simulate import simulator_needs
 
@@ -450,11 +451,14 @@ class Pipeline:
                         score_key: str) -> None:
         """Simulate and score one explanation and queue the score (or the failure)."""
         assert self.recording is not None
-        score = await scorer.score(record_, explanation,
-                                   config=ScoreConfig(split=self.split, polarity=explanation.polarity))
+        config = ScoreConfig(split=self.split, polarity=explanation.polarity)
+        score = await scorer.score(record_, explanation, config=config)
         if isinstance(score, Failure):
             self._fail(score, score_key, job.method.value)
             return
+        # The lexical ceiling is a lookup on the explain windows, cheap enough for every score, --baselines or not.
+        score = dataclasses.replace(score, baselines={**score.baselines,
+                                                      LEXICAL_CEILING: lexical_ceiling(record_, config=config)})
         if self.config.score.rescore:
             # Replaced only now that the new score exists: an interrupted rescore loses nothing.
             await asyncio.to_thread(self.database.delete_scores, explanation_key=job.key, score_key=score_key,

@@ -11,7 +11,7 @@ from neuron_explainer.scoring.base import SCORERS, Scorer, ScorerIdentity, Score
 from neuron_explainer.scoring.baselines import (BaselineGap, ScoreMean, compute_baselines, donor_assignment,
                                                 matched_minus_shuffled, score_mean, shuffled_explanations)
 from neuron_explainer.scoring.batch import run_scorer, score_explanations
-from neuron_explainer.scoring.ceiling import lexical_ceiling
+from neuron_explainer.scoring.ceiling import LEXICAL_CEILING, lexical_ceiling
 from neuron_explainer.scoring.correlation import (Correlation, LinearMap, MetricsReport, ScoreConfig,
                                                   absolute_dev_explained, bootstrap_interval, calibrate_ranker,
                                                   compute_metrics, fit_linear, pearson, rsquared, score_explanation)
@@ -19,5 +19,5 @@ from neuron_explainer.scoring.correlation import (Correlation, LinearMap, Metric
 __all__ = ["BaselineGap", "Correlation", "LinearMap", "MetricsReport", "SCORERS", "ScoreConfig", "ScoreMean",
            "ScoreResources", "Scorer", "ScorerIdentity", "SimulationScorer", "absolute_dev_explained",
            "bootstrap_interval", "calibrate_ranker", "compute_baselines", "compute_metrics", "donor_assignment",
-           "fit_linear", "lexical_ceiling", "matched_minus_shuffled", "pearson", "rsquared", "run_scorer",
-           "score_explanation", "score_explanations", "score_mean", "shuffled_explanations"]
+           "fit_linear", "LEXICAL_CEILING", "lexical_ceiling", "matched_minus_shuffled", "pearson", "rsquared",
+           "run_scorer", "score_explanation", "score_explanations", "score_mean", "shuffled_explanations"]
