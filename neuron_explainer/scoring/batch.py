@@ -14,6 +14,7 @@ from neuron_explainer.core.units import BatchSummary, run_units
 from neuron_explainer.explain.types import Explanation
 from neuron_explainer.scoring.base import Scorer, SimulationScorer
 from neuron_explainer.scoring.baselines import shuffled_explanations
+from neuron_explainer.scoring.ceiling import LEXICAL_CEILING, lexical_ceiling
 from neuron_explainer.scoring.correlation import ScoreConfig
 from neuron_explainer.simulate.base import Simulator
 from neuron_explainer.simulate.types import Score
@@ -59,6 +60,10 @@ async def run_scorer(load_record: Callable[[NeuronId], NeuronRecord], explanatio
                     shuffled_explanation=shuffled.get((explanation.method.value, explanation.polarity.value,
                                                        explanation.neuron)))
                 outcome = replace(outcome, baselines=values)
+            elif isinstance(outcome, Score) and isinstance(scorer, SimulationScorer):
+                # A lookup on the explain windows: cheap enough for every simulation score, baselines or not.
+                ceiling = lexical_ceiling(record, config=replace(config, polarity=explanation.polarity))
+                outcome = replace(outcome, baselines={**outcome.baselines, LEXICAL_CEILING: ceiling})
             return outcome
         return run
 
