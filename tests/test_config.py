@@ -173,3 +173,11 @@ def test_a_stored_flat_config_of_an_old_database_loads_and_shows_in_runs(tmp_pat
     lines = [line for line in capsys.readouterr().out.splitlines() if "neurons 0:1-3" in line]
     assert len(lines) == 2
     assert all("sample 2" in line and "token-pairs" in line and "openai:gpt-4o-mini" in line for line in lines)
+
+
+def test_the_run_command_names_a_bad_nested_key_by_its_dotted_path(tmp_path, capsys):
+    path = _toml(tmp_path, '[score]\nbaselines = "no"\n')
+    assert main(["run", "--config", path, "--db", f"sqlite:///{tmp_path / 'new.db'}"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "config key 'score.baselines' in " + path in error
+    assert not (tmp_path / "new.db").exists()
