@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'neuron-explainer[ray]'"
 """How to get Ray, said in the one-line error when it is missing."""
+
+_PASSED_ENV = ("NEURON_EXPLAINER_CACHE", "NEURON_EXPLAINER_PRICES", "HF_HUB_OFFLINE", "NEURON_EXPLAINER_DEBUG")
+"""Environment variables a worker takes from the driver."""
 
 _POLL_S = 0.2
 """How often the driver collects the workers' writes and progress."""
@@ -233,15 +237,22 @@ class NightWorker:
         self._reported = 0
         self._stop_reason: str | None = None
 
-    async def run(self, neurons: list[NeuronId]) -> None:
-        """Work until the queue (or the shared plan) has no neuron left."""
+    async def ready(self) -> int:
+        """Import what a unit needs; returns the worker's process id. The driver hands out neurons only once every
+        worker is ready, so the first to start does not take the whole queue while the others are importing."""
         import torch
 
-        from neuron_explainer.activations import RecordStore
-        from neuron_explainer.pipeline.run import Pipeline
+        import neuron_explainer.pipeline.run  # noqa: F401 - the import is the point
 
         # Actors share the host's cores: each one thread, as separate `run` workers would be given.
         torch.set_num_threads(1)
+        return os.getpid()
+
+    async def run(self, neurons: list[NeuronId]) -> None:
+        """Work until the queue (or the shared plan) has no neuron left."""
+        from neuron_explainer.activations import RecordStore
+        from neuron_explainer.pipeline.run import Pipeline
+
         config = self._config
         store = RecordStore.open(self._store_path)
         # `create=False`: the driver made the schema; a worker must never create or upgrade one.
@@ -290,6 +301,8 @@ class RayNight:
         self.config = config
         self.workers_done: list[int] = []
         """Neurons each worker finished (set after the night)."""
+        self.startup_s = 0.0
+        """Seconds the workers took to start and import (set after the night)."""
 
     async def schedule(self, pipeline: Any, todo: list[NeuronId], neurons: list[NeuronId]) -> str | None:
         """Run `todo` on the workers; fold their counts into `pipeline.tally` and their calls into its ledger;
@@ -300,7 +313,10 @@ class RayNight:
         queue = None if shared else ray.remote(UnitQueue).remote(todo)
         spend = ray.remote(SpendLedger).remote()
         cpus = min(1.0, float(ray.cluster_resources().get("CPU", 1)) / count)
-        actor = ray.remote(NightWorker).options(num_cpus=cpus, scheduling_strategy="SPREAD")
+        # Workers keep the driver's cache and hub settings (a test's or a benchmark's fresh cache, offline mode).
+        env = {name: os.environ[name] for name in _PASSED_ENV if name in os.environ}
+        actor = ray.remote(NightWorker).options(num_cpus=cpus, scheduling_strategy="SPREAD",
+                                                 runtime_env={"env_vars": env})
         config = self.config.as_dict()
         if not shared:
             # Workers may start in another directory: a relative SQLite path must still name the driver's file.
@@ -308,10 +324,14 @@ class RayNight:
         workers = [actor.remote(config, run_id=pipeline.run_id, recording=pipeline.recording,
                                 store_path=str(pipeline.store.path.resolve()), queue=queue, spend=spend)
                    for _ in range(count)]
-        running = {worker.run.remote(neurons): worker for worker in workers}
         pipeline._total = len(todo)
         reports: dict[int, WorkerReport] = {}
         try:
+            started = time.monotonic()
+            await asyncio.to_thread(ray.get, [worker.ready.remote() for worker in workers])
+            self.startup_s = time.monotonic() - started
+            logger.info("%d Ray workers ready in %.1f s", count, self.startup_s)
+            running = {worker.run.remote(neurons): worker for worker in workers}
             while True:
                 finished, _ = await asyncio.to_thread(ray.wait, list(running), num_returns=len(running),
                                                       timeout=_POLL_S)
