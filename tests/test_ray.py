@@ -6,6 +6,7 @@ token budget bounds the whole night rather than each worker.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -83,3 +84,15 @@ def test_a_token_budget_bounds_the_whole_night_not_each_worker(store: Path, serv
     # Reached, and overshot by at most the one unit each worker had in flight when it was.
     assert budget <= int(spent) <= budget + 2 * max(per_neuron)
     assert summary.prompt_tokens + summary.completion_tokens == int(spent)
+
+
+def test_every_workers_requests_pass_the_one_rate_limiter(store: Path, server, tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    server.reset()
+    with caplog.at_level(logging.INFO, logger="neuron_explainer.pipeline.ray_night"):
+        summary = run_pipeline(_config(store, tmp_path / "limited.db", server, ray="auto", ray_workers=2,
+                                       rpm=100_000), progress=False)
+    assert summary.status == "completed"
+    [line] = [record.getMessage() for record in caplog.records if "rate limiter granted" in record.getMessage()]
+    # One bucket for the endpoint's requests, shared by both workers: it granted every request the server saw.
+    assert line.endswith(f"requests: {server.count()}") and server.count() > 0

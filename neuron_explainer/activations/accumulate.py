@@ -301,6 +301,9 @@ class LayerAccumulator:
 class RecordingAccumulator:
     """Streams batches of several layers' activations into per-layer summaries with shared window sampling."""
 
+    layer_class: type[LayerAccumulator] = LayerAccumulator
+    """What accumulates one layer (a shard of a recording keeps more: activations/shards.py)."""
+
     def __init__(self, neurons_per_layer: Mapping[int, int], *, positions: int, top_k: int, random_k: int,
                  quantile_tokens: int, both: bool, seed: int, device: Any = "cpu") -> None:
         window_stream, token_stream = np.random.SeedSequence(seed).spawn(2)
@@ -308,7 +311,7 @@ class RecordingAccumulator:
         self.window_reservoir = Reservoir(random_k, np.random.Generator(np.random.PCG64(window_stream)))
         self.token_reservoir = Reservoir(quantile_tokens, np.random.Generator(np.random.PCG64(token_stream)))
         scratch = Scratch()
-        self.layers = {layer: LayerAccumulator(neurons, positions=positions, top_k=top_k, random_k=random_k,
+        self.layers = {layer: self.layer_class(neurons, positions=positions, top_k=top_k, random_k=random_k,
                                                quantile_tokens=quantile_tokens, both=both, device=device,
                                                scratch=scratch)
                        for layer, neurons in neurons_per_layer.items()}

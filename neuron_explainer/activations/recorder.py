@@ -290,12 +290,13 @@ def record_activations(target: Path | str, *, token_ids: np.ndarray, vocab: Sequ
 def _accumulate_into_store(target: Path, manifest: Manifest, batches: Iterable[tuple[np.ndarray, np.ndarray | None]],
                            feed: Callable[[np.ndarray, RecordingAccumulator], None], *, neurons: Mapping[int, int],
                            config: RecordConfig, device: Any,
-                           vocab: Callable[[], Sequence[str]], progress: bool) -> Path:
-    """The streaming pass and the store; the manifest's elapsed_seconds covers exactly this."""
+                           vocab: Callable[[], Sequence[str]], progress: bool, accumulator: Any = None) -> Path:
+    """The streaming pass and the store; the manifest's elapsed_seconds covers exactly this. `accumulator`: one
+    that already holds every window (merged shards), which `feed` leaves as it is."""
     from tqdm import tqdm
 
     started = time.perf_counter()
-    accumulator = RecordingAccumulator(
+    accumulator = accumulator or RecordingAccumulator(
         neurons, positions=config.window_length, top_k=config.top_k, random_k=config.random_k,
         quantile_tokens=config.quantile_sample_tokens, both=manifest.polarity == RecordPolarity.BOTH.value,
         seed=config.seed, device=device)

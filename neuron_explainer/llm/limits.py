@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -61,3 +63,24 @@ class TokenBucket:
         """Return units (negative: take more), e.g. when the real token count differs from the estimate."""
         self._refill()
         self._level = min(self.capacity, self._level + amount)
+
+
+BucketFactory = Callable[[str, float], Any]
+"""(name, units per minute) -> a bucket with TokenBucket's `take` / `give_back`."""
+
+_shared_buckets: BucketFactory | None = None
+
+
+def share_buckets(factory: BucketFactory | None) -> None:
+    """Make this process's rate-limit buckets with `factory` from now on (a Ray worker: buckets held by one actor
+    for the whole night, pipeline/ray_night.py); None: this process's own buckets again."""
+    global _shared_buckets
+    _shared_buckets = factory
+
+
+def make_bucket(name: str, per_minute: float) -> Any:
+    """A bucket of `per_minute` units for the limit called `name` (e.g. an endpoint's requests): this process's
+    own, or the shared one where `share_buckets` says so."""
+    if _shared_buckets is not None:
+        return _shared_buckets(name, per_minute)
+    return TokenBucket(per_minute)

@@ -35,7 +35,7 @@ from neuron_explainer.llm.base import (
 from neuron_explainer.llm.cache import ResponseCache, cache_key
 from neuron_explainer.llm.errors import LLMFatalError, redact
 from neuron_explainer.llm.ledger import UsageLedger
-from neuron_explainer.llm.limits import RateLimits, TokenBucket
+from neuron_explainer.llm.limits import RateLimits, TokenBucket, make_bucket
 from neuron_explainer.llm.retry import RetryableFailure, RetryPolicy, call_with_retries
 from neuron_explainer.llm.tasks import run_all
 
@@ -168,8 +168,10 @@ class OpenAIBackend(LLMBackend):
                                         max_retries=0, timeout=self.settings.timeout_s)
             self._state = _LoopState(
                 loop=loop, client=client, semaphore=asyncio.Semaphore(limits.concurrency),
-                request_bucket=TokenBucket(limits.requests_per_minute) if limits.requests_per_minute else None,
-                token_bucket=TokenBucket(limits.tokens_per_minute) if limits.tokens_per_minute else None)
+                request_bucket=make_bucket(f"{self.name} requests", limits.requests_per_minute)
+                if limits.requests_per_minute else None,
+                token_bucket=make_bucket(f"{self.name} tokens", limits.tokens_per_minute)
+                if limits.tokens_per_minute else None)
         return self._state
 
     async def aclose(self) -> None:

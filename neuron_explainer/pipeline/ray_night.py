@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from neuron_explainer.activations import RecordConfig, RecordSummary
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.db import Database, RecordingRef, open_database
 from neuron_explainer.llm import LedgerEntry, UsageLedger, UsageTotals
+from neuron_explainer.llm.limits import TokenBucket, share_buckets
 from neuron_explainer.pipeline.config import RunConfig
 from neuron_explainer.pipeline.units import shares_work
 
@@ -83,6 +85,13 @@ def worker_count(config: RunConfig) -> int:
     return max(1, int(import_ray().cluster_resources().get("CPU", 1)))
 
 
+def record_on_ray(config: RunConfig, request: RecordConfig, out_dir: Path) -> RecordSummary:
+    """Record (or reuse) the night's store in one shard per worker, each a Ray task, merged exactly."""
+    from neuron_explainer.activations.shards import ray_shard_runner, record_sharded
+
+    return record_sharded(request, out_dir, shards=worker_count(config), run=ray_shard_runner(request))
+
+
 # --- actors (plain classes; `ray.remote` makes them actors when a night starts) -------------------------------
 
 
@@ -112,6 +121,45 @@ class SpendLedger:
     def totals(self) -> UsageTotals:
         """The night's totals so far."""
         return self._totals
+
+
+class RateLimiter:
+    """The night's rate-limit buckets (one per limit name: an endpoint's requests or tokens per minute), shared by
+    every worker, so `--rpm`/`--tpm` hold for the night rather than for each worker."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, TokenBucket] = {}
+        self._granted: dict[str, float] = {}
+
+    async def take(self, name: str, per_minute: float, amount: float) -> None:
+        """Wait until the bucket has `amount` units, then take them."""
+        bucket = self._buckets.setdefault(name, TokenBucket(per_minute))
+        await bucket.take(amount)
+        self._granted[name] = self._granted.get(name, 0.0) + amount
+
+    async def give_back(self, name: str, amount: float) -> None:
+        """Return units (negative: take more): the real token count differed from the estimate."""
+        self._buckets[name].give_back(amount)
+        self._granted[name] = self._granted.get(name, 0.0) - amount
+
+    async def granted(self) -> dict[str, float]:
+        """Units taken so far, per limit."""
+        return dict(self._granted)
+
+
+class _RemoteBucket:
+    """TokenBucket's interface over the night's rate limiter actor."""
+
+    def __init__(self, limiter: Any, name: str, per_minute: float) -> None:
+        self._limiter = limiter
+        self._name = name
+        self._per_minute = per_minute
+
+    async def take(self, amount: float) -> None:
+        await self._limiter.take.remote(self._name, self._per_minute, amount)
+
+    def give_back(self, amount: float) -> None:
+        self._limiter.give_back.remote(self._name, amount)
 
 
 class _SharedLedger(UsageLedger):
@@ -224,7 +272,7 @@ class NightWorker:
     """One worker actor: a Pipeline over the night's store and database, fed neurons by the queue or the leases."""
 
     def __init__(self, config: dict[str, Any], *, run_id: int, recording: RecordingRef, store_path: str,
-                 queue: Any, spend: Any) -> None:
+                 queue: Any, spend: Any, limiter: Any) -> None:
         self._config = RunConfig(**{**config, "score": {**config["score"], "baselines": False},
                                     "run": {**config["run"], "ray": None}})
         self._run_id = run_id
@@ -232,6 +280,7 @@ class NightWorker:
         self._store_path = store_path
         self._queue = queue
         self._spend = spend
+        self._limiter = limiter
         self._relay: _RelayDatabase | None = None
         self._pipeline: Any = None
         self._reported = 0
@@ -254,6 +303,8 @@ class NightWorker:
         from neuron_explainer.pipeline.run import Pipeline
 
         config = self._config
+        limiter = self._limiter
+        share_buckets(lambda name, per_minute: _RemoteBucket(limiter, name, per_minute))
         store = RecordStore.open(self._store_path)
         # `create=False`: the driver made the schema; a worker must never create or upgrade one.
         database = open_database(config.run.db, create=False)
@@ -303,6 +354,8 @@ class RayNight:
         """Neurons each worker finished (set after the night)."""
         self.startup_s = 0.0
         """Seconds the workers took to start and import (set after the night)."""
+        self.granted: dict[str, float] = {}
+        """Units the shared rate limiter granted, per limit (set after the night)."""
 
     async def schedule(self, pipeline: Any, todo: list[NeuronId], neurons: list[NeuronId]) -> str | None:
         """Run `todo` on the workers; fold their counts into `pipeline.tally` and their calls into its ledger;
@@ -312,6 +365,7 @@ class RayNight:
         shared = shares_work(pipeline.database)
         queue = None if shared else ray.remote(UnitQueue).remote(todo)
         spend = ray.remote(SpendLedger).remote()
+        limiter = ray.remote(RateLimiter).remote()
         cpus = min(1.0, float(ray.cluster_resources().get("CPU", 1)) / count)
         # Workers keep the driver's cache and hub settings (a test's or a benchmark's fresh cache, offline mode).
         env = {name: os.environ[name] for name in _PASSED_ENV if name in os.environ}
@@ -322,7 +376,8 @@ class RayNight:
             # Workers may start in another directory: a relative SQLite path must still name the driver's file.
             config["run"]["db"] = f"sqlite:///{Path(pipeline.database.url.database).resolve()}"
         workers = [actor.remote(config, run_id=pipeline.run_id, recording=pipeline.recording,
-                                store_path=str(pipeline.store.path.resolve()), queue=queue, spend=spend)
+                                store_path=str(pipeline.store.path.resolve()), queue=queue, spend=spend,
+                                limiter=limiter)
                    for _ in range(count)]
         pipeline._total = len(todo)
         reports: dict[int, WorkerReport] = {}
@@ -349,10 +404,14 @@ class RayNight:
                     break
             # The last reports, taken after every worker returned, carry their final counts.
             self._fold(pipeline, list(reports.values()))
+            self.granted = await asyncio.to_thread(ray.get, limiter.granted.remote())
+            if self.granted:
+                logger.info("the night's rate limiter granted %s", ", ".join(
+                    f"{name}: {amount:g}" for name, amount in sorted(self.granted.items())))
         finally:
             for worker in workers:
                 ray.kill(worker)
-            for helper in (queue, spend):
+            for helper in (queue, spend, limiter):
                 if helper is not None:
                     ray.kill(helper)
         return next((report.stop_reason for report in reports.values() if report.stop_reason), None)

@@ -165,7 +165,12 @@ def ensure_records(config: RunConfig, *, progress: bool = True) -> RecordStore:
     """Open `config.record.records`, or record into the run's recording directory (reused when its manifest matches)."""
     if config.record.records is not None:
         return RecordStore.open(config.record.records)
-    summary = record(record_config(config), recording_directory(config), progress=progress)
+    if config.run.ray is not None:
+        from neuron_explainer.pipeline.ray_night import record_on_ray
+
+        summary = record_on_ray(config, record_config(config), recording_directory(config))
+    else:
+        summary = record(record_config(config), recording_directory(config), progress=progress)
     if summary.reused:
         logger.info("reusing recording %s", summary.path)
     return RecordStore.open(summary.path)
