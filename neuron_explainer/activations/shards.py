@@ -191,14 +191,14 @@ class MergedShards:
         if merged.bottom is not None:
             _merge_top(merged.bottom, [part.bottom for part in parts if part.bottom is not None])
         for part in parts:
-            merged.random[torch.from_numpy(part.random_slots)] = torch.from_numpy(part.random_rows)
-            merged.token_sample[torch.from_numpy(part.token_slots)] = torch.from_numpy(part.token_rows)
+            merged.random[torch.tensor(part.random_slots)] = torch.tensor(part.random_rows)
+            merged.token_sample[torch.tensor(part.token_slots)] = torch.tensor(part.token_rows)
             for sums in part.batch_sums:
                 merged.total += torch.from_numpy(sums[0])
                 merged.total_squares += torch.from_numpy(sums[1])
                 merged.positives += torch.from_numpy(sums[2])
-            merged.minimum = torch.minimum(merged.minimum, torch.from_numpy(part.minimum))
-            merged.maximum = torch.maximum(merged.maximum, torch.from_numpy(part.maximum))
+            merged.minimum = torch.minimum(merged.minimum, torch.tensor(part.minimum))
+            merged.maximum = torch.maximum(merged.maximum, torch.tensor(part.maximum))
             merged.count += part.count
         filled = self.window_reservoir.filled
         random_order = np.argsort(self.window_reservoir.items[:filled], kind="stable")
