@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,20 +33,37 @@ _SKIP_CHUNK = 1 << 20
 
 
 class _ShardLayer(LayerAccumulator):
-    """A layer accumulator that also keeps each batch's float64 sums (the merge adds them in the single pass's
-    order)."""
+    """A layer accumulator that also keeps every float64 addend of the running sums, in order (the merge adds them
+    in the single pass's order): one per batch on the torch path, one per window with the C kernel, which adds each
+    window's sums to the totals."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.batch_sums: list[np.ndarray] = []
 
-    def update(self, activations: Any, picks: Any) -> None:
+    def update(self, activations: Any, picks: Any, *, parts: int = 1) -> None:
+        from neuron_explainer.activations import native
+
+        if not native.supports(activations):
+            self._keep_addend(lambda: super(_ShardLayer, self).update(activations, picks, parts=parts))
+            return
+        # The kernel folds windows in id order, so one window at a time changes nothing but what can be kept.
+        counted = self.count
+        for offset in range(activations.shape[0]):
+            window = replace(picks, first_window_id=picks.first_window_id + offset, size=1,
+                             random_offsets=picks.random_offsets[:0], random_slots=picks.random_slots[:0],
+                             token_offsets=picks.token_offsets[:0], token_slots=picks.token_slots[:0])
+            self._keep_addend(lambda: self._update_native(activations[offset:offset + 1], window, parts))
+        self.count = counted + activations.shape[0] * activations.shape[1]
+        self._sample(activations, picks)
+
+    def _keep_addend(self, fold: Callable[[], None]) -> None:
         import torch
 
-        # From zero, `total += batch sum` is exactly the batch sum.
+        # From zero, `total += addend` is exactly the addend.
         for running in (self.total, self.total_squares, self.positives):
             running.zero_()
-        super().update(activations, picks)
+        fold()
         self.batch_sums.append(torch.stack([self.total, self.total_squares, self.positives]).cpu().numpy())
 
 
@@ -90,7 +107,8 @@ class LayerPart:
     token_rows: np.ndarray
     """float32 [slots, neurons]: their activations."""
     batch_sums: np.ndarray
-    """float64 [batches, 3, neurons]: each batch's sum, sum of squares and positive count."""
+    """float64 [addends, 3, neurons]: each batch's (torch path) or window's (C kernel) sum, sum of squares and
+    positive count, in order."""
     minimum: np.ndarray
     """float32 [neurons]."""
     maximum: np.ndarray
