@@ -492,8 +492,9 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from neuron_explainer.scoring import ScoreConfig
 
     summary = run_score(args.records, args.neurons, explanations=args.explanations, out=args.out,
-                        scorer=args.scorer, simulator=args.simulator, llm=args.llm, config=ScoreConfig(split=_split_config(args)),
-                        baselines=args.baselines, concurrency=args.concurrency, progress=sys.stderr.isatty())
+                        scorer=args.scorer, simulator=args.simulator, llm=args.llm,
+                        config=ScoreConfig(split=_split_config(args)), baselines=args.baselines,
+                        concurrency=args.concurrency, progress=sys.stderr.isatty())
     _print_summary(args, summary)
     return 0
 
