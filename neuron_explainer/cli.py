@@ -690,7 +690,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"  results   {summary.explained} explained, {summary.scored} scored, {summary.failed} failed")
         print(f"  usage     {summary.prompt_tokens} prompt + {summary.completion_tokens} completion tokens, "
               f"${summary.cost_usd:.4f}")
-        for label, table in (("score", summary.scores), ("shuffled", summary.shuffled)):
+        if summary.stored:
+            print("  nothing left to do for this selection (--rescore redoes scores, --retry-failed permanent "
+                  "failures); stored in the database:")
+        for label, table in (("score", summary.scores), ("shuffled", summary.shuffled), ("stored", summary.stored)):
             for polarity, values in table.items():
                 print(f"  {label:<9} {polarity}: {_mean_text(values)}")
         if summary.causal is not None:

@@ -396,3 +396,21 @@ def test_non_finite_activations_are_refused_and_leave_no_store(tmp_path: Path, b
         record_activations(tmp_path / "records", token_ids=token_ids, vocab=[str(n) for n in range(10)],
                            activations={0: activations})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_database_another_program_keeps_locked_is_named_in_one_line(ws: Workspace,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """An open write transaction of another program (a sqlite3 shell) is reported after a short wait, not 30 s."""
+    target = ws.root / "held.db"
+    shutil.copy(ws.db, target)
+    before = target.read_bytes()
+    holder = sqlite3.connect(target, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        assert run_cli(_run(ws, "--explainer", "ngram", "--simulator", "lexical", db="held.db")) == 2
+        message = _error_line(capsys.readouterr().err)
+        assert "locked by another program" in message and str(target) in message
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert target.read_bytes() == before

@@ -70,3 +70,22 @@ def test_explain_with_the_ngram_explainer_needs_no_llm(tmp_path: Path, capsys: p
     assert all(record["text"].startswith('"') for record in records)
     assert run_cli(["score", "--records", str(store), "--explanations", str(out), "--out",
                     str(tmp_path / "scores.jsonl")]) == 0
+
+
+def test_a_night_with_nothing_to_do_reports_what_the_database_holds(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    store = word_store(tmp_path, neurons=4, words=8)
+    argv = ["run", "--records", str(store), "--db", f"sqlite:///{tmp_path / 'n.db'}", "--explainer", "ngram",
+            "--simulator", "lexical"]
+    assert run_cli(argv) == 0
+    first = capsys.readouterr().out
+    assert "nothing left to do" not in first
+    score_line = next(line for line in first.splitlines() if line.strip().startswith("score"))
+    assert run_cli(argv) == 0
+    again = capsys.readouterr().out
+    assert "0 processed, 4 already done" in again and "nothing left to do" in again
+    stored_line = next(line for line in again.splitlines() if line.strip().startswith("stored"))
+    # The first night scored every neuron once, so the stored summary is that night's summary.
+    assert stored_line.split(None, 1)[1] == score_line.split(None, 1)[1]
+    assert run_cli([*argv, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stored"]["positive"]["defined"] == 4

@@ -13,6 +13,7 @@ import atexit
 import contextlib
 import logging
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
@@ -31,8 +32,8 @@ from neuron_explainer.db import lock as run_lock
 from neuron_explainer.db import reads
 from neuron_explainer.db.claims import live_workers
 from neuron_explainer.db.codec import dump_json, float_or_none, redact, truncate, utc_iso
-from neuron_explainer.db.engine import (check_sqlite_file, db_error_message, describe_url, make_engine, parse_url,
-                                        user_facing_write_errors, write_refused)
+from neuron_explainer.db.engine import (OPEN_WAIT_S, check_sqlite_file, db_error_message, describe_url, make_engine,
+                                        parse_url, user_facing_write_errors, write_refused)
 from neuron_explainer.db.models import (UNDEFINED_SORT_SCORE, CausalScoreRow, ExplanationRow, NeuronRow, RecordingRow, RunRow, ScoreRow,
                                         ScoreWindowsRow, SubjectModelRow)
 from neuron_explainer.db.query import ExplanationQuery, ResultRow, run_query
@@ -70,7 +71,8 @@ class Database:
         self._read_engine = make_engine(url, writer=False)
         write_engine = make_engine(url, writer=True)
         try:
-            self.schema_version_found = self._prepare(write_engine, create=create)
+            self.schema_version_found = self._prepare(make_engine(url, writer=True, busy_timeout_s=OPEN_WAIT_S),
+                                                      create=create)
             """Schema version on disk before opening (smaller than SCHEMA_VERSION if it was upgraded)."""
             with self._read_engine.connect() as connection:
                 self.search_index = has_search_index(connection)
@@ -85,6 +87,8 @@ class Database:
                 raise UserError(f"cannot open {self.where} for writing: SQLite needs to write the file and create "
                                 "its -wal and -shm files beside it (check the permissions of the file and its "
                                 "directory, and free space)") from None
+            if url.get_backend_name() == "sqlite" and "locked" in db_error_message(exc):
+                raise UserError(self._locked_message()) from None
             if url.get_backend_name() == "sqlite":
                 raise UserError(f"{self.where} is not a usable SQLite database: {db_error_message(exc)}") from None
             raise UserError(f"cannot open {self.where}: {db_error_message(exc)}") from None
@@ -101,6 +105,16 @@ class Database:
         """Set when this process's run lock was taken over by another process (its heartbeat had stopped)."""
         self._closed = False
         atexit.register(self._close_at_exit)
+
+    def _locked_message(self) -> str:
+        """Why the file stayed locked: a live run of ours (named), else another program's open write transaction."""
+        with contextlib.suppress(DBAPIError):
+            with self._read_engine.connect() as connection:
+                holder = run_lock.current_holder(connection)
+            if holder is not None and run_lock.stale_reason(holder, time.time()) is None:
+                return run_lock.locked_message(self.where, holder, time.time())
+        return (f"{self.where} is locked by another program holding a write transaction (an open sqlite3 shell or "
+                f"database browser?); waited {OPEN_WAIT_S:.0f} s: close it and run the command again")
 
     def _prepare(self, engine: Engine, *, create: bool) -> int:
         with engine.begin() as connection:

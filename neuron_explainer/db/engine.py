@@ -18,6 +18,9 @@ from neuron_explainer.db.codec import redact
 from neuron_explainer.db.writer import DatabaseWriteError
 
 BUSY_TIMEOUT_S = 30.0
+OPEN_WAIT_S = 5.0
+"""How long opening a SQLite file waits for another process's write transaction before saying who holds it:
+a run's own writes commit in well under a second, so a longer wait means something else keeps the file locked."""
 """How long an SQLite connection waits for another process's write lock before giving up."""
 SQLITE_HEADER = b"SQLite format 3\x00"
 
@@ -45,10 +48,10 @@ def check_sqlite_file(path: Path, *, create: bool) -> None:
         raise UserError(f"cannot create {path}: directory {path.parent} does not exist")
 
 
-def make_engine(url: URL, *, writer: bool) -> Engine:
+def make_engine(url: URL, *, writer: bool, busy_timeout_s: float = BUSY_TIMEOUT_S) -> Engine:
     try:
         if url.get_backend_name() == "sqlite":
-            engine = create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S, "check_same_thread": False},
+            engine = create_engine(url, connect_args={"timeout": busy_timeout_s, "check_same_thread": False},
                                    pool_size=1 if writer else 5, max_overflow=0 if writer else 10)
 
             @event.listens_for(engine, "connect")
@@ -56,7 +59,7 @@ def make_engine(url: URL, *, writer: bool) -> Engine:
                 # Transactions are begun explicitly below, so pysqlite must not begin them itself.
                 dbapi_connection.isolation_level = None
                 cursor = dbapi_connection.cursor()
-                cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+                cursor.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
                 cursor.execute("PRAGMA foreign_keys = ON")
                 # Random index lookups over a large file: a bigger page cache and memory-mapped reads.
                 cursor.execute("PRAGMA cache_size = -32768")

@@ -53,7 +53,7 @@ def _holder(row: Row[Any]) -> LockHolder:
                       heartbeat_at=row.heartbeat_at, expires_at=row.expires_at)
 
 
-def _stale_reason(holder: LockHolder, now: float) -> str | None:
+def stale_reason(holder: LockHolder, now: float) -> str | None:
     if holder.expires_at <= now:
         return f"its heartbeat stopped at {utc_iso(dt.datetime.fromtimestamp(holder.heartbeat_at, dt.timezone.utc))}"
     if holder.host == this_host() and holder.pid != os.getpid() and not process_alive(holder.pid):
@@ -61,7 +61,7 @@ def _stale_reason(holder: LockHolder, now: float) -> str | None:
     return None
 
 
-def _locked_message(where: str, holder: LockHolder, now: float) -> str:
+def locked_message(where: str, holder: LockHolder, now: float) -> str:
     return (f"{where} is in use by run {holder.run_id} (pid {holder.pid} on {holder.host}, last heartbeat "
             f"{now - holder.heartbeat_at:.0f} s ago); wait for it to finish, or if it crashed for its lock to "
             f"expire in {max(holder.expires_at - now, 0):.0f} s")
@@ -87,9 +87,9 @@ def acquire(connection: Connection, *, owner: str, run_id: int | None, ttl_s: fl
     if holder.owner == owner:
         connection.execute(update(RunLockRow).where(RunLockRow.id == LOCK_ROW_ID).values(**values))
         return None
-    reason = _stale_reason(holder, now)
+    reason = stale_reason(holder, now)
     if reason is None:
-        raise UserError(_locked_message(where, holder, now))
+        raise UserError(locked_message(where, holder, now))
     swapped = connection.execute(
         update(RunLockRow).where(RunLockRow.id == LOCK_ROW_ID, RunLockRow.owner == holder.owner).values(**values))
     if swapped.rowcount != 1:

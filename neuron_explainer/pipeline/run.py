@@ -27,7 +27,7 @@ from neuron_explainer.activations import RecordConfig, RecordPolarity, RecordSto
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.failures import Failure, FailureKind
 from neuron_explainer.core.neurons import NeuronId, parse_neuron_spec
-from neuron_explainer.db import Database, RecordingRef, RunStatus, open_database, score_config_key
+from neuron_explainer.db import Database, ExplanationQuery, RecordingRef, RunStatus, open_database, score_config_key
 from neuron_explainer.core.units import run_units
 from neuron_explainer.explain import ExplainerSettings, Polarity, check_split_groups, explainer_class
 from neuron_explainer.llm import CacheMode, ResponseCache, UsageLedger, check_backend, usage_scope
@@ -107,6 +107,9 @@ class RunSummary:
     """One line per failure written this run: the neuron, the method's stage and why, in words."""
     causal: dict[str, Any] | None = None
     """What `--causal` did (pipeline/causal.py CausalSummary), None without it."""
+    stored: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    """Per polarity, when the run found nothing to do: the best stored score of each selected neuron, summarised
+    like `scores`, so a night that only confirms the database still reports what the database holds."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
@@ -262,6 +265,14 @@ class Pipeline:
 
     # --- the run ---------------------------------------------------------------------------------------------
 
+    def _stored_scores(self, neurons: list[NeuronId]) -> dict[str, dict[str, Any]]:
+        """The selection's best stored score per neuron and polarity, from this recording."""
+        selected = set(neurons)
+        rows = self.database.query(ExplanationQuery(layers=tuple(sorted({neuron.layer for neuron in neurons})),
+                                                    limit=None, best_per_neuron=True))
+        return self.tally.by_polarity([(row.polarity, row.score) for row in rows if row.neuron in selected
+                                       and row.manifest_hash == self.store.manifest.recording_id])
+
     async def run(self, neurons: list[NeuronId]) -> RunSummary:
         """Process `neurons`; returns the summary (the run row is finished by the caller's context)."""
         started = time.monotonic()
@@ -309,8 +320,9 @@ class Pipeline:
         totals = self.ledger.totals()
         status = (RunStatus.STOPPED_BACKEND if self.backend_down else RunStatus.STOPPED_BUDGET if stop_reason
                   else RunStatus.COMPLETED)
+        stored = self._stored_scores(neurons) if not todo else {}
         return RunSummary(
-            run_id=self.run_id or 0, status=status.value, records=str(self.store.path), selected=len(neurons),
+            stored=stored, run_id=self.run_id or 0, status=status.value, records=str(self.store.path), selected=len(neurons),
             done=self.tally.done, skipped=skipped, explained=self.tally.explained, scored=self.tally.scored,
             failed=self.tally.failed, prompt_tokens=totals.prompt_tokens, completion_tokens=totals.completion_tokens,
             cost_usd=round(totals.cost_usd or 0.0, 6), scores=self.tally.by_polarity(self.tally.scores),
@@ -554,6 +566,7 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
 
     `subject` stands in for the recording's model where a stage runs it on new text (the planted evaluation's
     in-process subject); None loads the model the recording names, when a stage first needs it."""
+    started = time.monotonic()
     check_inputs(config)
     if config.run.ray is not None:
         from neuron_explainer.pipeline.ray_night import RayNight, connect
@@ -584,7 +597,8 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
                                     dtype=config.record.dtype, seed=config.split_config.seed)
                 summary = dataclasses.replace(summary, causal=dataclasses.asdict(causal))
             status = RunStatus(summary.status)
-            return summary
+            # The whole command's time: loading the model and recording count, not only the units of work.
+            return dataclasses.replace(summary, seconds=round(time.monotonic() - started, 2))
         except KeyboardInterrupt:
             status, error = RunStatus.INTERRUPTED, "interrupted"
             raise
