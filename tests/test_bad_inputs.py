@@ -184,6 +184,10 @@ CASES: dict[str, Case] = {
         lambda ws: ["run", "--model", str(ws.tiny), "--corpus", str(ws.root / "corpus.txt"), "--records-root",
                     str(ws.root / "new-records"), "--db", ws.db_url("new.db"), "--explainer", "ngram", "--simulator",
                     "lexical", "--ctx", "300"], ("--ctx 300", "256 positions"), ("new.db", "new-records")),
+    "run: window as long as the model's positions, its BOS token making it one too many": Case(
+        lambda ws: ["run", "--model", str(ws.tiny), "--corpus", str(ws.root / "corpus.txt"), "--records-root",
+                    str(ws.root / "new-records"), "--db", ws.db_url("new.db"), "--explainer", "ngram", "--simulator",
+                    "lexical", "--ctx", "256"], ("--ctx 256", "use --ctx 255 or less"), ("new.db", "new-records")),
     "run: window count beyond any corpus": Case(
         lambda ws: ["run", "--model", str(ws.tiny), "--corpus", str(ws.root / "corpus.txt"), "--records-root",
                     str(ws.root / "new-records"), "--db", ws.db_url("new.db"), "--explainer", "ngram", "--simulator",

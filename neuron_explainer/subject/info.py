@@ -94,3 +94,19 @@ def _text_config(config: Any) -> Any:
     # Multimodal configs keep the language model's sizes in a sub-config.
     getter = getattr(config, "get_text_config", None)
     return getter() if getter is not None else config
+
+
+def special_token_count(spec: str, *, is_encoder: bool) -> int:
+    """How many positions of each window the tokenizer's special tokens take, read from the tokenizer files only;
+    0 where the tokenizer cannot be read this way (the recorder checks again with the loaded tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from neuron_explainer.subject.subject import special_tokens_for
+
+    _source, location = model_directory(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+    special = special_tokens_for(tokenizer, is_encoder=is_encoder)
+    return len(special.prefix) + len(special.suffix)
