@@ -770,7 +770,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         sys.stderr.write(f"neuron-explainer: {_INTERRUPTED.get(args.command, 'interrupted')}\n")
+        if argv is None:
+            _exit_without_waiting_for_abandoned_work(130)
         return 130
+
+
+def _exit_without_waiting_for_abandoned_work(code: int) -> None:
+    """End the installed command now: the interpreter's exit would join threads still busy with interrupted work (a
+    forward pass, a slot-scoring chunk) and free a loaded model, seconds to minutes on a loaded CPU. Everything
+    finished was committed while the interrupt unwound; in-process callers (tests) keep their process. The atexit
+    handlers still run (a local Ray cluster is shut down, logs flushed): only the joins of worker threads are
+    skipped, which the interpreter does separately."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -3,13 +3,13 @@ concurrency limit and a progress bar, and write one JSON object per line (explan
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from neuron_explainer.core.event_loop import run_async
 from neuron_explainer.activations.records import NeuronRecord
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.failures import Failure
@@ -142,7 +142,7 @@ def run_explain(records: str | Path, neurons: str, *, llm: str, out: str | Path,
         finally:
             await resources.aclose()
 
-    return _summary(out, len(selected), asyncio.run(go()))
+    return _summary(out, len(selected), run_async(go()))
 
 
 def _explain_unit(explainer: Explainer, store: Any, neuron: NeuronId) -> Callable[[], Awaitable[Explanation | Failure]]:
@@ -209,4 +209,4 @@ def run_score(records: str | Path, neurons: str, *, explanations: str | Path, ou
         finally:
             await resources.aclose()
 
-    return _summary(out, len({explanation.neuron for explanation in chosen}), asyncio.run(go()))
+    return _summary(out, len({explanation.neuron for explanation in chosen}), run_async(go()))

@@ -43,3 +43,32 @@ def test_a_second_interrupt_exits_at_once_with_one_line() -> None:
     assert done.returncode == 130
     assert done.stdout == "first interrupt: cleaning up\n"
     assert done.stderr == "neuron-explainer: interrupted twice: stopped at once\n"
+
+
+def test_an_interrupt_does_not_wait_for_work_running_in_a_thread() -> None:
+    """A night's blocking work (a forward pass, a slot-scoring chunk) runs in threads; Ctrl-C must not join them."""
+    script = textwrap.dedent("""
+        import asyncio, os, signal, threading, time
+        from neuron_explainer.core.event_loop import run_async
+        started, finished = threading.Event(), threading.Event()
+
+        def forward_pass():
+            started.set()
+            time.sleep(60)
+            finished.set()
+
+        async def night():
+            work = asyncio.ensure_future(asyncio.to_thread(forward_pass))
+            await asyncio.to_thread(started.wait)
+            os.kill(os.getpid(), signal.SIGINT)
+            await work
+
+        try:
+            run_async(night())
+        except KeyboardInterrupt:
+            print("interrupted; work still running:", started.is_set() and not finished.is_set(), flush=True)
+            os._exit(130)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=50)
+    assert done.returncode == 130, done.stderr
+    assert done.stdout == "interrupted; work still running: True\n"

@@ -10,7 +10,6 @@ of another neuron's explanation (shuffled, the floor) and of an empty explanatio
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import tempfile
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from neuron_explainer.core.event_loop import run_async
 from neuron_explainer.activations.records import NeuronRecord
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.failures import Failure
@@ -394,7 +394,7 @@ def run_method(method: Method, store: str, neurons: Sequence[NeuronId], *, split
                         concurrency=concurrency, progress=progress, subject=subject)
     if concept_texts is None:
         return run
-    concept_scores, baselines, usage = asyncio.run(reference_scores(run.method, records, run.explanations, concept_texts,
+    concept_scores, baselines, usage = run_async(reference_scores(run.method, records, run.explanations, concept_texts,
                                                               split=split, concurrency=concurrency))
     return replace(run, concept_scores=concept_scores, baselines=baselines, reference_usage=usage)
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from neuron_explainer.core.event_loop import run_async
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.eval.tables import json_ready, number, table
@@ -446,7 +447,7 @@ def run_real_eval(records: str, db: str, *, simulator: str | None = None, llm: s
                 if backend is not None:
                     await backend.aclose()
 
-        items = asyncio.run(fill())
+        items = run_async(fill())
     return build_real_report(items, model_id=manifest.model_id, records=str(records), layers=wanted,
                              neurons_per_layer=manifest.neurons_per_layer)
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from neuron_explainer.core.event_loop import run_async
 from neuron_explainer.activations import RecordConfig, RecordPolarity, RecordStore, record
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.failures import Failure, FailureKind
@@ -587,7 +588,7 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
             pipeline.run_id = run_id
             if config.run.ray is not None:
                 pipeline.remote = RayNight(config)
-            summary = asyncio.run(_run_then_close(pipeline, neurons)) if neurons else None
+            summary = run_async(_run_then_close(pipeline, neurons)) if neurons else None
             if summary is None:
                 summary = RunSummary(run_id=run_id, status=RunStatus.COMPLETED.value, records=str(store.path),
                                      selected=0, done=0, skipped=0, explained=0, scored=0, failed=0, prompt_tokens=0,

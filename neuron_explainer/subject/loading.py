@@ -248,9 +248,9 @@ def _converted_gguf_dir(gguf_path: Path, fingerprint: str) -> Path:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         os.replace(staging, target)
-    except OSError:
+    except BaseException as exc:  # Ctrl-C included: no half-written copy is left in the cache
         shutil.rmtree(staging, ignore_errors=True)
-        if not (target / "config.json").is_file():
+        if not isinstance(exc, OSError) or not (target / "config.json").is_file():
             raise
     return target
 

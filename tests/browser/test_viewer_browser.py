@@ -143,6 +143,24 @@ def test_index_sorts_filters_and_searches(page: Page, site: Path, world: ViewerW
     assert table_rows(page) == []
     page.screenshot(ARTIFACTS / "index.png")
     assert_self_contained(page, site.as_uri() + "/")
+    assert_layer_bars_sit_over_their_ticks(page)
+
+
+def assert_layer_bars_sit_over_their_ticks(page: Page) -> None:
+    """Each per-layer bar, as rendered, is centred over the tick label naming its layer."""
+    pairs = page.evaluate("""(() => [...document.querySelectorAll('svg.chart')].flatMap(svg => {
+        const ticks = [...svg.querySelectorAll('text')];
+        return [...svg.querySelectorAll('rect.bar')].flatMap(bar => {
+            const match = /^layer (\\d+):/.exec(bar.querySelector('title')?.textContent || '');
+            if (!match) return [];
+            const tick = ticks.find(text => text.textContent === match[1]);
+            const box = bar.getBoundingClientRect(), label = tick ? tick.getBoundingClientRect() : null;
+            return [[match[1], box.left + box.width / 2, label ? label.left + label.width / 2 : null]];
+        });
+    }))()""")
+    assert pairs, "no per-layer bars on the index"
+    for layer, bar_centre, tick_centre in pairs:
+        assert tick_centre is not None and abs(bar_centre - tick_centre) < 1.5, (layer, bar_centre, tick_centre)
 
 
 def test_index_pages_through_fifty_thousand_neurons(page: Page, site: Path, world: ViewerWorld,
