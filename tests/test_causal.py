@@ -145,3 +145,36 @@ def test_the_arithmetic():
     assert score.undefined_reason is None
     empty = causal_score([], ablation=Ablation.MEAN, ablation_value=0.0)
     assert math.isnan(empty.value) and empty.undefined_reason == "no held-out windows to run"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_starting_replaced_rows_at_the_neurons_block_changes_no_number(tiny_model_factory, family):
+    """The replaced rows reuse the unchanged run's hidden states entering the neuron's block (earlier blocks are
+    skipped); every KL and loss must equal the full forward pass's."""
+    directory = str(tiny_model_factory(family))
+    model = _scaled(load_model(directory, dtype="float32", causal_lm=True).model, 1, NEURON, 200.0)
+    hook_point = resolve_hook_point(model.base_model)
+    windows = _windows(count=3, seed=3)
+    rng = np.random.default_rng(4)
+    requests = [CausalRequest(neuron, NeuronId(1, neuron), tuple((w, 5 * rng.normal(size=len(t)))
+                                                                 for w, t in windows.items()), ablation_value=0.5)
+                for neuron in (NEURON, NEURON + 1)]
+    calls = []
+    first_block = model.base_model.get_submodule(hook_point.module_path(0))
+    handle = first_block.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
+    full = CausalRunner(model, hook_point, prefix_ids=(0,), batch_size=4, reuse_prefix=False).score_layer(
+        1, requests, windows.__getitem__, bootstrap_samples=0)
+    rows_through_layer_0 = sum(calls)
+    calls.clear()
+    reused = CausalRunner(model, hook_point, prefix_ids=(0,), batch_size=4).score_layer(
+        1, requests, windows.__getitem__, bootstrap_samples=0)
+    handle.remove()
+    # 3 windows: 3 unchanged rows + 2 neurons x (simulated, ablated) x 3; with reuse only the unchanged rows run
+    # through layer 0.
+    assert (rows_through_layer_0, sum(calls)) == (3 + 12, 3)
+    for key in full:
+        assert full[key].kl_ablated > 1e-6
+        for name in ("kl_simulated", "kl_ablated", "loss_true", "loss_simulated", "loss_ablated"):
+            assert getattr(reused[key], name) == pytest.approx(getattr(full[key], name), rel=1e-4, abs=1e-7), name
+    # The blocks were put back: the model runs as before.
+    assert all(type(block).__name__ != "PassThrough" for block in model.modules())

@@ -4,10 +4,15 @@ Every held-out window of a layer's requests becomes a group of rows: the unchang
 scored on that window), then a simulated and an ablated row per neuron. Rows are packed into batches regardless of
 neuron, and a forward pre-hook on the layer's MLP output projection overwrites, row by row, the one neuron's
 activations at the window's positions. The special-token prefix (BOS) is never replaced and never compared.
+
+The blocks before the neuron's layer compute the same thing for every row of a window, so the unchanged run keeps
+the hidden states entering the neuron's block, and the replaced rows start there: the earlier blocks are swapped
+for pass-throughs for that forward pass and a pre-hook on the neuron's block feeds it the kept states.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -48,11 +53,19 @@ class CausalRunner:
     """A causal LM with its MLP hook point, ready to run windows with replaced neurons."""
 
     def __init__(self, model: Any, hook_point: HookPoint, *, prefix_ids: Sequence[int] = (),
-                 batch_size: int = 16) -> None:
+                 batch_size: int = 16, reuse_prefix: bool = True) -> None:
         self.model = model
         self.hook_point = hook_point
         self.prefix_ids = tuple(int(token) for token in prefix_ids)
         self.batch_size = max(1, batch_size)
+        self.reuse_prefix = reuse_prefix
+        """Start replaced rows at the neuron's block from the unchanged run's hidden states (same numbers, less
+        work for later layers); False runs every row through the whole model."""
+        self._block_returns_tuple = False
+        """Whether the model's blocks return a tuple (seen in the unchanged run, which always comes first)."""
+
+    def _note_output_kind(self, module: Any, args: tuple[Any, ...], output: Any) -> None:
+        self._block_returns_tuple = isinstance(output, tuple)
 
     def score_layer(self, layer: int, requests: Sequence[CausalRequest], window_tokens: Callable[[int], np.ndarray],
                     *, ablation: Ablation = Ablation.MEAN, bootstrap_samples: int = 1000,
@@ -70,25 +83,17 @@ class CausalRunner:
         replacements = [{window_id: values for window_id, values in request.windows} for request in requests]
         sums: list[dict[int, dict[str, float]]] = [{} for _ in requests]
         unchanged: dict[int, tuple[Any, Any, float]] = {}
+        block_inputs: dict[int, Any] = {}
+        """Hidden states entering the neuron's block in the unchanged run, per window still to be replaced."""
         for start in range(0, len(rows), self.batch_size):
             batch = rows[start:start + self.batch_size]
-            log_probs = self._run(layer, batch, requests, replacements, window_tokens)
-            for row, row_log_probs in zip(batch, log_probs):
-                tokens = window_tokens(row.window_id)
-                if row.request is None:
-                    unchanged[row.window_id] = (row_log_probs, row_log_probs.exp(),
-                                                _next_token_loss(row_log_probs, tokens))
-                else:
-                    true_log_probs, true_probs, true_loss = unchanged[row.window_id]
-                    kl = float((true_probs * (true_log_probs - row_log_probs)).sum())
-                    entry = sums[row.request].setdefault(row.window_id, {"loss_true": true_loss,
-                                                                         "tokens": float(len(tokens))})
-                    kind = "simulated" if row.simulated else "ablated"
-                    entry[f"kl_{kind}"] = kl
-                    entry[f"loss_{kind}"] = _next_token_loss(row_log_probs, tokens)
-                remaining[row.window_id] -= 1
-                if remaining[row.window_id] == 0:
-                    del unchanged[row.window_id]
+            # A window's unchanged row runs before its replaced rows: they start from its hidden states.
+            fresh = [row for row in batch if row.request is None]
+            edited = [row for row in batch if row.request is not None]
+            for part in (fresh, edited):
+                if part:
+                    self._score_rows(layer, part, requests, replacements, window_tokens, unchanged, block_inputs,
+                                     sums, remaining)
         results: dict[Hashable, CausalScore] = {}
         for index, request in enumerate(requests):
             windows = [WindowDivergence(window_id=window_id, tokens=int(values["tokens"]),
@@ -100,9 +105,35 @@ class CausalRunner:
                                                 bootstrap_samples=bootstrap_samples, seed=seed)
         return results
 
+    def _score_rows(self, layer: int, part: Sequence[_Row], requests: Sequence[CausalRequest],
+                    replacements: Sequence[dict[int, np.ndarray]], window_tokens: Callable[[int], np.ndarray],
+                    unchanged: dict[int, tuple[Any, Any, float]], block_inputs: dict[int, Any],
+                    sums: list[dict[int, dict[str, float]]], remaining: dict[int, int]) -> None:
+        """Run rows that are all unchanged or all replaced, and add what they say to `sums`."""
+        log_probs = self._run(layer, part, requests, replacements, window_tokens, block_inputs)
+        for row, row_log_probs in zip(part, log_probs):
+            tokens = window_tokens(row.window_id)
+            if row.request is None:
+                unchanged[row.window_id] = (row_log_probs, row_log_probs.exp(), _next_token_loss(row_log_probs, tokens))
+            else:
+                true_log_probs, true_probs, true_loss = unchanged[row.window_id]
+                kl = float((true_probs * (true_log_probs - row_log_probs)).sum())
+                entry = sums[row.request].setdefault(row.window_id, {"loss_true": true_loss,
+                                                                     "tokens": float(len(tokens))})
+                kind = "simulated" if row.simulated else "ablated"
+                entry[f"kl_{kind}"] = kl
+                entry[f"loss_{kind}"] = _next_token_loss(row_log_probs, tokens)
+            remaining[row.window_id] -= 1
+            if remaining[row.window_id] == 0:
+                del unchanged[row.window_id]
+                block_inputs.pop(row.window_id, None)
+
     def _run(self, layer: int, batch: Sequence[_Row], requests: Sequence[CausalRequest],
-             replacements: Sequence[dict[int, np.ndarray]], window_tokens: Callable[[int], np.ndarray]) -> Any:
-        """Log-probabilities [rows, window positions, vocab] (float32) of one batch with its replacements."""
+             replacements: Sequence[dict[int, np.ndarray]], window_tokens: Callable[[int], np.ndarray],
+             block_inputs: dict[int, Any]) -> Any:
+        """Log-probabilities [rows, window positions, vocab] (float32) of one batch with its replacements; rows
+        that are all unchanged keep their neuron block's input in `block_inputs`, rows that are all replaced start
+        from it (with `reuse_prefix`, past layer 0)."""
         import torch
 
         device = next(self.model.parameters()).device
@@ -126,13 +157,93 @@ class CausalRunner:
             return (hidden, *args[1:])
 
         backbone = self.model.base_model
-        handle = backbone.get_submodule(self.hook_point.module_path(layer)).register_forward_pre_hook(replace)
+        handles = [backbone.get_submodule(self.hook_point.module_path(layer)).register_forward_pre_hook(replace)]
+        blocks = _blocks(backbone, self.hook_point, layer) if self.reuse_prefix and layer > 0 else None
+        originals = list(blocks[:layer]) if blocks is not None else []
         try:
+            if blocks is not None:
+                if not edits:
+                    handles.append(blocks[layer].register_forward_pre_hook(
+                        _keep_block_input(batch, block_inputs), with_kwargs=True))
+                    handles.append(blocks[layer].register_forward_hook(self._note_output_kind))
+                else:
+                    states = torch.stack([block_inputs[row.window_id] for row in batch])
+                    handles.append(blocks[layer].register_forward_pre_hook(_feed_block_input(states),
+                                                                           with_kwargs=True))
+                    for position, block in enumerate(originals):
+                        blocks[position] = _pass_through_class()(block, self._block_returns_tuple)
             with torch.inference_mode():
                 logits = self.model(input_ids=input_ids, use_cache=False).logits[:, prefix:]
         finally:
-            handle.remove()
+            for handle in handles:
+                handle.remove()
+            for position, block in enumerate(originals):
+                blocks[position] = block
         return torch.log_softmax(logits.float(), dim=-1)
+
+
+def _blocks(backbone: Any, hook_point: HookPoint, layer: int) -> Any:
+    """The backbone's list of blocks, indexed by layer, found from the hook's module path (`layers.3.mlp.down_proj`,
+    `h.3.mlp.c_proj`); None when the path names no such list (an unusual explicit template: no reuse then)."""
+    import torch
+
+    parts = hook_point.module_path(layer).split(".")
+    if str(layer) not in parts:
+        return None
+    try:
+        blocks = backbone.get_submodule(".".join(parts[:parts.index(str(layer))]))
+    except AttributeError:
+        return None
+    return blocks if isinstance(blocks, torch.nn.ModuleList) and len(blocks) > layer else None
+
+
+def _hidden_argument(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _keep_block_input(batch: Sequence[_Row], block_inputs: dict[int, Any]) -> Callable[..., None]:
+    def keep(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hidden = _hidden_argument(args, kwargs)
+        for position, row in enumerate(batch):
+            block_inputs[row.window_id] = hidden[position].clone()
+    return keep
+
+
+def _feed_block_input(states: Any) -> Callable[..., tuple[tuple[Any, ...], dict[str, Any]]]:
+    def feed(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        hidden = _hidden_argument(args, kwargs)
+        states_here = states.to(device=hidden.device, dtype=hidden.dtype)
+        if args:
+            return (states_here, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": states_here}
+    return feed
+
+
+@functools.cache
+def _pass_through_class() -> type:
+    """A module standing in for a block before the neuron's layer: returns its input unchanged, shaped like the
+    block's output (a tuple in GPT-2/NeoX-style code, the tensor in newer Llama-style code), and answers attribute
+    reads (such as `attention_type`, which picks the attention mask) as the block would. Built on first use, so
+    importing this module does not import torch."""
+    import torch
+
+    class PassThrough(torch.nn.Module):
+        def __init__(self, block: Any, returns_tuple: bool) -> None:
+            super().__init__()
+            object.__setattr__(self, "_block", block)
+            self.returns_tuple = returns_tuple
+
+        def __getattr__(self, name: str) -> Any:
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(object.__getattribute__(self, "_block"), name)
+
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            hidden = _hidden_argument(args, kwargs)
+            return (hidden,) if self.returns_tuple else hidden
+
+    return PassThrough
 
 
 def _next_token_loss(log_probs: Any, tokens: np.ndarray) -> float:
