@@ -223,6 +223,11 @@ def test_explainer_names_classes_and_tokens() -> None:
     assert fit_items([]) == "no explain windows"
 
 
+def test_a_token_that_is_the_only_member_seen_of_a_fixed_class_is_named_as_the_class() -> None:
+    commas = explain_lexicon(planted_record(lambda token: 1.0 if token.strip() == "," else 0.0))
+    assert isinstance(commas, Explanation) and commas.text == "fires on commas (1.00)", commas.text
+
+
 def test_explainer_reaches_the_ceiling_on_planted_class_neurons() -> None:
     simulator = LexicalSimulator()
     for rule in (digit_activation, lambda token: 1.0 if token.strip() in "([{" and token.strip() else 0.0):

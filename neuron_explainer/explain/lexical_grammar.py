@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 from dataclasses import dataclass
 from enum import Enum
 
@@ -286,7 +287,7 @@ def item_scores(items: Sequence[LexicalItem], tokens: Sequence[str]) -> tuple[fl
     the most negative of the `lower on` items it matches; 0 when it matches nothing."""
     raised: list[float | None] = [None] * len(tokens)
     lowered = [0.0] * len(tokens)
-    view = _TokenView(tokens)
+    view = _view(tuple(tokens))
     for item in items:
         for position, quality in _matches(item, view):
             value = quality * item.weight
@@ -299,25 +300,32 @@ def item_scores(items: Sequence[LexicalItem], tokens: Sequence[str]) -> tuple[fl
 
 
 class _TokenView:
-    """The tokens of one window with what matching needs, computed once: stripped forms and, per first character
-    of the case-folded head, where such tokens start (whitespace-only tokens can start any phrase)."""
+    """The tokens of one window with what matching needs, computed once: stripped forms, and where each case-folded
+    head (the token without leading whitespace) and each head without trailing whitespace occurs."""
 
-    def __init__(self, tokens: Sequence[str]) -> None:
+    def __init__(self, tokens: tuple[str, ...]) -> None:
         self.tokens = tokens
         self.stripped = [token.strip() for token in tokens]
         self.heads = [token.lstrip().casefold() for token in tokens]
-        self.starts: dict[str, list[int]] = {}
-        blank: list[int] = []
+        self.by_head: dict[str, list[int]] = {}
+        self.by_bare_head: dict[str, list[int]] = {}
         for position, head in enumerate(self.heads):
             if head:
-                self.starts.setdefault(head[0], []).append(position)
-            else:
-                blank.append(position)
-        self.blank = blank
+                self.by_head.setdefault(head, []).append(position)
+                if head.rstrip() != head:
+                    self.by_bare_head.setdefault(head.rstrip(), []).append(position)
 
-    def starting_with(self, character: str) -> list[int]:
-        """Positions whose head starts with `character` or is blank, in order."""
-        return sorted(self.starts.get(character, []) + self.blank)
+    def phrase_starts(self, folded: str) -> list[int]:
+        """Non-blank positions where a match of the case-folded phrase can start: the head is a prefix of it, or
+        is it followed by whitespace."""
+        starts = [position for end in range(1, len(folded) + 1) for position in self.by_head.get(folded[:end], ())]
+        return sorted(set(starts + self.by_bare_head.get(folded, [])))
+
+
+@lru_cache(maxsize=4096)
+def _view(tokens: tuple[str, ...]) -> _TokenView:
+    # Cached: the same scored windows are simulated for an explanation and for its baselines.
+    return _TokenView(tokens)
 
 
 def _matches(item: LexicalItem, view: _TokenView) -> list[tuple[int, float]]:
@@ -338,13 +346,11 @@ def _matches(item: LexicalItem, view: _TokenView) -> list[tuple[int, float]]:
     if not folded:
         return []
     found: list[tuple[int, float]] = []
-    for start in view.starting_with(folded[0]):
-        head = view.heads[start]
-        # A match starting here must begin with this token's text.
-        if head and not folded.startswith(head) and folded != head.rstrip():
-            continue
-        if item.after is not None and (start == 0 or view.stripped[start - 1] != item.after):
-            continue
+
+    def starts_after(start: int) -> bool:
+        return item.after is None or (start > 0 and view.stripped[start - 1] == item.after)
+
+    for start in view.phrase_starts(folded):
         joined = ""
         for end in range(start, min(len(tokens), start + MAX_PHRASE_TOKENS)):
             joined += tokens[end]
@@ -352,6 +358,13 @@ def _matches(item: LexicalItem, view: _TokenView) -> list[tuple[int, float]]:
                 break
             quality = phrase_match(phrase, joined)
             if quality:
-                found.extend((position, quality) for position in range(start, end + 1))
+                # Whitespace-only tokens right before the match match with it (a match may start on them: the
+                # phrase is compared stripped), within the longest run of tokens tried.
+                first = start
+                while first > 0 and not view.heads[first - 1] and end - (first - 1) < MAX_PHRASE_TOKENS:
+                    first -= 1
+                for begin in range(first, start + 1):
+                    if starts_after(begin):
+                        found.extend((position, quality) for position in range(begin, end + 1))
                 break
     return found

@@ -17,6 +17,7 @@ explain windows never showed. Items whose removal costs almost nothing are prune
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -150,9 +151,14 @@ def fit_items(windows: Sequence[Window], *, config: LexiconConfig = LexiconConfi
             levels[index] = ((sums[index] - counts[index] * neuron_mean + config.context_shrinkage * prior)
                              / (counts[index] + config.context_shrinkage))
     firing = activations > neuron_mean
-    members = [{stripped[token] for token in position_of[candidate.quality >= 1.0]}
-               if candidate.item.kind is ItemKind.PHRASE and candidate.item.after is None else set()
-               for candidate in candidates]
+    # The fixed class (commas, underscores, ...) whose only member in the explain windows is a quoted token: named
+    # instead of it, it predicts the same there, reads better and covers the members they did not show.
+    named_alike: dict[str, LexicalItem] = {}
+    for candidate in candidates:
+        if candidate.item.kind is ItemKind.CLASS and candidate.item.text in _FIXED_NAMES:
+            seen = {stripped[token] for token in position_of[candidate.quality >= 1.0]}
+            if len(seen) == 1:
+                named_alike.setdefault(seen.pop(), candidate.item)
     is_class = np.array([candidate.item.kind is ItemKind.CLASS for candidate in candidates])
     eligible = (counts > 0) & (levels != 0)
     for index, candidate in enumerate(candidates):
@@ -180,22 +186,11 @@ def fit_items(windows: Sequence[Window], *, config: LexiconConfig = LexiconConfi
         weight = round(float(levels[useful[index]] / largest), 2)
         if weight == 0:
             continue
-        item = _class_named_alike(candidate.item, candidates, members) if weight > 0 else None
-        item = item or candidate.item
+        item = candidate.item
+        if weight > 0 and item.kind is ItemKind.PHRASE and item.after is None:
+            item = named_alike.get(item.text, item)
         items.append(LexicalItem(item.kind, item.text, weight, item.token_class, item.after))
     return items
-
-
-def _class_named_alike(item: LexicalItem, candidates: Sequence[_Candidate],
-                       members: Sequence[set[str]]) -> LexicalItem | None:
-    """The fixed class (commas, underscores, ...) whose members in the explain windows are exactly this quoted
-    token: it predicts the same there, reads better and covers the members they did not show."""
-    if item.kind is not ItemKind.PHRASE:
-        return None
-    for candidate, seen in zip(candidates, members):
-        if candidate.item.kind is ItemKind.CLASS and candidate.item.text in _FIXED_NAMES and seen == {item.text}:
-            return candidate.item
-    return None
 
 
 def _candidates(distinct: Sequence[str], position_of: np.ndarray, previous: np.ndarray,
@@ -245,20 +240,23 @@ def _context_candidates(stripped: Sequence[str], position_of: np.ndarray, previo
                         config: LexiconConfig) -> list[_Candidate]:
     """`"x" after "y"` and `tokens after "y"` seen at least `context_min_count` times (the simulator matches the
     preceding token exactly, stripped)."""
-    has_previous = previous >= 0
-    before = np.array([stripped[index] if index >= 0 else "" for index in previous], dtype=object)
+    following: dict[str, list[int]] = {}
+    for position, index in enumerate(previous.tolist()):
+        if index >= 0 and stripped[index] in row_of:
+            following.setdefault(stripped[index], []).append(position)
     candidates: list[_Candidate] = []
-    befores, before_counts = np.unique(before[has_previous], return_counts=True)
-    for text, count in zip(befores, before_counts):
-        if count < config.context_min_count or text not in row_of:
+    for text in sorted(following):
+        positions = following[text]
+        if len(positions) < config.context_min_count:
             continue
-        follows = before == text
-        candidates.append(_Candidate(LexicalItem(ItemKind.AFTER, str(text)), follows.astype(np.float64)))
-        pairs, pair_counts = np.unique(position_of[follows], return_counts=True)
-        for token, pair_count in zip(pairs, pair_counts):
+        follows = np.zeros(len(previous))
+        follows[positions] = 1.0
+        candidates.append(_Candidate(LexicalItem(ItemKind.AFTER, text), follows))
+        pair_counts = Counter(position_of[positions].tolist())
+        for token in sorted(pair_counts):
             form = stripped[token]
-            if pair_count >= config.context_min_count and form in row_of:
-                candidates.append(_Candidate(LexicalItem(ItemKind.PHRASE, form, after=str(text)),
+            if pair_counts[token] >= config.context_min_count and form in row_of:
+                candidates.append(_Candidate(LexicalItem(ItemKind.PHRASE, form, after=text),
                                              at_positions[row_of[form]] * follows))
     return candidates
 
@@ -281,25 +279,43 @@ def _compose(predictions: np.ndarray) -> np.ndarray:
 
 def _greedy(predictions: np.ndarray, activations: np.ndarray, is_class: np.ndarray, is_context: np.ndarray,
             config: LexiconConfig) -> list[int]:
+    # Each step scores every candidate added to the list so far. Rows are sparse (a token occurs a few times in
+    # the explain windows), so only the entries a candidate touches are updated: the Pearson correlation of each
+    # trial prediction comes from running sums (sum, sum of squares, product with the centred target).
     target = activations - activations.mean()
-    raised = np.full(activations.size, -np.inf)
-    lowered = np.zeros(activations.size)
-    positive = predictions > 0
-    raised_rows = np.where(positive, predictions, -np.inf)
-    lowered_rows = np.where(positive, 0.0, predictions)
+    target_norm = float(np.sqrt(target @ target))
+    size = activations.size
+    rows, columns = np.nonzero(predictions)
+    values = predictions[rows, columns]
+    bounds = np.searchsorted(rows, np.arange(predictions.shape[0] + 1))
+    positive = values > 0
+    raises = np.zeros(predictions.shape[0], dtype=bool)
+    raises[rows[positive]] = True
+    raised = np.full(size, -np.inf)
+    lowered = np.zeros(size)
+    current = np.zeros(size)
+    total = squares = product = 0.0
     current_r = 0.0
     chosen: list[int] = []
     while len(chosen) < config.max_items:
-        trial_raised = np.maximum(raised[None, :], raised_rows)
-        trial_lowered = np.minimum(lowered[None, :], lowered_rows)
-        trial = _correlations(np.where(trial_raised > -np.inf, trial_raised, trial_lowered), target)
+        before_raised, before = raised[columns], current[columns]
+        after = np.where(positive, np.maximum(before_raised, values),
+                         np.where(before_raised > -np.inf, before_raised, np.minimum(lowered[columns], values)))
+        delta = after - before
+        count = predictions.shape[0]
+        sums = total + np.bincount(rows, delta, minlength=count)
+        sums_of_squares = squares + np.bincount(rows, delta * (2 * before + delta), minlength=count)
+        products = product + np.bincount(rows, delta * target[columns], minlength=count)
+        spread = np.sqrt(np.maximum(sums_of_squares - sums * sums / size, 0.0)) * target_norm
+        with np.errstate(invalid="ignore", divide="ignore"):
+            trial = np.where(spread > 1e-12 * max(target_norm, 1e-300), products / spread, -np.inf)
         trial[chosen] = -np.inf
         # A context item must beat every plain item by a margin: on a tie the plain token generalises better.
         best_plain = float(np.max(np.where(is_context, -np.inf, trial)))
         trial[is_context & (trial < best_plain + config.context_margin)] = -np.inf
         if not chosen:
             # A list starts with what the neuron fires on; `lower on` items only refine it.
-            trial[~positive.any(axis=1)] = -np.inf
+            trial[~raises] = -np.inf
         best_token = float(np.max(np.where(is_class, -np.inf, trial)))
         best_class = float(np.max(np.where(is_class, trial, -np.inf)))
         if best_class >= best_token - config.class_bonus and best_class > -np.inf:
@@ -310,7 +326,14 @@ def _greedy(predictions: np.ndarray, activations: np.ndarray, is_class: np.ndarr
         if not trial[index] - current_r >= config.min_gain:
             break
         chosen.append(index)
-        raised, lowered = trial_raised[index], trial_lowered[index]
+        touched = slice(bounds[index], bounds[index + 1])
+        where = columns[touched]
+        if raises[index]:
+            raised[where] = np.maximum(raised[where], values[touched])
+        else:
+            lowered[where] = np.minimum(lowered[where], values[touched])
+        current = np.where(raised > -np.inf, raised, lowered)
+        total, squares, product = float(current.sum()), float(current @ current), float(current @ target)
         current_r = float(trial[index])
     return chosen
 
