@@ -43,7 +43,7 @@ from neuron_explainer.scoring import ScoreConfig, score_explanation  # noqa: E40
 from neuron_explainer.scoring_llm import ClassifierScore, ClassifierScorer  # noqa: E402
 from neuron_explainer.simulate import Score, make_simulator  # noqa: E402
 
-SPLIT = SplitConfig(seed=0)
+LABELS = ("concept", "shuffled", "ngram", "token-pairs")
 
 
 def spearman(first: list[float], second: list[float]) -> float:
@@ -76,27 +76,33 @@ class Meter:
 
     def __init__(self, ledger: UsageLedger) -> None:
         self.ledger = ledger
-        self.totals: dict[str, list[int]] = {}
+        self.totals: dict[str, list[float]] = {}
 
     async def measure(self, method: str, work: Any) -> Any:
         before = len(self.ledger.entries)
+        started = time.perf_counter()
         result = await work
         fresh = [entry for entry in self.ledger.entries[before:] if not entry.from_cache]
-        total = self.totals.setdefault(method, [0, 0, 0, 0])
+        total = self.totals.setdefault(method, [0, 0, 0, 0, 0.0])
         total[0] += 1
         total[1] += len(fresh)
         total[2] += sum(entry.prompt_tokens for entry in fresh)
         total[3] += sum(entry.completion_tokens for entry in fresh)
+        total[4] += time.perf_counter() - started
         return result
 
     def per_unit(self, method: str) -> dict[str, float]:
-        units, requests, prompt, completion = self.totals.get(method, [0, 0, 0, 0])
+        units, requests, prompt, completion, seconds = self.totals.get(method, [0, 0, 0, 0, 0.0])
         units = max(units, 1)
         return {"requests": requests / units, "prompt_tokens": prompt / units, "completion_tokens": completion / units,
-                "tokens": (prompt + completion) / units}
+                "tokens": (prompt + completion) / units, "seconds": round(seconds / units, 2)}
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
+    split = SplitConfig(seed=0, score_top=args.score_top, score_random=args.score_random)
+    labels = [label.strip() for label in args.explanations.split(",") if label.strip()]
+    if unknown := set(labels) - set(LABELS):
+        raise SystemExit(f"unknown explanations {sorted(unknown)}; choose from {', '.join(LABELS)}")
     suite = load_suite()
     store_info = build_planted_store(suite)
     store = RecordStore.open(store_info.path)
@@ -130,27 +136,32 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         for index in indices:
             record = store.load_neuron(0, index)
             token_pairs = await meter.measure("explain:token-pairs", explain_neuron(
-                record, backend, config=ExplainConfig(split=SPLIT)))
+                record, backend, config=ExplainConfig(split=split)))
             ngram = await meter.measure("explain:ngram", asyncio.sleep(0, explain_ngram(
-                in_context_ngrams_for_record(record, split=SPLIT), split_seed=SPLIT.seed)))
+                in_context_ngrams_for_record(record, split=split), split_seed=split.seed)))
             other = concepts[indices[(indices.index(index) + 1) % len(indices)]]
             candidates = {"concept": concepts[index], "shuffled": other,
                           "ngram": ngram.text if isinstance(ngram, Explanation) else ""}
             if isinstance(token_pairs, Explanation):
                 candidates["token-pairs"] = token_pairs.text
             for label, text in candidates.items():
+                if label not in labels:
+                    continue
                 row: dict[str, Any] = {"neuron": suite.neurons[index].name, "explanation": label, "text": text}
                 for name, simulator in simulators.items():
                     if name != reference and label != "concept":
                         continue  # a second simulator is measured for its cost, on one explanation per neuron
                     score = await meter.measure(f"simulate:{name}", score_explanation(
-                        record, text, simulator, config=ScoreConfig(split=SPLIT, bootstrap_samples=0)))
+                        record, text, simulator, config=ScoreConfig(split=split, bootstrap_samples=0)))
                     row[name] = score.metrics.pearson if isinstance(score, Score) else math.nan
                 for kind, scorer in classifiers.items():
-                    outcome = await meter.measure(f"score:{kind}", scorer.score(record, text, split=SPLIT))
+                    outcome = await meter.measure(f"score:{kind}", scorer.score(record, text, split=split))
                     row[kind] = outcome.metrics.balanced_accuracy if isinstance(outcome, ClassifierScore) else math.nan
                     row[f"{kind}_auroc"] = outcome.metrics.auroc if isinstance(outcome, ClassifierScore) else math.nan
+                    if not isinstance(outcome, ClassifierScore):
+                        row[f"{kind}_failure"] = getattr(outcome, "reason", str(outcome))[:300]
                 rows.append(row)
+                row["elapsed_s"] = round(time.perf_counter() - started, 1)
                 print(json.dumps({key: (round(value, 3) if isinstance(value, float) else value)
                                   for key, value in row.items()}), flush=True)
     finally:
@@ -176,6 +187,10 @@ def main() -> None:
     parser.add_argument("--neurons", type=int, default=16, help="planted neurons (a seeded sample of the suite)")
     parser.add_argument("--simulators", default="generated,all-at-once",
                         help="simulators, the first is the reference the cheap scorers are ranked against")
+    parser.add_argument("--explanations", default=",".join(LABELS),
+                        help="which of each neuron's explanations are scored (fewer: a shorter run)")
+    parser.add_argument("--score-top", type=int, default=10, help="held-out top windows scored per neuron")
+    parser.add_argument("--score-random", type=int, default=10, help="held-out random windows scored per neuron")
     parser.add_argument("--out", default=None, help="write the full result as JSON here")
     args = parser.parse_args()
     result = asyncio.run(run(args))

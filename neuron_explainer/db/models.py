@@ -246,6 +246,30 @@ class CausalScoreRow(Base):
     run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
 
 
+class BatchFileRow(Base):
+    """An input file uploaded to the OpenAI Batch API and the batch that runs over it (`run --batch`), so a night
+    killed after submitting picks its batches up in the next run, on any machine (see db/batch_journal.py)."""
+
+    __tablename__ = "llm_batch_files"
+
+    input_file_id: Mapped[str] = mapped_column(String(255), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(64))
+    batch_id: Mapped[str | None] = mapped_column(String(255))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class BatchRequestRow(Base):
+    """One request (by its response-cache key) in an uploaded batch input file."""
+
+    __tablename__ = "llm_batch_requests"
+
+    custom_id: Mapped[str] = mapped_column(String(KEY_LENGTH), primary_key=True)
+    input_file_id: Mapped[str] = mapped_column(String(255), primary_key=True, index=True)
+
+
 class FailureRow(Base):
     """A unit of work that produced no result, kept for retries and audits."""
 

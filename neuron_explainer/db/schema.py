@@ -19,7 +19,7 @@ from neuron_explainer.db.models import Base, MetaEntry
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 """Version of the tables defined in models.py."""
 
 APPLICATION = "neuron-explainer"
@@ -153,6 +153,21 @@ def _upgrade_6_to_7(connection: Connection) -> None:
     connection.exec_driver_sql("CREATE INDEX ix_unit_claims_open ON unit_claims (plan_key, done_at, expires_at)")
 
 
+def _upgrade_7_to_8(connection: Connection) -> None:
+    """Version 8 added the Batch API journal (`llm_batch_files`, `llm_batch_requests`), which lived in the
+    response-cache file before: a night killed after submitting picks its batches up from the database."""
+    connection.exec_driver_sql(
+        "CREATE TABLE llm_batch_files (input_file_id VARCHAR(255) NOT NULL, endpoint VARCHAR(64) NOT NULL, "
+        "batch_id VARCHAR(255), status VARCHAR(16) NOT NULL, host VARCHAR(255) NOT NULL, pid INTEGER NOT NULL, "
+        "created_at FLOAT NOT NULL, PRIMARY KEY (input_file_id))")
+    connection.exec_driver_sql("CREATE INDEX ix_llm_batch_files_status ON llm_batch_files (status)")
+    connection.exec_driver_sql(
+        "CREATE TABLE llm_batch_requests (custom_id VARCHAR(64) NOT NULL, input_file_id VARCHAR(255) NOT NULL, "
+        "PRIMARY KEY (custom_id, input_file_id))")
+    connection.exec_driver_sql("CREATE INDEX ix_llm_batch_requests_input_file_id ON llm_batch_requests "
+                               "(input_file_id)")
+
+
 UPGRADES: dict[int, Callable[[Connection], None]] = {
     1: _upgrade_1_to_2,
     2: _upgrade_2_to_3,
@@ -160,6 +175,7 @@ UPGRADES: dict[int, Callable[[Connection], None]] = {
     4: _upgrade_4_to_5,
     5: _upgrade_5_to_6,
     6: _upgrade_6_to_7,
+    7: _upgrade_7_to_8,
 }
 """UPGRADES[v] upgrades a version-v database to version v + 1."""
 

@@ -2,8 +2,9 @@
 
 `generate` calls are collected for a moment (`flush_after_s` without a new one, or `max_batch_requests`), written as
 one JSONL file, uploaded (`/v1/files`), submitted (`/v1/batches`), polled, and the output lines are matched back to
-their callers by `custom_id` (the request's response-cache key). Every step is written to a journal (a table in the
-response-cache file next to the results database) before the next one, so a night killed at any point picks up its
+their callers by `custom_id` (the request's response-cache key). Every step is written to a journal (a
+`BatchJournal`: the pipeline passes one kept in the results database, `FileBatchJournal` is a stand-alone SQLite
+file) before the next one, so a night killed at any point picks up its
 uploaded files and running batches instead of paying for them again; a batch created just before a kill (id not yet
 journaled) is found again by its input file among the server's batches. Lines that failed, could not be read, or
 were not done when a batch expired or was cancelled are resubmitted alone, up to `max_attempts` times. Identical
@@ -24,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from neuron_explainer.llm.base import GenerateResult, LLMBackend, Prompt
 from neuron_explainer.llm.errors import LLMFatalError, LLMTransientError
@@ -54,8 +55,28 @@ class BatchSettings:
     """The Batch API's completion window."""
 
 
-class BatchJournal:
-    """What was uploaded and submitted, in a SQLite file, so a later process can pick it up."""
+class BatchJournal(Protocol):
+    """Where a batch backend records what it uploaded and submitted, so that a later process picks it up; each
+    call must be durable when it returns."""
+
+    def uploaded(self, input_file_id: str, endpoint: str, custom_ids: Sequence[str]) -> None:
+        """An input file holding these requests is on the server (no batch yet)."""
+
+    def submitted(self, input_file_id: str, batch_id: str) -> None:
+        """A batch runs over the file."""
+
+    def harvested(self, input_file_id: str) -> None:
+        """Everything the file's batch answered has been read."""
+
+    def open_files(self) -> dict[str, tuple[str | None, set[str]]]:
+        """input file id -> (batch id or None, custom ids) of the files this process may pick up."""
+
+    def close(self) -> None:
+        """Release what the journal holds open."""
+
+
+class FileBatchJournal:
+    """A `BatchJournal` in a SQLite file of its own (for backends used without a results database)."""
 
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)

@@ -17,6 +17,7 @@ from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.explain import CandidateRanker, LayerNgramResponses, NgramConfig, Polarity, SplitConfig
 from neuron_explainer.llm import LLMBackend, ResponseCache, UsageLedger, make_backend
+from neuron_explainer.llm.batch_api import BatchJournal
 from neuron_explainer.scoring import ScoreConfig, calibrate_ranker
 from neuron_explainer.simulate import Simulator, make_simulator, simulator_needs
 
@@ -43,14 +44,15 @@ class BackendSettings:
     dtype: str = "auto"
     """Dtype of the subject model when it has to be loaded."""
     batch: bool = False
-    """Send remote requests through the OpenAI Batch API (journaled next to the response cache, so resumable)."""
+    """Send remote requests through the OpenAI Batch API (journaled in the results database, so resumable)."""
 
 
 class RunResources:
     """Everything a run's stages may ask for, each built on first use and shared (a local model loads once)."""
 
     def __init__(self, settings: BackendSettings, store: RecordStore, *, split: SplitConfig,
-                 cache: ResponseCache | None = None, ledger: UsageLedger | None = None, subject: Any = None) -> None:
+                 cache: ResponseCache | None = None, ledger: UsageLedger | None = None, subject: Any = None,
+                 batch_journal: Callable[[], BatchJournal] | None = None) -> None:
         self.settings = settings
         self.store = store
         self.split = split
@@ -59,6 +61,7 @@ class RunResources:
         self.selected_layers: set[int] = set()
         """Layers the run works on: one isolated n-gram sweep covers them all."""
         self._subject = subject
+        self._batch_journal = batch_journal
         self._backends: dict[str, LLMBackend] = {}
         self._simulator: Simulator | None = None
         self._layer_ngrams: dict[int, LayerNgramResponses] = {}
@@ -71,12 +74,8 @@ class RunResources:
         """One backend object per spec."""
         if spec not in self._backends:
             settings = self.settings
-            journal = None
-            if settings.batch and self.cache is not None:
-                from neuron_explainer.llm.batch_api import BatchJournal
-
-                # Batch ids sit next to the response cache, so a later run picks up what this one submitted.
-                journal = BatchJournal(self.cache.path)
+            # Batch ids go to the journal (the results database), so a later run picks up what this one submitted.
+            journal = self._batch_journal() if settings.batch and self._batch_journal is not None else None
             self._backends[spec] = make_backend(spec, concurrency=settings.concurrency, rpm=settings.rpm,
                                                 tpm=settings.tpm, cache=self.cache, ledger=self.ledger,
                                                 batch_journal=journal)

@@ -28,7 +28,8 @@ from neuron_explainer.activations import RecordConfig, RecordPolarity, RecordSto
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.failures import Failure, FailureKind
 from neuron_explainer.core.neurons import NeuronId, parse_neuron_spec
-from neuron_explainer.db import Database, ExplanationQuery, RecordingRef, RunStatus, open_database, score_config_key
+from neuron_explainer.db import (Database, DatabaseBatchJournal, ExplanationQuery, RecordingRef, RunStatus, open_database,
+                                  score_config_key)
 from neuron_explainer.core.units import run_units
 from neuron_explainer.explain import ExplainerSettings, Polarity, check_split_groups, explainer_class
 from neuron_explainer.llm import CacheMode, ResponseCache, UsageLedger, check_backend, usage_scope
@@ -246,7 +247,8 @@ class Pipeline:
                             simulator_llm=config.llm.simulator_backend, concurrency=config.run.concurrency,
                             rpm=config.llm.rpm, tpm=config.llm.tpm, device=config.record.device,
                             dtype=config.record.dtype, batch=config.llm.batch),
-            store, split=self.split, cache=cache, ledger=self.ledger, subject=subject)
+            store, split=self.split, cache=cache, ledger=self.ledger, subject=subject,
+            batch_journal=lambda: DatabaseBatchJournal(database.url, legacy_file=cache.path))
         self.resources.on_activity = self._report_progress
         self._total = 0
         self.backend_watch = BackendWatch(config.run.max_consecutive_failures)
