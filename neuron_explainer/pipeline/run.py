@@ -28,8 +28,8 @@ from neuron_explainer.activations import RecordConfig, RecordPolarity, RecordSto
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.failures import Failure, FailureKind
 from neuron_explainer.core.neurons import NeuronId, parse_neuron_spec
-from neuron_explainer.db import (Database, DatabaseBatchJournal, ExplanationQuery, RecordingRef, RunStatus, open_database,
-                                  score_config_key)
+from neuron_explainer.db import (Database, DatabaseBatchJournal, ExplanationQuery, RecordingRef, RunStatus,
+                                  open_database, score_config_key)
 from neuron_explainer.core.units import run_units
 from neuron_explainer.explain import ExplainerSettings, Polarity, check_split_groups, explainer_class
 from neuron_explainer.llm import CacheMode, ResponseCache, UsageLedger, check_backend, usage_scope
