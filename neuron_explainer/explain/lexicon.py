@@ -51,7 +51,7 @@ class LexiconConfig:
     """A context item is a candidate only when seen this often: once, it says no more than its token alone."""
     min_gain: float = 0.001
     """Stop adding items when the best one raises the explain-window correlation by less than this."""
-    shrinkage: float = 1.0
+    shrinkage: float = 0.5
     """Pseudo-count of the neuron's mean added to every candidate's mean activation."""
     class_bonus: float = 0.0
     """Correlation a class may fall short of the best token by and still be preferred (it generalises)."""
