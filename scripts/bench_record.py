@@ -12,6 +12,7 @@ Memory: `record` runs in a fresh subprocess for N and 4N windows; the peak resid
 window in memory.
 
     .venv/bin/python scripts/bench_record.py [--quick] [--layer-sets 0-3 all] [--dtypes float32 bfloat16]
+        [--compare-torch]
 
 Prints human-readable lines and a final JSON line {"bench": "record", ...}.
 """
@@ -41,39 +42,53 @@ def _batches(subject: Any, windows: int, batch_size: int) -> list:
                                batch_size=batch_size))
 
 
-def throughput(subject: Any, layers: list[int], batches: list) -> dict:
-    """Interleaved bare-forward vs record-step timing over the same batches (wall and process CPU time)."""
+def throughput(subject: Any, layers: list[int], batches: list, *, compare_torch: bool = False) -> dict:
+    """Interleaved bare-forward vs record-step timing over the same batches (wall and process CPU time).
+
+    With `compare_torch`, a third step records with torch operations only (the recorder without fold.c), so the
+    kernel's gain is measured under the same load."""
+    from neuron_explainer.activations import native
     from neuron_explainer.activations.accumulate import RecordingAccumulator
     from neuron_explainer.activations.recorder import record_batch
 
-    accumulator = RecordingAccumulator({layer: subject.neurons_per_layer for layer in layers}, positions=64,
-                                       top_k=40, random_k=40, quantile_tokens=2048, both=False, seed=0)
+    def accumulator(use_kernel: bool) -> RecordingAccumulator:
+        return RecordingAccumulator({layer: subject.neurons_per_layer for layer in layers}, positions=64, top_k=40,
+                                    random_k=40, quantile_tokens=2048, both=False, seed=0, use_kernel=use_kernel)
+
     deepest = max(layers)
 
-    def bare(batch) -> tuple[float, float]:
-        wall, cpu = time.perf_counter(), time.process_time()
-        subject.forward_only(batch, deepest_layer=deepest)
-        return time.perf_counter() - wall, time.process_time() - cpu
+    def timed(step) -> Any:
+        def run(batch) -> tuple[float, float]:
+            wall, cpu = time.perf_counter(), time.process_time()
+            step(batch)
+            return time.perf_counter() - wall, time.process_time() - cpu
+        return run
 
-    def recording(batch) -> tuple[float, float]:
-        wall, cpu = time.perf_counter(), time.process_time()
-        record_batch(subject, accumulator, batch, layers)
-        return time.perf_counter() - wall, time.process_time() - cpu
-
-    bare(batches[0])  # warm-up (allocator, kernels); not counted
-    totals = {"bare": [0.0, 0.0], "record": [0.0, 0.0]}
+    steps = {"bare": timed(lambda batch: subject.forward_only(batch, deepest_layer=deepest))}
+    kernel = accumulator(True)
+    steps["record"] = timed(lambda batch: record_batch(subject, kernel, batch, layers))
+    if compare_torch:
+        torch_ops = accumulator(False)
+        steps["record_torch"] = timed(lambda batch: record_batch(subject, torch_ops, batch, layers))
+    steps["bare"](batches[0])  # warm-up (allocator, kernels); not counted
+    totals = {name: [0.0, 0.0] for name in steps}
+    names = list(steps)
     for index, batch in enumerate(batches):
-        # Alternate which goes first, so a load spike or a warm cache favours neither.
-        steps = (("bare", bare), ("record", recording)) if index % 2 == 0 else (("record", recording), ("bare", bare))
-        for name, step in steps:
-            wall, cpu = step(batch)
+        # Rotate which goes first, so a load spike or a warm cache favours none.
+        for name in names[index % len(names):] + names[:index % len(names)]:
+            wall, cpu = steps[name](batch)
             totals[name][0] += wall
             totals[name][1] += cpu
     count = sum(len(batch) for batch in batches)
-    return {"windows": count, "bare_windows_per_s": count / totals["bare"][0],
-            "record_windows_per_s": count / totals["record"][0],
-            "throughput_ratio": totals["bare"][0] / totals["record"][0],
-            "cpu_time_ratio": totals["bare"][1] / totals["record"][1]}
+    figures = {"windows": count, "kernel": native.fold_library() is not None,
+               "bare_windows_per_s": count / totals["bare"][0],
+               "record_windows_per_s": count / totals["record"][0],
+               "throughput_ratio": totals["bare"][0] / totals["record"][0],
+               "cpu_time_ratio": totals["bare"][1] / totals["record"][1]}
+    if compare_torch:
+        figures.update({"torch_ops_throughput_ratio": totals["bare"][0] / totals["record_torch"][0],
+                        "torch_ops_cpu_time_ratio": totals["bare"][1] / totals["record_torch"][1]})
+    return figures
 
 
 def peak_memory(model: str, layer_spec: str, windows: int, batch_size: int, dtype: str) -> float:
@@ -120,6 +135,8 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", help="dtype of the memory runs")
     parser.add_argument("--quick", action="store_true", help="small sizes (a few minutes on 2 idle cores)")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--compare-torch", action="store_true",
+                        help="also time the recorder with torch operations only (without fold.c), interleaved")
     parser.add_argument("--memory-child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--layers", default="0-3", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -143,12 +160,16 @@ def main() -> None:
         for spec in args.layer_sets:
             layers = parse_layers(spec, info.num_layers)
             windows = args.windows if len(layers) <= 4 else args.deep_windows
-            figures = throughput(subject, layers, _batches(subject, windows, args.batch_size))
+            figures = throughput(subject, layers, _batches(subject, windows, args.batch_size),
+                                 compare_torch=args.compare_torch)
             ratios.setdefault(spec, {})[dtype] = figures
+            torch_ops = (f"; torch operations only: {figures['torch_ops_throughput_ratio']:.3f} (CPU-time "
+                         f"{figures['torch_ops_cpu_time_ratio']:.3f})" if args.compare_torch else "")
             print(f"layers {spec:>5} {dtype:>8}: record {figures['record_windows_per_s']:7.1f} vs bare "
                   f"{figures['bare_windows_per_s']:7.1f} windows/s over {figures['windows']} windows: ratio "
                   f"{figures['throughput_ratio']:.3f} (CPU-time ratio {figures['cpu_time_ratio']:.3f}; target >= "
-                  f"{TARGET_RATIO}); load {_load_average()}", flush=True)
+                  f"{TARGET_RATIO}; C kernel {'on' if figures['kernel'] else 'unavailable'}){torch_ops}; "
+                  f"load {_load_average()}", flush=True)
         del subject
     result["layer_sets"] = {spec: {dtype: {key: round(value, 4) if isinstance(value, float) else value
                                            for key, value in figures.items()}

@@ -198,7 +198,7 @@ class LayerAccumulator:
     """Everything recorded for one layer, updated batch by batch."""
 
     def __init__(self, neurons: int, *, positions: int, top_k: int, random_k: int, quantile_tokens: int,
-                 both: bool, device: Any, scratch: Scratch) -> None:
+                 both: bool, device: Any, scratch: Scratch, use_kernel: bool = True) -> None:
         import torch
 
         self.top = TopK(neurons, top_k, positions, device)
@@ -209,6 +209,7 @@ class LayerAccumulator:
         self.total_squares = torch.zeros(neurons, dtype=torch.float64, device=device)
         self.positives = torch.zeros(neurons, dtype=torch.float64, device=device)
         self.scratch = scratch
+        self.use_kernel = use_kernel
         self.minimum = torch.full((neurons,), float("inf"), device=device)
         self.maximum = torch.full((neurons,), float("-inf"), device=device)
         self.count = 0
@@ -218,7 +219,7 @@ class LayerAccumulator:
         `parts` threads share the CPU kernel's work."""
         import torch
 
-        if native.supports(activations):
+        if self.use_kernel and native.supports(activations):
             self._update_native(activations, picks, parts)
             return
         # Extremes are exact in any dtype, and reading the narrow dtype moves half the bytes.
@@ -305,7 +306,8 @@ class RecordingAccumulator:
     """What accumulates one layer (a shard of a recording keeps more: activations/shards.py)."""
 
     def __init__(self, neurons_per_layer: Mapping[int, int], *, positions: int, top_k: int, random_k: int,
-                 quantile_tokens: int, both: bool, seed: int, device: Any = "cpu") -> None:
+                 quantile_tokens: int, both: bool, seed: int, device: Any = "cpu", use_kernel: bool = True) -> None:
+        """`use_kernel`: fold CPU batches with fold.c when it builds (False: torch operations only, for comparison)."""
         window_stream, token_stream = np.random.SeedSequence(seed).spawn(2)
         self.positions = positions
         self.window_reservoir = Reservoir(random_k, np.random.Generator(np.random.PCG64(window_stream)))
@@ -313,7 +315,7 @@ class RecordingAccumulator:
         scratch = Scratch()
         self.layers = {layer: self.layer_class(neurons, positions=positions, top_k=top_k, random_k=random_k,
                                                quantile_tokens=quantile_tokens, both=both, device=device,
-                                               scratch=scratch)
+                                               scratch=scratch, use_kernel=use_kernel)
                        for layer, neurons in neurons_per_layer.items()}
         self.windows = 0
 
