@@ -249,7 +249,9 @@ class LayerAccumulator:
         native.fold_batch(activations, totals, self.top.lists(), None if self.bottom is None else self.bottom.lists(),
                           first_window_id=picks.first_window_id, parts=parts)
         self.count += activations.shape[0] * activations.shape[1]
-        self._sample(activations, picks)
+        native.copy_samples(activations, window_offsets=picks.random_offsets, window_slots=picks.random_slots,
+                            random=self.random, token_offsets=picks.token_offsets, token_slots=picks.token_slots,
+                            token_sample=self.token_sample)
 
     def _sample(self, activations: Any, picks: "BatchPicks") -> None:
         import torch
@@ -257,12 +259,12 @@ class LayerAccumulator:
         device = activations.device
         if picks.random_slots.size:
             self.random[torch.as_tensor(picks.random_slots, device=device)] = \
-                activations[torch.as_tensor(picks.random_offsets, device=device)].float()
+                activations[torch.as_tensor(picks.random_offsets, device=device)]
         if picks.token_slots.size:
             positions = activations.shape[1]
             offsets = torch.as_tensor(picks.token_offsets, device=device)
             self.token_sample[torch.as_tensor(picks.token_slots, device=device)] = \
-                activations[offsets // positions, offsets % positions].float()
+                activations[offsets // positions, offsets % positions]
 
     def summary(self, windows: int, random_order: np.ndarray, sampled_tokens: int) -> LayerSummary:
         """The layer's arrays; `random_order` lists reservoir slots in store order."""

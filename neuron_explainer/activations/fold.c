@@ -155,3 +155,28 @@ void fold_batch(const void *data, int bf16, int64_t batch, int64_t positions, in
         }
     }
 }
+
+static inline void copy_contiguous(const void *data, int bf16, int64_t offset, int64_t count, float *restrict target) {
+    if (bf16) {
+        const uint16_t *source = (const uint16_t *)data + offset;
+        for (int64_t n = 0; n < count; n++) target[n] = widen_bf16(source[n]);
+    } else {
+        memcpy(target, (const float *)data + offset, sizeof(float) * count);
+    }
+}
+
+/* The batch's entries into the shared samples, straight from the activations (no temporaries): whole windows
+ * (window_offsets within the batch) into random [slots, positions, neurons], and single positions (token_offsets:
+ * window * positions + position) into token_sample [slots, neurons]. */
+CLONES
+void copy_samples(const void *data, int bf16, int64_t positions, int64_t neurons, int64_t stride_b, int64_t stride_p,
+                  const int64_t *window_offsets, const int64_t *window_slots, int64_t windows, float *random,
+                  const int64_t *token_offsets, const int64_t *token_slots, int64_t tokens, float *token_sample) {
+    for (int64_t i = 0; i < windows; i++)
+        for (int64_t p = 0; p < positions; p++)
+            copy_contiguous(data, bf16, window_offsets[i] * stride_b + p * stride_p, neurons,
+                            random + (window_slots[i] * positions + p) * neurons);
+    for (int64_t i = 0; i < tokens; i++)
+        copy_contiguous(data, bf16, token_offsets[i] / positions * stride_b + token_offsets[i] % positions * stride_p,
+                        neurons, token_sample + token_slots[i] * neurons);
+}

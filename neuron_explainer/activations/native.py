@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("fold.c")
@@ -65,6 +67,8 @@ def fold_library() -> Any | None:
     library.fold_batch.restype = None
     library.fold_batch.argtypes = [_PTR, _INT, _I64, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64,
                                    _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR]
+    library.copy_samples.restype = None
+    library.copy_samples.argtypes = [_PTR, _INT, _I64, _I64, _I64, _I64, _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _PTR]
     return library
 
 
@@ -175,3 +179,19 @@ def _fold_range(activations: Any, totals: Totals, top: TopLists, bottom: TopList
         at(activations), int(activations.dtype == torch.bfloat16), batch, positions, stop - start,
         activations.stride(0), activations.stride(1), at(totals.total), at(totals.total_squares),
         at(totals.positives), at(totals.minimum), at(totals.maximum), k, first_window_id, *lists)
+
+
+def copy_samples(activations: Any, *, window_offsets: np.ndarray, window_slots: np.ndarray, random: Any,
+                 token_offsets: np.ndarray, token_slots: np.ndarray, token_sample: Any) -> None:
+    """Copy a batch's picks into the random-window sample [slots, positions, neurons] and the token sample [slots,
+    neurons] (see accumulate.BatchPicks), converting to float32 on the way."""
+    import torch
+
+    arrays = [np.ascontiguousarray(array, dtype=np.int64)
+              for array in (window_offsets, window_slots, token_offsets, token_slots)]
+    pointers = [array.ctypes.data for array in arrays]
+    _, positions, neurons = activations.shape
+    fold_library().copy_samples(
+        activations.data_ptr(), int(activations.dtype == torch.bfloat16), positions, neurons, activations.stride(0),
+        activations.stride(1), pointers[0], pointers[1], len(arrays[0]), random.data_ptr(), pointers[2], pointers[3],
+        len(arrays[2]), token_sample.data_ptr())
