@@ -45,6 +45,26 @@ def bootstrap_interval(values: list[float], *, samples: int = 10000, seed: int =
     return means[int(0.025 * samples)], means[int(0.975 * samples) - 1]
 
 
+def _paired(plain: list[float], weights: list[float]) -> dict[str, object]:
+    differences = [after - before for before, after in zip(plain, weights)]
+    return {"n": len(differences),
+            "mean_plain": statistics.fmean(plain) if plain else math.nan,
+            "mean_weights": statistics.fmean(weights) if weights else math.nan,
+            "mean_difference": statistics.fmean(differences) if differences else math.nan,
+            "difference_ci95": bootstrap_interval(differences) if len(differences) > 1 else None,
+            "better_with_weights": sum(difference > 0 for difference in differences),
+            "worse_with_weights": sum(difference < 0 for difference in differences)}
+
+
+def compare(neurons: list[str], scores: dict[str, dict[str, float]]) -> dict[str, object]:
+    """The paired comparison twice: over neurons where both scores are defined, and over every neuron with an
+    undefined score or a failed explanation counted as 0 (the project's "undefined = 0" mean)."""
+    both = [neuron for neuron in neurons if neuron in scores["plain"] and neuron in scores["weights"]]
+    return {"defined_pairs": _paired([scores["plain"][n] for n in both], [scores["weights"][n] for n in both]),
+            "undefined_as_zero": _paired([scores["plain"].get(n, 0.0) for n in neurons],
+                                         [scores["weights"].get(n, 0.0) for n in neurons])}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", required=True)
@@ -56,7 +76,20 @@ def main() -> None:
     parser.add_argument("--simulator-llm", default=None)
     parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--out", required=True, help="directory for the JSONL files")
+    parser.add_argument("--combine", nargs="*", default=None,
+                        help="only compare: pool the report.json files of earlier runs (no explaining)")
     args = parser.parse_args()
+    if args.combine is not None:
+        neurons, scores = [], {"plain": {}, "weights": {}}
+        for path in args.combine:
+            earlier = json.loads(Path(path).read_text(encoding="utf-8"))
+            neurons += earlier["neurons"]
+            for neuron, entry in earlier["per_neuron"].items():
+                for name in ("plain", "weights"):
+                    if entry[name][1] is not None:
+                        scores[name][neuron] = entry[name][1]
+        print(json.dumps({"runs": args.combine, **compare(neurons, scores)}, indent=2))
+        return
 
     store = RecordStore.open(args.records)
     generator = random.Random(args.seed)
@@ -78,28 +111,12 @@ def main() -> None:
         timings[f"score {name}"] = time.monotonic() - started
         scores[name] = _pearsons(out / f"{name}.scores.jsonl")
         texts[name] = _texts(out / f"{name}.explanations.jsonl")
-    paired = [neuron for neuron in neurons if neuron in scores["plain"] and neuron in scores["weights"]]
-    differences = [scores["weights"][neuron] - scores["plain"][neuron] for neuron in paired]
-    report = {
-        "neurons": neurons, "paired": len(paired), "llm": args.llm, "simulator": args.simulator,
-        "mean_plain": statistics.fmean(scores["plain"][neuron] for neuron in paired) if paired else math.nan,
-        "mean_weights": statistics.fmean(scores["weights"][neuron] for neuron in paired) if paired else math.nan,
-        "mean_difference": statistics.fmean(differences) if differences else math.nan,
-        "difference_ci95": bootstrap_interval(differences) if len(differences) > 1 else None,
-        "better_with_weights": sum(difference > 0 for difference in differences),
-        "worse_with_weights": sum(difference < 0 for difference in differences),
-        "seconds": {key: round(value, 1) for key, value in timings.items()},
-        "load_average_end": os.getloadavg(),
-        "per_neuron": {neuron: {"plain": [texts["plain"].get(neuron), scores["plain"].get(neuron)],
-                                "weights": [texts["weights"].get(neuron), scores["weights"].get(neuron)]}
-                       for neuron in neurons},
-    }
-    for layer in sorted({neuron.split(":")[0] for neuron in paired}):
-        layer_differences = [d for neuron, d in zip(paired, differences) if neuron.split(":")[0] == layer]
-        report[f"layer {layer}"] = {"paired": len(layer_differences),
-                                    "mean_difference": statistics.fmean(layer_differences),
-                                    "difference_ci95": bootstrap_interval(layer_differences)
-                                    if len(layer_differences) > 1 else None}
+    report = {"neurons": neurons, "llm": args.llm, "simulator": args.simulator,
+              "seconds": {key: round(value, 1) for key, value in timings.items()},
+              "load_average_end": os.getloadavg(), **compare(neurons, scores),
+              "per_neuron": {neuron: {"plain": [texts["plain"].get(neuron), scores["plain"].get(neuron)],
+                                      "weights": [texts["weights"].get(neuron), scores["weights"].get(neuron)]}
+                             for neuron in neurons}}
     (out / "report.json").write_text(json.dumps(report, indent=2), encoding="utf-8")
     print(json.dumps({key: value for key, value in report.items() if key != "per_neuron"}, indent=2))
 

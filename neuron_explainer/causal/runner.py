@@ -1,9 +1,10 @@
 """Running the subject with one neuron's activations replaced, batched so one forward pass serves many neurons.
 
 Every held-out window of a layer's requests becomes a group of rows: the unchanged run once (shared by every neuron
-scored on that window), then a simulated and an ablated row per neuron. Rows are packed into batches regardless of
-neuron, and a forward pre-hook on the layer's MLP output projection overwrites, row by row, the one neuron's
-activations at the window's positions. The special-token prefix (BOS) is never replaced and never compared.
+scored on that window), then a simulated and an ablated row per neuron. Windows are taken a batch at a time: their
+unchanged rows in one pass, then their replaced rows packed into batches regardless of neuron, and a forward
+pre-hook on the layer's MLP output projection overwrites, row by row, the one neuron's activations at the window's
+positions. The special-token prefix (BOS) is never replaced and never compared.
 
 The blocks before the neuron's layer compute the same thing for every row of a window, so the unchanged run keeps
 the hidden states entering the neuron's block, and the replaced rows start there: the earlier blocks are swapped
@@ -78,22 +79,23 @@ class CausalRunner:
             for window_id, _ in request.windows:
                 rows = groups.setdefault(window_id, [_Row(window_id, None, False)])
                 rows += [_Row(window_id, index, True), _Row(window_id, index, False)]
-        rows = [row for window_id in sorted(groups) for row in groups[window_id]]
         remaining = {window_id: len(group) for window_id, group in groups.items()}
         replacements = [{window_id: values for window_id, values in request.windows} for request in requests]
         sums: list[dict[int, dict[str, float]]] = [{} for _ in requests]
         unchanged: dict[int, tuple[Any, Any, float]] = {}
         block_inputs: dict[int, Any] = {}
         """Hidden states entering the neuron's block in the unchanged run, per window still to be replaced."""
-        for start in range(0, len(rows), self.batch_size):
-            batch = rows[start:start + self.batch_size]
-            # A window's unchanged row runs before its replaced rows: they start from its hidden states.
-            fresh = [row for row in batch if row.request is None]
-            edited = [row for row in batch if row.request is not None]
-            for part in (fresh, edited):
-                if part:
-                    self._score_rows(layer, part, requests, replacements, window_tokens, unchanged, block_inputs,
-                                     sums, remaining)
+        windows = sorted(groups)
+        for chunk_start in range(0, len(windows), self.batch_size):
+            # A batch of windows' unchanged rows first, then their replaced rows in full batches: these start from
+            # the unchanged run's hidden states, and the unchanged outputs are what they are compared with.
+            chunk = windows[chunk_start:chunk_start + self.batch_size]
+            edited = [row for window_id in chunk for row in groups[window_id][1:]]
+            parts = [[groups[window_id][0] for window_id in chunk]]
+            parts += [edited[start:start + self.batch_size] for start in range(0, len(edited), self.batch_size)]
+            for part in parts:
+                self._score_rows(layer, part, requests, replacements, window_tokens, unchanged, block_inputs, sums,
+                                 remaining)
         results: dict[Hashable, CausalScore] = {}
         for index, request in enumerate(requests):
             windows = [WindowDivergence(window_id=window_id, tokens=int(values["tokens"]),
