@@ -172,3 +172,19 @@ def test_an_upgraded_version_1_database_takes_causal_scores(tmp_path):
         stored = load_causal_scores(database, [old.id])[old.id]
     assert stored.value == pytest.approx(0.75) and stored.windows == 1 and stored.loss_recovered == pytest.approx(0.75)
     assert stored.ablation == "mean" and stored.undefined_reason is None
+
+
+def test_the_causal_phase_stops_at_the_runs_limit_and_the_next_run_finishes(tiny_store, tmp_path, monkeypatch):
+    from neuron_explainer.activations import RecordStore
+    from neuron_explainer.pipeline import causal as causal_phase
+
+    db = tmp_path / "d.db"
+    run_pipeline(_config(tiny_store, db, causal=False), progress=False)
+    monkeypatch.setattr(causal_phase, "REQUESTS_PER_GROUP", 2)
+    answers = iter([None, "deadline 06:30"])
+    with open_database(str(db), create=False) as database:
+        summary = causal_phase.run_causal(database, RecordStore.open(tiny_store), [NeuronId(1, n) for n in range(4)],
+                                          run_id=None, dtype="float32", should_stop=lambda: next(answers))
+    assert (summary.scored, summary.left, summary.stop_reason) == (2, 2, "deadline 06:30")
+    again = run_pipeline(_config(tiny_store, db), progress=False)
+    assert again.status == "completed" and again.causal["scored"] == 2 and again.causal["stop_reason"] is None

@@ -10,7 +10,7 @@ import logging
 import math
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,10 @@ class CausalSummary:
     """Time to load the subject with its LM head."""
     seconds_per_layer: dict[int, float]
     """Forward-pass time per layer."""
+    stop_reason: str | None = None
+    """The run's limit that stopped the phase early (its pending scores wait for the next run), None if it ran out."""
+    left: int = 0
+    """Scores left without a causal score because of that stop."""
 
 
 def check_causal_inputs(store: RecordStore, split: SplitConfig) -> None:
@@ -98,8 +102,12 @@ def pending_scores(database: Database, store: RecordStore, neurons: Sequence[Neu
 
 def run_causal(database: Database, store: RecordStore, neurons: Sequence[NeuronId], *, run_id: int | None,
                device: str = "auto", dtype: str = "auto", ablation: Ablation = Ablation.MEAN,
-               batch_size: int = 8, seed: int = 0) -> CausalSummary:
-    """Compute and store the causal score of every pending score of `neurons` (see the module docstring)."""
+               batch_size: int = 8, seed: int = 0,
+               should_stop: Callable[[], str | None] | None = None) -> CausalSummary:
+    """Compute and store the causal score of every pending score of `neurons` (see the module docstring).
+
+    `should_stop` (the run's budget: deadline, max-minutes) is asked before each group of `REQUESTS_PER_GROUP`
+    scores of a layer; a reason stops the phase with what is stored kept, and the next run does the rest."""
     from neuron_explainer.db.causal import record_causal_scores
 
     database.flush()
@@ -121,20 +129,34 @@ def run_causal(database: Database, store: RecordStore, neurons: Sequence[NeuronI
     undefined = 0
     per_layer: dict[int, float] = {}
     tokens: Any = store.token_ids
-    for layer in sorted({request.neuron.layer for request in requests}):
-        layer_started = time.monotonic()
-        layer_requests = [request for request in requests if request.neuron.layer == layer]
-        results = runner.score_layer(layer, layer_requests, lambda window_id: np.asarray(tokens[window_id]),
+    stop_reason = None
+    scored = 0
+    groups = [(layer, group) for layer in sorted({request.neuron.layer for request in requests})
+              for group in _groups([request for request in requests if request.neuron.layer == layer])]
+    for layer, group in groups:
+        if should_stop is not None and (stop_reason := should_stop()) is not None:
+            break
+        group_started = time.monotonic()
+        results = runner.score_layer(layer, group, lambda window_id: np.asarray(tokens[window_id]),
                                      ablation=ablation, seed=seed)
         record_causal_scores(database, results, run_id=run_id)
-        per_layer[layer] = round(time.monotonic() - layer_started, 2)
+        per_layer[layer] = round(per_layer.get(layer, 0.0) + time.monotonic() - group_started, 2)
+        scored += len(results)
         for result in results.values():
             if math.isnan(result.value):
                 undefined += 1
             else:
                 values.append(result.value)
         logger.info("causal scores of layer %d: %d in %.1f s", layer, len(results), per_layer[layer])
-    return CausalSummary(scored=len(requests), undefined=undefined,
-                         mean=statistics.fmean(values) if values else None,
+    return CausalSummary(scored=scored, undefined=undefined, mean=statistics.fmean(values) if values else None,
                          seconds=round(sum(per_layer.values()), 2), load_seconds=round(load_seconds, 2),
-                         seconds_per_layer=per_layer)
+                         seconds_per_layer=per_layer, stop_reason=stop_reason, left=len(requests) - scored)
+
+
+REQUESTS_PER_GROUP = 16
+"""Scores run together between two looks at the run's budget: larger groups share more unchanged rows (random
+windows are common to all neurons), smaller ones stop closer to a deadline."""
+
+
+def _groups(requests: list[CausalRequest]) -> list[list[CausalRequest]]:
+    return [requests[start:start + REQUESTS_PER_GROUP] for start in range(0, len(requests), REQUESTS_PER_GROUP)]

@@ -597,8 +597,13 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
                                      completion_tokens=0, cost_usd=0.0, scores={}, shuffled={}, seconds=0.0)
             if config.score.causal and summary.status == RunStatus.COMPLETED.value:
                 causal = run_causal(database, store, neurons, run_id=run_id, device=config.record.device,
-                                    dtype=config.record.dtype, seed=config.split_config.seed)
+                                    dtype=config.record.dtype, seed=config.split_config.seed,
+                                    should_stop=_Budget(config, pipeline.ledger, started).exceeded)
                 summary = dataclasses.replace(summary, causal=dataclasses.asdict(causal))
+                if causal.stop_reason is not None:
+                    summary = dataclasses.replace(summary, status=RunStatus.STOPPED_BUDGET.value,
+                                                  stop_reason=f"{causal.stop_reason} ({causal.left} causal scores "
+                                                              "left for the next run)")
             status = RunStatus(summary.status)
             # The whole command's time: loading the model and recording count, not only the units of work.
             return dataclasses.replace(summary, seconds=round(time.monotonic() - started, 2))
