@@ -96,3 +96,26 @@ def test_every_workers_requests_pass_the_one_rate_limiter(store: Path, server, t
     [line] = [record.getMessage() for record in caplog.records if "rate limiter granted" in record.getMessage()]
     # One bucket for the endpoint's requests, shared by both workers: it granted every request the server saw.
     assert line.endswith(f"requests: {server.count()}") and server.count() > 0
+
+
+def test_a_local_model_serves_every_worker_from_one_actor(store: Path, tmp_path: Path, tiny_llama: Path) -> None:
+    import ray
+
+    def night(db: Path, **ray_settings) -> object:
+        config = RunConfig(db=str(db), records=str(store), explainers=("token-pairs", "ngram"),
+                           simulator="all-at-once", llm=f"local:{tiny_llama}", neurons="0:0-3", concurrency=2,
+                           score_top_windows=2, score_random_windows=2, explain_windows=4, device="cpu",
+                           dtype="float32", **ray_settings)
+        return run_pipeline(config, progress=False)
+
+    reference = night(tmp_path / "one.db")
+    summary = night(tmp_path / "ray.db", ray="auto", ray_workers=2)
+    assert summary.status == reference.status == "completed"
+    failures = "select layer, neuron, stage, config_key, reason from failures order by 1, 2, 3, 4"
+    assert rows(tmp_path / "ray.db", failures) == rows(tmp_path / "one.db", failures)
+    assert results_snapshot(tmp_path / "ray.db") == results_snapshot(tmp_path / "one.db")
+    assert len(results_snapshot(tmp_path / "ray.db")["scores"]) >= 4
+    # The model's calls, counted under each worker's units: the same as in one process.
+    assert _calls(tmp_path / "ray.db") == _calls(tmp_path / "one.db") and _calls(tmp_path / "one.db")
+    # The model actor is gone with the night.
+    assert not [actor for actor in ray.util.list_named_actors() if actor.startswith("neuron-explainer-model-")]

@@ -17,6 +17,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -24,7 +25,8 @@ from neuron_explainer.activations import RecordConfig, RecordSummary
 from neuron_explainer.core.errors import UserError
 from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.db import Database, RecordingRef, open_database
-from neuron_explainer.llm import LedgerEntry, UsageLedger, UsageTotals
+from neuron_explainer.llm import (LedgerEntry, LLMBackend, UsageLedger, UsageTotals, make_backend,
+                                  parse_backend_spec)
 from neuron_explainer.llm.limits import TokenBucket, share_buckets
 from neuron_explainer.pipeline.config import RunConfig
 from neuron_explainer.pipeline.units import shares_work
@@ -162,6 +164,75 @@ class _RemoteBucket:
         self._limiter.give_back.remote(self._name, amount)
 
 
+class ModelServer:
+    """A `local:` model loaded once for the night, in its own actor (a GPU where the cluster has one), answering
+    every worker's generation and slot requests one call at a time; each answer carries its usage entries."""
+
+    def __init__(self, spec: str, *, device: str, dtype: str) -> None:
+        from neuron_explainer.llm import make_backend
+
+        self._ledger = UsageLedger()
+        self._backend = make_backend(spec, device=device, dtype=dtype, ledger=self._ledger)
+
+    def describe(self) -> tuple[str, str, Any]:
+        """(name, model, capabilities) of the backend."""
+        return self._backend.name, self._backend.model, self._backend.capabilities
+
+    def generate_many(self, prompts: list[Any], settings: dict[str, Any]) -> tuple[list[Any], list[LedgerEntry]]:
+        """LLMBackend.generate_many, and the calls it made."""
+        return asyncio.run(self._backend.generate_many(prompts, **settings)), self._ledger.drain()
+
+    def slot_distributions(self, prompts: list[Any], candidates: list[str]) -> tuple[list[Any], list[LedgerEntry]]:
+        """LLMBackend.slot_distributions, and the calls it made."""
+        return asyncio.run(self._backend.slot_distributions(prompts, candidates)), self._ledger.drain()
+
+
+class _ModelActorBackend(LLMBackend):
+    """A worker's `local:` backend: the night's model actor (started by the first worker that needs it) does the
+    work; usage is recorded here, under this worker's unit of work."""
+
+    def __init__(self, spec: str, *, actor_name: str, device: str, dtype: str, ledger: UsageLedger | None) -> None:
+        import ray
+
+        gpus = 1 if device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1 else 0
+        self._server = ray.remote(ModelServer).options(
+            # No CPU reserved: the workers hold the cluster's CPUs and wait on this actor (a reservation could
+            # never be met).
+            name=actor_name, get_if_exists=True, num_gpus=gpus, num_cpus=0, max_concurrency=1,
+        ).remote(spec, device=device, dtype=dtype)
+        self.name, self.model, self.capabilities = ray.get(self._server.describe.remote())
+        self._ledger = ledger
+
+    async def generate(self, prompt: Any, **settings: Any) -> Any:
+        return (await self.generate_many([prompt], **settings))[0]
+
+    async def generate_many(self, prompts: Any, **settings: Any) -> list[Any]:
+        results, entries = await self._server.generate_many.remote(list(prompts), settings)
+        self._record(entries)
+        return results
+
+    async def slot_distributions(self, prompts: Any, candidates: Any) -> list[list[dict[str, float]]]:
+        results, entries = await self._server.slot_distributions.remote(list(prompts), list(candidates))
+        self._record(entries)
+        return results
+
+    def _record(self, entries: list[LedgerEntry]) -> None:
+        if self._ledger is None:
+            return
+        for entry in entries:
+            self._ledger.record(backend=entry.backend, model=entry.model, operation=entry.operation,
+                                prompt_tokens=entry.prompt_tokens, completion_tokens=entry.completion_tokens,
+                                latency_s=entry.latency_s, free=True)
+
+
+def model_actor_name(run_id: int, spec: str, replica: int) -> str:
+    """The name of a night's model actor for `spec` (one per GPU of the cluster, one without GPUs)."""
+    return f"{_MODEL_ACTORS}{run_id}-{replica}-{spec}"
+
+
+_MODEL_ACTORS = "neuron-explainer-model-"
+
+
 class _SharedLedger(UsageLedger):
     """A worker's ledger whose totals (what budgets read) are the whole night's, kept by the spend actor."""
 
@@ -271,10 +342,11 @@ class WorkerReport:
 class NightWorker:
     """One worker actor: a Pipeline over the night's store and database, fed neurons by the queue or the leases."""
 
-    def __init__(self, config: dict[str, Any], *, run_id: int, recording: RecordingRef, store_path: str,
-                 queue: Any, spend: Any, limiter: Any) -> None:
+    def __init__(self, config: dict[str, Any], *, index: int, run_id: int, recording: RecordingRef,
+                 store_path: str, queue: Any, spend: Any, limiter: Any) -> None:
         self._config = RunConfig(**{**config, "score": {**config["score"], "baselines": False},
                                     "run": {**config["run"], "ray": None}})
+        self._index = index
         self._run_id = run_id
         self._recording = recording
         self._store_path = store_path
@@ -315,6 +387,7 @@ class NightWorker:
             pipeline.run_id = self._run_id
             pipeline.ledger = _SharedLedger(self._spend)
             pipeline.resources.ledger = pipeline.ledger
+            pipeline.resources.make_backend = self._backend_maker()
             if self._relay is not None:
                 queue = self._queue
                 pipeline.make_units = lambda *_args, **_kwargs: _QueueUnits(queue)
@@ -325,6 +398,23 @@ class NightWorker:
                 await pipeline.aclose()
         finally:
             database.close()
+
+    def _backend_maker(self) -> Callable[..., LLMBackend]:
+        """make_backend, except that a `local:` model is reached in the night's model actor."""
+        import ray
+
+        run_id, record = self._run_id, self._config.record
+        gpus = int(ray.cluster_resources().get("GPU", 0)) if record.device != "cpu" else 0
+        # Workers share the model actors round robin: worker i uses the one on GPU i mod GPUs.
+        replica = self._index % max(1, gpus)
+
+        def build(spec: str, **settings: Any) -> LLMBackend:
+            if parse_backend_spec(spec).kind != "local":
+                return make_backend(spec, **settings)
+            return _ModelActorBackend(spec, actor_name=model_actor_name(run_id, spec, replica),
+                                      device=record.device, dtype=record.dtype, ledger=settings.get("ledger"))
+
+        return build
 
     async def report(self) -> WorkerReport:
         """The writes and calls since the last report, and the counts once the run has finished."""
@@ -375,10 +465,10 @@ class RayNight:
         if not shared:
             # Workers may start in another directory: a relative SQLite path must still name the driver's file.
             config["run"]["db"] = f"sqlite:///{Path(pipeline.database.url.database).resolve()}"
-        workers = [actor.remote(config, run_id=pipeline.run_id, recording=pipeline.recording,
+        workers = [actor.remote(config, index=index, run_id=pipeline.run_id, recording=pipeline.recording,
                                 store_path=str(pipeline.store.path.resolve()), queue=queue, spend=spend,
                                 limiter=limiter)
-                   for _ in range(count)]
+                   for index in range(count)]
         pipeline._total = len(todo)
         reports: dict[int, WorkerReport] = {}
         try:
@@ -414,6 +504,9 @@ class RayNight:
             for helper in (queue, spend, limiter):
                 if helper is not None:
                     ray.kill(helper)
+            for name in ray.util.list_named_actors():
+                if name.startswith(f"{_MODEL_ACTORS}{pipeline.run_id}-"):
+                    ray.kill(ray.get_actor(name))
         return next((report.stop_reason for report in reports.values() if report.stop_reason), None)
 
     @staticmethod

@@ -69,6 +69,8 @@ class RunResources:
         self._weight_views: WeightViews | None = None
         self.on_activity: Callable[[str], None] | None = None
         """Called with what a long step is doing now (the run's progress callback)."""
+        self.make_backend: Callable[..., LLMBackend] = make_backend
+        """Builds a spec's backend (a Ray worker's reaches a `local:` model in the night's model actor)."""
 
     def backend(self, spec: str) -> LLMBackend:
         """One backend object per spec."""
@@ -76,7 +78,7 @@ class RunResources:
             settings = self.settings
             # Batch ids go to the journal (the results database), so a later run picks up what this one submitted.
             journal = self._batch_journal() if settings.batch and self._batch_journal is not None else None
-            self._backends[spec] = make_backend(spec, concurrency=settings.concurrency, rpm=settings.rpm,
+            self._backends[spec] = self.make_backend(spec, concurrency=settings.concurrency, rpm=settings.rpm,
                                                 tpm=settings.tpm, cache=self.cache, ledger=self.ledger,
                                                 batch_journal=journal)
         return self._backends[spec]
