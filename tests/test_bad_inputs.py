@@ -286,6 +286,8 @@ CASES: dict[str, Case] = {
     "run: unreachable Ray address": Case(lambda ws: _run(ws, "--explainer", "ngram", "--simulator", "lexical",
                                                          "--ray", "127.0.0.1:1"),
                                          ("cannot reach the Ray cluster at 127.0.0.1:1",), ("new.db",)),
+    "run: --ray with --batch": Case(lambda ws: _run(ws, "--explainer", "ngram", "--ray", "--batch"),
+                                    ("--batch and --ray cannot be combined",), ("new.db",)),
     "run: malformed Ray address": Case(lambda ws: _run(ws, "--explainer", "ngram", "--ray", "nowhere"),
                                        ("'nowhere' is not a Ray address",), ("new.db",)),
     "runs: missing database": Case(lambda ws: ["runs", "--db", ws.db_url("missing.db")], ("no database at",),

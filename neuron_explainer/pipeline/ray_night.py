@@ -52,9 +52,14 @@ def import_ray() -> Any:
     return ray
 
 
-def connect(address: str) -> None:
-    """Attach to the Ray cluster at `address` (`auto`: the local one, started if none runs); UserError when it
-    cannot be reached. Checked before the database is opened, so a bad address leaves nothing behind."""
+def connect(config: RunConfig) -> None:
+    """Attach to the night's Ray cluster (`auto`: the local one, started if none runs); UserError when it cannot be
+    reached or the night cannot run on Ray. Checked before the database is opened, so nothing is left behind."""
+    address = config.run.ray
+    assert address is not None
+    if config.llm.batch:
+        # Batch API journals are written by the process that submits; Ray workers would each write their own.
+        raise UserError("--batch and --ray cannot be combined: run the Batch API night without --ray")
     ray = import_ray()
     if address == "auto":
         if not ray.is_initialized():

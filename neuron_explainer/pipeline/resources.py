@@ -79,8 +79,8 @@ class RunResources:
             # Batch ids go to the journal (the results database), so a later run picks up what this one submitted.
             journal = self._batch_journal() if settings.batch and self._batch_journal is not None else None
             self._backends[spec] = self.make_backend(spec, concurrency=settings.concurrency, rpm=settings.rpm,
-                                                tpm=settings.tpm, cache=self.cache, ledger=self.ledger,
-                                                batch_journal=journal)
+                                                     tpm=settings.tpm, cache=self.cache, ledger=self.ledger,
+                                                     batch_journal=journal)
         return self._backends[spec]
 
     def llm(self) -> LLMBackend:

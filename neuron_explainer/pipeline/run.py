@@ -574,7 +574,7 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
     if config.run.ray is not None:
         from neuron_explainer.pipeline.ray_night import RayNight, connect
 
-        connect(config.run.ray)
+        connect(config)
     with open_database(config.run.db) as database:
         run_id = database.start_run(config=config.as_dict(), shared=shares_work(database))
         status, error, summary = RunStatus.FAILED, None, None
