@@ -4,7 +4,10 @@ Each worker actor is the ordinary `Pipeline` over the same record store and data
 through the ordinary unit-of-work runner. On PostgreSQL the workers write directly and split the plan with the
 leases of db/claims.py, exactly as separate `run` processes do. On SQLite the driver stays the only writer: the
 workers take neurons from one queue actor and send their writes back, and the driver commits them. Every worker's
-LLM spend goes to one spend actor, so `--max-cost` and `--max-tokens` bound the whole night, not each worker.
+LLM spend goes to one spend actor and its rate-limit buckets live in one limiter actor, so `--max-cost`,
+`--max-tokens`, `--rpm` and `--tpm` hold for the whole night, not for each worker; a `local:` model lives in one
+model actor per GPU that serves every worker. A night that has to record does so in shards, one Ray task each,
+merged exactly (activations/shards.py).
 """
 
 from __future__ import annotations
@@ -15,9 +18,9 @@ import os
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
