@@ -67,6 +67,15 @@ def test_unreadable_answers_are_a_failure_not_a_score(fake_openai: FakeOpenAISer
     assert isinstance(outcome, Failure) and outcome.stage == "detection" and "misaligned" in outcome.reason
 
 
+def test_an_answer_that_runs_on_past_the_last_passage_is_read_up_to_it(fake_openai: FakeOpenAIServer) -> None:
+    fake_openai.responder = lambda body: competent_model(body) + "\n11\t1\n12\t0\n13\t1"
+    outcome = _score(fake_openai, "detection", "digits and numbers")
+    assert isinstance(outcome, ClassifierScore) and outcome.metrics.answered == outcome.metrics.passages
+    assert outcome.metrics.balanced_accuracy == 1.0
+    fake_openai.responder = lambda body: "1\t1\n11\t1\n12\t0"  # a gap before the run-on is still misaligned
+    assert isinstance(_score(fake_openai, "detection", "digits"), Failure)
+
+
 def test_metrics_and_rendering() -> None:
     metrics = classification_metrics([True, True, False, False], [1, 0, 0, 0], [0.9, 0.4, 0.3, 0.1], 5)
     assert metrics.accuracy == 0.75 and metrics.balanced_accuracy == 0.75 and metrics.auroc == 1.0

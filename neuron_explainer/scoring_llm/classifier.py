@@ -14,6 +14,7 @@ import datetime as dt
 import logging
 import math
 import random
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -260,12 +261,28 @@ def _unanswered(item: _Passage, error: str) -> ClassifiedPassage:
     return ClassifiedPassage(item.window.window_id, item.label, item.marked, None, None, error)
 
 
+_RUN_ON = re.compile(r"^\s*(\d+)\s*(?:[\t:|,)\].]|\s)", re.MULTILINE)
+
+
+def _before_run_on(text: str, count: int) -> str:
+    """The answer up to the first line numbered past the last passage, once every passage has a line: small
+    models often keep counting after answering (until the token limit), and what they invent after the last
+    passage says nothing about the passages asked about."""
+    seen: set[int] = set()
+    for match in _RUN_ON.finditer(text):
+        index = int(match.group(1))
+        if index > count and seen >= set(range(1, count + 1)):
+            return text[:match.start()]
+        seen.add(index)
+    return text
+
+
 def _read_verdicts(result: GenerateResult, batch: Sequence[_Passage]) -> list[ClassifiedPassage]:
     """The 0/1 verdicts of one answer aligned to its passages (all unanswered when the answer does not align)."""
     if not result.generations:
         return [_unanswered(item, "backend returned no answer") for item in batch]
     generation = result.generations[0]
-    parsed = parse_answer(generation.text, len(batch))
+    parsed = parse_answer(_before_run_on(generation.text, len(batch)), len(batch))
     if parsed.values is None or any(value not in (0, 1) for value in parsed.values):
         error = parsed.error or "a verdict other than 0 or 1"
         if generation.finish_reason == "length":
