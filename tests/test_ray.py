@@ -1,6 +1,7 @@
 """A night on a real local Ray cluster (`run --ray`): worker actors run the units and store exactly what one process
-stores (SQLite: the driver commits the workers' writes; PostgreSQL: the workers write, splitting by leases), and a
-token budget bounds the whole night rather than each worker.
+stores (SQLite: the driver commits the workers' writes; PostgreSQL: the workers write, splitting by leases); one
+rate limiter and one token budget hold for the whole night rather than for each worker; a `local:` model in one
+actor serves every worker.
 """
 
 from __future__ import annotations
@@ -48,12 +49,18 @@ def _calls(db) -> list[tuple]:
                     "prompt_tokens, completion_tokens")
 
 
-def test_a_ray_night_stores_what_one_process_stores(store: Path, server, new_db) -> None:
+def test_a_ray_night_stores_what_one_process_stores(store: Path, server, new_db,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
     reference = new_db()
     assert run_pipeline(_config(store, reference, server), progress=False).status == "completed"
     db = new_db()
-    summary = run_pipeline(_config(store, db, server, ray="auto", ray_workers=2), progress=False)
+    server.reset()
+    with caplog.at_level(logging.INFO, logger="neuron_explainer.pipeline.ray_night"):
+        summary = run_pipeline(_config(store, db, server, ray="auto", ray_workers=2, rpm=100_000), progress=False)
     assert summary.status == "completed" and summary.done == NEURONS
+    # One bucket for the endpoint's requests, shared by both workers: it granted every request the server saw.
+    [line] = [record.getMessage() for record in caplog.records if "rate limiter granted" in record.getMessage()]
+    assert line.endswith(f"requests: {server.count()}") and server.count() > 0
     assert results_snapshot(db) == results_snapshot(reference)
     assert len(results_snapshot(db)["scores"]) == NEURONS
     # The same calls, each once, counted by the driver's one run.
@@ -84,18 +91,6 @@ def test_a_token_budget_bounds_the_whole_night_not_each_worker(store: Path, serv
     # Reached, and overshot by at most the one unit each worker had in flight when it was.
     assert budget <= int(spent) <= budget + 2 * max(per_neuron)
     assert summary.prompt_tokens + summary.completion_tokens == int(spent)
-
-
-def test_every_workers_requests_pass_the_one_rate_limiter(store: Path, server, tmp_path: Path,
-                                                          caplog: pytest.LogCaptureFixture) -> None:
-    server.reset()
-    with caplog.at_level(logging.INFO, logger="neuron_explainer.pipeline.ray_night"):
-        summary = run_pipeline(_config(store, tmp_path / "limited.db", server, ray="auto", ray_workers=2,
-                                       rpm=100_000), progress=False)
-    assert summary.status == "completed"
-    [line] = [record.getMessage() for record in caplog.records if "rate limiter granted" in record.getMessage()]
-    # One bucket for the endpoint's requests, shared by both workers: it granted every request the server saw.
-    assert line.endswith(f"requests: {server.count()}") and server.count() > 0
 
 
 def test_a_local_model_serves_every_worker_from_one_actor(store: Path, tmp_path: Path, tiny_llama: Path) -> None:

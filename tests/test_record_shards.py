@@ -84,6 +84,7 @@ def test_shards_recorded_by_ray_tasks_equal_the_single_pass(config: RecordConfig
     _assert_same_store(summary.path, single_pass)
 
 
+@pytest.mark.slow
 def test_a_ray_night_records_its_store_in_shards(config: RecordConfig, single_pass: Path, tmp_path: Path,
                                                  ray_cluster: None) -> None:
     from neuron_explainer.pipeline import RunConfig, run_pipeline

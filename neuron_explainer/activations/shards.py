@@ -212,9 +212,9 @@ class MergedShards:
             merged.random[torch.tensor(part.random_slots)] = torch.tensor(part.random_rows)
             merged.token_sample[torch.tensor(part.token_slots)] = torch.tensor(part.token_rows)
             for sums in part.batch_sums:
-                merged.total += torch.from_numpy(sums[0])
-                merged.total_squares += torch.from_numpy(sums[1])
-                merged.positives += torch.from_numpy(sums[2])
+                merged.total += torch.tensor(sums[0])
+                merged.total_squares += torch.tensor(sums[1])
+                merged.positives += torch.tensor(sums[2])
             merged.minimum = torch.minimum(merged.minimum, torch.tensor(part.minimum))
             merged.maximum = torch.maximum(merged.maximum, torch.tensor(part.maximum))
             merged.count += part.count
