@@ -37,7 +37,7 @@ def test_a_night_logged_to_a_file_has_progress_lines_and_no_carriage_returns(tin
     assert "\r" not in text and "\x1b[" not in text
     progress = [line for line in text.splitlines() if " neurons: " in line]
     assert progress and progress[-1].split(" neurons: ")[1].startswith("20/20 (100%)")
-    assert all(", ETA " in line or "20/20" in line for line in progress)
+    assert all(", ETA " in line or "rate -" in line or "20/20" in line for line in progress)
     assert all("failed" in line and "$" in line and "elapsed" in line for line in progress)
     assert "run 1: completed" in text
     # The recording is registered by its absolute path: an export started from another folder finds it.
@@ -57,6 +57,16 @@ def test_line_progress_reports_every_tenth_and_beats_while_nothing_finishes() ->
     counted = [line.split(" neurons: ")[1] for line in lines if "/20 (" in line]
     assert [entry.split(" ")[0] for entry in counted] == [f"{done}/20" for done in range(2, 21, 2)]
     assert counted[-1].startswith("20/20 (100%)") and "2 failed" in counted[-1] and "$0.0200" in counted[-1]
+
+
+def test_a_heartbeat_before_the_first_finished_unit_counts_the_units_begun() -> None:
+    """Once the units start (the first can take minutes on a local model), the log stops saying "preparing"."""
+    stream = io.StringIO()
+    with LineProgress(stream, heartbeat_s=0.2) as progress:
+        progress.update(Snapshot(done=0, total=6, failed=0, cost_usd=0.0))
+        time.sleep(0.6)
+    lines = stream.getvalue().splitlines()
+    assert lines and all("neurons: 0/6 (0%), rate -" in line for line in lines)
 
 
 def test_explain_with_the_ngram_explainer_needs_no_llm(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -310,6 +310,9 @@ class Pipeline:
                 todo = todo[:self.config.run.limit]
             budget = _Budget(self.config, self.ledger, started)
             units.offer(todo)
+            # Says "0/N" from here on instead of "preparing": the first unit can take minutes on a local model.
+            self._total = len(todo)
+            self._report_progress("")
             if self.remote is not None:
                 stop_reason = await self.remote.schedule(self, todo, neurons)
             else:
