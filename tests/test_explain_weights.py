@@ -143,3 +143,15 @@ def test_explain_command_shows_the_views(stores, tmp_path):
     assert WEIGHTS_HEADER in messages[-1]["content"]
     [line] = (tmp_path / "e.jsonl").read_text().splitlines()
     assert json.loads(line)["parameters"]["weight_view_tokens"] == 10
+
+
+def test_the_cost_plan_counts_the_weights_paragraph():
+    from neuron_explainer.pipeline.plan import _stage_figures
+
+    def explain_prompt(**values) -> float:
+        figures = _stage_figures(RunConfig(llm="openai:gpt-4o-mini", simulator="lexical", **values), {})
+        [figure] = [figure for figure in figures if figure.stage == "explain:token-pairs"]
+        return figure.prompt_tokens
+
+    plain, with_weights = explain_prompt(), explain_prompt(explain_with_weights=True)
+    assert 100 < with_weights - plain < 300  # about 150 tokens: four lists of ten quoted tokens plus the framing

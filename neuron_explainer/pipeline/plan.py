@@ -14,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.neurons import NeuronId
 from neuron_explainer.explain.token_pairs import build_prompt, estimate_tokens, scale_windows
-from neuron_explainer.explain.types import ExplainerKind
+from neuron_explainer.explain.types import ExplainerKind, Polarity
 from neuron_explainer.activations.records import Window
 from neuron_explainer.llm.base import Message
 from neuron_explainer.llm.factory import BackendKind, parse_backend_spec
@@ -269,6 +270,17 @@ def _default_simulator(spec: str) -> SimulatorKind:
     return SimulatorKind.ALL_AT_ONCE if slots else SimulatorKind.GENERATED
 
 
+def _template_weights() -> str:
+    """A weight-view paragraph of the size `--explain-with-weights` adds: ten short tokens per list."""
+    from neuron_explainer.activations.weight_views import NeuronWeightView, TokenWeight
+    from neuron_explainer.core.prompts import load_prompt_files
+    from neuron_explainer.explain.token_pairs import PROMPT_FILES_WITH_WEIGHTS, weight_view_text
+
+    items = tuple(TokenWeight(0, " abc", 1.0) for _ in range(10))
+    view = NeuronWeightView(NeuronId(0, 0), items, items, items, items)
+    return weight_view_text(load_prompt_files(PROMPT_FILES_WITH_WEIGHTS), view, polarity=Polarity.POSITIVE, tokens=10)
+
+
 def _stage_figures(config: RunConfig, history: dict[tuple[str, str], _Measured]) -> list[StageFigures]:
     """Per-unit figures of every LLM stage the run has."""
     polarities = 2 if config.record.polarity == "both" else 1
@@ -296,7 +308,8 @@ def _stage_figures(config: RunConfig, history: dict[tuple[str, str], _Measured])
 
     for kind in explainers:
         if kind is ExplainerKind.TOKEN_PAIRS:
-            prompt = build_prompt(scale_windows(windows), token_budget=10**9)
+            weights = _template_weights() if config.explain.with_weights else ""
+            prompt = build_prompt(scale_windows(windows), token_budget=10**9, weights=weights)
             assert prompt is not None
             prefix = _tokens(prompt.messages[:-1])
             add(f"explain:{kind.value}", config.llm.backend, polarities,
