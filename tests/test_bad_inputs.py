@@ -188,6 +188,10 @@ CASES: dict[str, Case] = {
         lambda ws: ["run", "--model", str(ws.tiny), "--corpus", str(ws.root / "corpus.txt"), "--records-root",
                     str(ws.root / "new-records"), "--db", ws.db_url("new.db"), "--explainer", "ngram", "--simulator",
                     "lexical", "--ctx", "256"], ("--ctx 256", "use --ctx 255 or less"), ("new.db", "new-records")),
+    "run: a simulator the backend cannot serve": Case(
+        lambda ws: _run(ws, "--explainer", "token-pairs", "--simulator", "all-at-once", "--llm",
+                        "openai:gpt-4o-mini@http://127.0.0.1:9/v1"),
+        ("cannot give slot distributions", "--simulator generated"), ("new.db", "new.db.llm-cache.sqlite")),
     "run: window count beyond any corpus": Case(
         lambda ws: ["run", "--model", str(ws.tiny), "--corpus", str(ws.root / "corpus.txt"), "--records-root",
                     str(ws.root / "new-records"), "--db", ws.db_url("new.db"), "--explainer", "ngram", "--simulator",

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from neuron_explainer.core.event_loop import run_async
 from neuron_explainer.activations import RecordConfig, RecordPolarity, RecordStore, record
+from neuron_explainer.core.database_url import sqlite_path
 from neuron_explainer.core.errors import UserError
+from neuron_explainer.core.event_loop import run_async
 from neuron_explainer.core.failures import Failure, FailureKind
 from neuron_explainer.core.neurons import NeuronId, parse_neuron_spec
 from neuron_explainer.db import (Database, DatabaseBatchJournal, ExplanationQuery, RecordingRef, RunStatus,
@@ -33,6 +34,7 @@ from neuron_explainer.db import (Database, DatabaseBatchJournal, ExplanationQuer
 from neuron_explainer.core.units import run_units
 from neuron_explainer.explain import ExplainerSettings, Polarity, check_split_groups, explainer_class
 from neuron_explainer.llm import CacheMode, ResponseCache, UsageLedger, check_backend, usage_scope
+from neuron_explainer.llm.cache import CACHE_SUFFIX
 from neuron_explainer.pipeline.classifiers import ClassifierJob, classifier_jobs, scorer_kinds
 from neuron_explainer.pipeline.preflight import check_recording_request
 from neuron_explainer.pipeline.backend_watch import BackendDown, BackendWatch
@@ -575,9 +577,40 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
     started = time.monotonic()
     check_inputs(config)
     if config.run.ray is not None:
-        from neuron_explainer.pipeline.ray_night import RayNight, connect
+        from neuron_explainer.pipeline.ray_night import connect
 
         connect(config)
+    created = _new_sqlite_file(config.run.db)
+    try:
+        return _run_on_database(config, created=created, started=started, progress=progress,
+                                on_progress=on_progress, subject=subject)
+    except _RefusedBeforeAnyResult as refused:
+        # A user error found only once the run had begun (a backend that cannot do what the simulator needs, ...)
+        # leaves nothing behind when the database is the run's own new file and holds no result yet.
+        for path in _sqlite_files(created):
+            path.unlink(missing_ok=True)
+        raise refused.error from None
+
+
+class _RefusedBeforeAnyResult(Exception):
+    def __init__(self, error: UserError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _new_sqlite_file(url: str) -> Path | None:
+    path = sqlite_path(url)
+    return Path(path) if path is not None and not Path(path).exists() else None
+
+
+def _sqlite_files(database: Path | None) -> list[Path]:
+    if database is None:
+        return []
+    return [database, *(Path(f"{database}{suffix}") for suffix in ("-wal", "-shm", "-journal", CACHE_SUFFIX))]
+
+
+def _run_on_database(config: RunConfig, *, created: Path | None, started: float, progress: bool,
+                     on_progress: ProgressCallback | None, subject: Any) -> RunSummary:
     with open_database(config.run.db) as database:
         run_id = database.start_run(config=config.as_dict(), shared=shares_work(database))
         status, error, summary = RunStatus.FAILED, None, None
@@ -592,6 +625,8 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
             pipeline = Pipeline(config, database, store, on_progress=on_progress, subject=subject)
             pipeline.run_id = run_id
             if config.run.ray is not None:
+                from neuron_explainer.pipeline.ray_night import RayNight
+
                 pipeline.remote = RayNight(config)
             summary = run_async(_run_then_close(pipeline, neurons)) if neurons else None
             if summary is None:
@@ -615,6 +650,8 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
             raise
         except UserError as exc:
             error = str(exc)
+            if created is not None and not _holds_results(database):
+                raise _RefusedBeforeAnyResult(exc) from None
             raise
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -623,3 +660,9 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
             totals = {**(summary.as_dict() if summary is not None else {}),
                       "usage": dataclasses.asdict(database.usage_totals(run_id=run_id))}
             database.finish_run(run_id, status, totals=totals, error=error)
+
+
+def _holds_results(database: Database) -> bool:
+    database.flush()
+    counts = database.counts()
+    return any(counts[table] for table in ("explanations", "scores", "classifier_scores", "failures", "llm_calls"))
