@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from neuron_explainer.core.paths import cache_dir
+
 logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("fold.c")
@@ -43,11 +45,6 @@ def _compiler() -> str | None:
         if candidate and shutil.which(candidate):
             return shutil.which(candidate)
     return None
-
-
-def _cache_directory() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "neuron-explainer"
 
 
 @functools.cache
@@ -77,7 +74,7 @@ def _built(compiler: str) -> Path:
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
     key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(FLAGS).encode(),
                                      platform.machine().encode()])).hexdigest()[:16]
-    directory = _cache_directory()
+    directory = cache_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError:
