@@ -166,6 +166,7 @@ class OpenAIBatchBackend(LLMBackend):
         self._last_arrival = 0.0
         self._flusher: asyncio.Task[None] | None = None
         self._watchers: set[asyncio.Task[None]] = set()
+        self._recorded: set[str] = set()
 
     # -- LLMBackend ---------------------------------------------------------------------------------------------
     async def generate(self, prompt: Prompt, *, n: int = 1, temperature: float = 0.0, max_tokens: int = 256,
@@ -216,6 +217,7 @@ class OpenAIBatchBackend(LLMBackend):
                 if quiet < self.settings.flush_after_s and len(self._queue) < self.settings.max_batch_requests:
                     await asyncio.sleep(self.settings.flush_after_s - quiet)
                     continue
+                self._answer_from_cache()
                 await self._resume()
                 chosen = list(self._queue.values())[:self.settings.max_batch_requests]
                 for pending in chosen:
@@ -227,6 +229,23 @@ class OpenAIBatchBackend(LLMBackend):
             raise
         except BaseException as exc:  # noqa: BLE001 - every waiter must hear about it, not hang
             self._fail_all(exc)
+
+    def _answer_from_cache(self) -> None:
+        """Answer queued requests that a batch harvested since they were queued (an earlier run's batch that this
+        process attached to carried them)."""
+        cache = self.inner.cache
+        if cache is None:
+            return
+        for custom_id in list(self._queue):
+            cached = cache.get(custom_id)
+            if cached is None:
+                continue
+            pending = self._queue.pop(custom_id)
+            result = read_generate_answer(cached, pending.path, top_logprobs=pending.top_logprobs, from_cache=True)
+            for future in pending.futures:
+                pending.context.run(self._record, pending.operation, {}, from_cache=True)
+                if not future.done():
+                    future.set_result(result)
 
     async def _resume(self) -> None:
         """Attach queued requests to batches an earlier process journaled (and adopt unjournaled ones)."""
@@ -323,17 +342,26 @@ class OpenAIBatchBackend(LLMBackend):
                 continue
             try:
                 item = json.loads(line)
-                pending = chosen.get(item.get("custom_id"))
+                custom_id = str(item.get("custom_id"))
+                pending = chosen.get(custom_id)
                 response = item.get("response") or {}
                 answer = response.get("body") if response.get("status_code") == 200 else None
-                if pending is None or not isinstance(answer, dict) or not answer.get("choices"):
+                if not isinstance(answer, dict) or not answer.get("choices"):
                     continue
             except (ValueError, AttributeError):
                 logger.warning("skipping a batch output line that is not JSON: %.80s", line)
                 continue
-            if self.inner.cache is not None:
-                self.inner.cache.put(pending.custom_id, answer, backend=self.name, model=self.model)
-            pending.context.run(self._record, pending.operation, answer.get("usage") or {}, from_cache=False)
+            # Every answer of the file was paid for, including those of requests this process had not asked for
+            # yet when it attached to an earlier run's batch: cache and count each once, so a later ask is free.
+            if custom_id not in self._recorded:
+                self._recorded.add(custom_id)
+                if self.inner.cache is not None:
+                    self.inner.cache.put(custom_id, answer, backend=self.name, model=self.model)
+                operation = pending.operation if pending is not None else "chat"
+                context = pending.context if pending is not None else contextvars.copy_context()
+                context.run(self._record, operation, answer.get("usage") or {}, from_cache=False)
+            if pending is None:
+                continue
             self._waiting.pop(pending.custom_id, None)
             done.add(pending.custom_id)
             result = read_generate_answer(answer, pending.path, top_logprobs=pending.top_logprobs, from_cache=False)
