@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from pathlib import Path
@@ -170,20 +170,35 @@ def manifest_matches(manifest: Manifest, config: RecordConfig, *, model_fingerpr
     return all(wanted is None or wanted == recorded_value for wanted, recorded_value in checks)
 
 
-def record(config: RecordConfig, out_dir: Path | str, *, progress: bool = True, subject: Any = None) -> RecordSummary:
-    """Record (or reuse) a store at out_dir; `subject` may pass an already loaded Subject for config.model."""
+@dataclass(frozen=True)
+class PreparedRecording:
+    """A checked recording request, ready to feed its batches (shared by `record` and the sharded recorder)."""
+
+    target: Path
+    """Where the store goes."""
+    subject: Any
+    """The loaded model."""
+    layers: list[int]
+    """Layers to record."""
+    manifest: Manifest
+    """The store's manifest before any window is counted."""
+    batches: Iterator[Any]
+    """The corpus's batches of windows (the first one already read, so an empty corpus fails before any work)."""
+
+
+def prepare_recording(config: RecordConfig, out_dir: Path | str, *, subject: Any, device: str,
+                      started: float) -> PreparedRecording | RecordSummary:
+    """Check the request and load the model; a RecordSummary when a complete matching store is already there."""
     from neuron_explainer.corpus import document_batches, open_corpus
     from neuron_explainer.subject.info import max_positions
-    from neuron_explainer.subject.subject import Subject, token_strings
+    from neuron_explainer.subject.subject import Subject
 
-    started = time.perf_counter()
     config.validate()
     target = Path(out_dir)
     corpus = open_corpus(config.corpus, text_field=config.text_field)
     _check_target(target)
     if subject is None:
-        subject = Subject.load(config.model, device=config.device, dtype=config.dtype,
-                               hook_template=config.hook_template)
+        subject = Subject.load(config.model, device=device, dtype=config.dtype, hook_template=config.hook_template)
     layers = parse_layers(config.layers, subject.num_layers)
     special = len(subject.special_tokens.prefix) + len(subject.special_tokens.suffix)
     check_window_fits(config.window_length, special, max_positions(subject.model.config),
@@ -210,6 +225,19 @@ def record(config: RecordConfig, out_dir: Path | str, *, progress: bool = True, 
         document_batches(corpus.documents(), subject.tokenizer, length=config.window_length,
                          max_windows=config.windows, batch_size=config.batch_size, pack=config.pack),
         corpus=corpus.spec, window_length=config.window_length)
+    return PreparedRecording(target=target, subject=subject, layers=layers, manifest=manifest, batches=batches)
+
+
+def record(config: RecordConfig, out_dir: Path | str, *, progress: bool = True, subject: Any = None) -> RecordSummary:
+    """Record (or reuse) a store at out_dir; `subject` may pass an already loaded Subject for config.model."""
+    from neuron_explainer.subject.subject import token_strings
+
+    started = time.perf_counter()
+    prepared = prepare_recording(config, out_dir, subject=subject, device=config.device, started=started)
+    if isinstance(prepared, RecordSummary):
+        return prepared
+    target, subject, layers, manifest, batches = (prepared.target, prepared.subject, prepared.layers,
+                                                  prepared.manifest, prepared.batches)
 
     def feed(token_ids: np.ndarray, accumulator: RecordingAccumulator) -> None:
         record_batch(subject, accumulator, token_ids, layers)

@@ -21,9 +21,9 @@ import numpy as np
 
 from neuron_explainer.activations.accumulate import LayerAccumulator, RecordingAccumulator, Reservoir
 from neuron_explainer.activations.recorder import (RecordConfig, RecordPolarity, RecordSummary,
-                                                   _accumulate_into_store, _check_target, _existing_manifest,
-                                                   manifest_matches, record_batch, resolve_polarity)
-from neuron_explainer.activations.store import Manifest, RecordStore
+                                                   _accumulate_into_store, prepare_recording, record_batch,
+                                                   resolve_polarity)
+from neuron_explainer.activations.store import RecordStore
 
 Batch = tuple[np.ndarray, "np.ndarray | None"]
 """Text token ids [windows, length] and their (document, position) rows, as the corpus yields them."""
@@ -249,36 +249,15 @@ def record_sharded(config: RecordConfig, out_dir: Path | str, *, shards: int, ru
                    subject: Any = None) -> RecordSummary:
     """Record (or reuse) a store at out_dir by `shards` shards recorded by `run` (default: one after the other in
     this process) and merged; the store equals the one `record` writes for the same request."""
-    from neuron_explainer.activations.limits import first_batch_or_error
-    from neuron_explainer.core.neurons import parse_layers
-    from neuron_explainer.corpus import document_batches, open_corpus
-    from neuron_explainer.subject.subject import Subject, token_strings
+    from neuron_explainer.subject.subject import token_strings
 
     started = time.perf_counter()
-    config.validate()
-    target = Path(out_dir)
-    corpus = open_corpus(config.corpus, text_field=config.text_field)
-    _check_target(target)
-    if subject is None:
-        subject = Subject.load(config.model, device="cpu", dtype=config.dtype, hook_template=config.hook_template)
-    layers = parse_layers(config.layers, subject.num_layers)
-    compute_dtype = str(subject.dtype).removeprefix("torch.")
-    existing = _existing_manifest(target)
-    if existing is not None and manifest_matches(existing, config, model_fingerprint=subject.loaded.fingerprint,
-                                                 corpus_hash=corpus.content_hash, compute_dtype=compute_dtype):
-        return RecordSummary(path=target, manifest=existing, reused=True, seconds=time.perf_counter() - started)
-    polarity = resolve_polarity(config.polarity, subject.hook_point.template)
-    manifest = Manifest(
-        model_id=subject.loaded.model_id, model_fingerprint=subject.loaded.fingerprint,
-        hook_point=subject.hook_point.template, corpus_spec=corpus.spec, corpus_hash=corpus.content_hash,
-        window_length=config.window_length, num_windows=0, seed=config.seed, layers=tuple(layers),
-        neurons_per_layer=subject.neurons_per_layer, top_k=config.top_k, random_k=config.random_k,
-        polarity=polarity.value, tokenizer=subject.tokenizer_info(), config=config.as_dict(),
-        num_model_layers=subject.num_layers, compute_dtype=compute_dtype, device=str(subject.loaded.device))
-    batches = list(first_batch_or_error(
-        document_batches(corpus.documents(), subject.tokenizer, length=config.window_length,
-                         max_windows=config.windows, batch_size=config.batch_size, pack=config.pack),
-        corpus=corpus.spec, window_length=config.window_length))
+    prepared = prepare_recording(config, out_dir, subject=subject, device="cpu", started=started)
+    if isinstance(prepared, RecordSummary):
+        return prepared
+    target, subject, layers, manifest = prepared.target, prepared.subject, prepared.layers, prepared.manifest
+    polarity = RecordPolarity(manifest.polarity)
+    batches = list(prepared.batches)
     plan: list[tuple[Sequence[Batch], int]] = []
     first = 0
     for part in np.array_split(np.arange(len(batches)), min(shards, len(batches))):
