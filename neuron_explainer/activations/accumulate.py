@@ -219,7 +219,7 @@ class LayerAccumulator:
         `parts` threads share the CPU kernel's work."""
         import torch
 
-        if self.use_kernel and native.supports(activations):
+        if self.uses_kernel(activations):
             self._update_native(activations, picks, parts)
             return
         # Extremes are exact in any dtype, and reading the narrow dtype moves half the bytes.
@@ -242,16 +242,20 @@ class LayerAccumulator:
             self.bottom.update(-window_min, activations, picks.first_window_id)
         self._sample(activations, picks)
 
+    def uses_kernel(self, activations: Any) -> bool:
+        """True when `update` folds these activations with fold.c."""
+        return self.use_kernel and native.supports(activations)
+
     def _update_native(self, activations: Any, picks: "BatchPicks", parts: int) -> None:
         # One read of the layer for the totals and extremes; only rows entering a top-k list are copied (fold.c).
         totals = native.Totals(total=self.total, total_squares=self.total_squares, positives=self.positives,
                                minimum=self.minimum, maximum=self.maximum)
-        native.fold_batch(activations, totals, self.top.lists(), None if self.bottom is None else self.bottom.lists(),
-                          first_window_id=picks.first_window_id, parts=parts)
+        samples = native.Samples(window_offsets=picks.random_offsets, window_slots=picks.random_slots,
+                                 random=self.random, token_offsets=picks.token_offsets,
+                                 token_slots=picks.token_slots, token_sample=self.token_sample)
+        native.record_layer(activations, totals, self.top.lists(), None if self.bottom is None else self.bottom.lists(),
+                            samples, first_window_id=picks.first_window_id, parts=parts)
         self.count += activations.shape[0] * activations.shape[1]
-        native.copy_samples(activations, window_offsets=picks.random_offsets, window_slots=picks.random_slots,
-                            random=self.random, token_offsets=picks.token_offsets, token_slots=picks.token_slots,
-                            token_sample=self.token_sample)
 
     def _sample(self, activations: Any, picks: "BatchPicks") -> None:
         import torch
@@ -332,17 +336,21 @@ class RecordingAccumulator:
         """Fold in one layer's activations [batch, positions, neurons] (any float dtype) for the current batch."""
         import torch
 
+        accumulator = self.layers[layer]
         if activations.device.type != "cpu":
-            self.layers[layer].update(activations, picks)
+            accumulator.update(activations, picks)
+            return
+        threads = torch.get_num_threads()
+        if accumulator.uses_kernel(activations):
+            # fold.c splits its work by neuron over the forward pass's own OpenMP threads.
+            accumulator.update(activations, picks, parts=threads)
             return
         # The torch bookkeeping is many small memory-bound ops: extra threads add little, and on a busy CPU their
         # OpenMP barriers stall on descheduled threads (measured 0.63 vs 0.83 of bare-forward throughput on a
         # loaded 2-core machine). A quarter of the forward pass's threads keeps memory bandwidth saturated.
-        # fold.c splits its work by neuron over as many threads as the forward pass has: they block, never spin.
-        threads = torch.get_num_threads()
         torch.set_num_threads(max(1, threads // 4))
         try:
-            self.layers[layer].update(activations, picks, parts=threads)
+            accumulator.update(activations, picks)
         finally:
             torch.set_num_threads(threads)
 

@@ -98,12 +98,41 @@ static inline void copy_row(const void *data, int bf16, int64_t offset, int64_t 
     }
 }
 
-/* Statistics and top-k merges of one window for the `width` neurons from `first` on (see fold_batch). */
-static inline __attribute__((always_inline)) void fold_window_block(
+/* A row that entered a list, waiting to be copied: its column offset in the activations and its destination. */
+typedef struct {
+    int64_t offset;
+    float *row;
+} Pending;
+
+/* Copy queued rows: gathered from the (cached) activations into an L1 buffer, then written with whole-vector stores,
+ * so a row's destination lines are filled by a few stores instead of one store per position. */
+static inline void copy_pending(const void *data, int bf16, int64_t positions, int64_t stride_p,
+                                const Pending *pending, int64_t count) {
+    float buffer[256] __attribute__((aligned(64)));
+    for (int64_t i = 0; i < count; i++) {
+        if (positions > 256) {
+            copy_row(data, bf16, pending[i].offset, positions, stride_p, pending[i].row);
+            continue;
+        }
+        copy_row(data, bf16, pending[i].offset, positions, stride_p, buffer);
+        memcpy(pending[i].row, buffer, sizeof(float) * positions);
+    }
+}
+
+/* Queue a row's copy and ask for its destination lines now (rows lie anywhere in the lists and are rarely cached). */
+static inline int64_t queue(Pending *pending, int64_t queued, int64_t offset, float *row, int64_t positions) {
+    pending[queued] = (Pending){offset, row};
+    for (int64_t p = 0; p < positions; p += 16) __builtin_prefetch(row + p, 1, 0);
+    return queued + 1;
+}
+
+/* Statistics and top-k merges of one window for the `width` neurons from `first` on (see fold_batch). Rows that
+ * enter a list are queued in `pending`; the count is returned. */
+static inline __attribute__((always_inline)) int64_t fold_window_block(
         const void *data, int bf16, int64_t b, int64_t first, int64_t width, int64_t positions, int64_t stride_b,
         int64_t stride_p, double *total, double *total_squares, double *positives, float *minimum, float *maximum,
         int64_t k, int64_t window_id, float *top_scores, int64_t *top_ids, int64_t *top_slots, float *top_rows,
-        float *bottom_scores, int64_t *bottom_ids, int64_t *bottom_slots, float *bottom_rows) {
+        float *bottom_scores, int64_t *bottom_ids, int64_t *bottom_slots, float *bottom_rows, Pending *pending) {
     float high[BLOCK], low[BLOCK], sum[BLOCK], squares[BLOCK], count[BLOCK];
     fold_block(data, bf16, b * stride_b + first, positions, stride_p, width, high, low, sum, squares, count);
     for (int64_t j = 0; j < width; j++) {
@@ -114,46 +143,59 @@ static inline __attribute__((always_inline)) void fold_window_block(
         maximum[n] = high[j] > maximum[n] ? high[j] : maximum[n];
         minimum[n] = low[j] < minimum[n] ? low[j] : minimum[n];
     }
+    int64_t queued = 0;
     for (int64_t j = 0; j < width; j++) {
         int64_t n = first + j;
         int64_t slot = insert(high[j], window_id, k, top_scores + n * k, top_ids + n * k, top_slots + n * k);
         if (slot >= 0)
-            copy_row(data, bf16, b * stride_b + n, positions, stride_p, top_rows + (n * k + slot) * positions);
+            queued = queue(pending, queued, b * stride_b + n, top_rows + (n * k + slot) * positions, positions);
         if (bottom_scores == NULL) continue;
         slot = insert(-low[j], window_id, k, bottom_scores + n * k, bottom_ids + n * k, bottom_slots + n * k);
         if (slot >= 0)
-            copy_row(data, bf16, b * stride_b + n, positions, stride_p, bottom_rows + (n * k + slot) * positions);
+            queued = queue(pending, queued, b * stride_b + n, bottom_rows + (n * k + slot) * positions, positions);
     }
+    return queued;
 }
 
 /* Fold one batch of `neurons` neurons (a column range of the layer: every per-neuron pointer starts at its first
- * neuron) into the running totals and the top-k lists, window by window and block by block of neurons:
+ * neuron) into the running totals and the top-k lists, block by block of neurons and, within a block, window by
+ * window:
  * - per neuron: sum, sum of squares and count of positive values (each window summed in float32 over positions,
  *   then added in float64, as the torch path does), minimum and maximum;
  * - top lists (scores [neurons, k] by window max, ids, slots, rows [neurons, k, positions]) and, when bottom_scores
  *   is not NULL, bottom lists by negated window min.
- * Windows are merged in id order, so each list ends as the torch path's stable sort leaves it. */
+ * Each neuron sees the windows in id order, so each list ends as the torch path's stable sort leaves it. Taking a
+ * block's windows one after another keeps the block's lists in cache for the whole batch; each window's entering
+ * rows are copied after the next window's statistics, so their destinations have arrived meanwhile. */
 CLONES
 void fold_batch(const void *data, int bf16, int64_t batch, int64_t positions, int64_t neurons, int64_t stride_b,
                int64_t stride_p, double *total, double *total_squares, double *positives, float *minimum,
                float *maximum, int64_t k, int64_t first_window_id, float *top_scores, int64_t *top_ids,
                int64_t *top_slots, float *top_rows, float *bottom_scores, int64_t *bottom_ids, int64_t *bottom_slots,
                float *bottom_rows) {
-    for (int64_t b = 0; b < batch; b++) {
-        for (int64_t first = 0; first < neurons; first += BLOCK) {
-            int64_t width = neurons - first < BLOCK ? neurons - first : BLOCK;
+    Pending pending[2][2 * BLOCK];
+    int64_t waiting = 0, side = 0;
+    for (int64_t first = 0; first < neurons; first += BLOCK) {
+        int64_t width = neurons - first < BLOCK ? neurons - first : BLOCK;
+        for (int64_t b = 0; b < batch; b++) {
+            int64_t queued;
 #define FOLD(BF16, WIDTH)                                                                                          \
-    fold_window_block(data, BF16, b, first, WIDTH, positions, stride_b, stride_p, total, total_squares, positives, \
-                      minimum, maximum, k, first_window_id + b, top_scores, top_ids, top_slots, top_rows,          \
-                      bottom_scores, bottom_ids, bottom_slots, bottom_rows)
+    queued = fold_window_block(data, BF16, b, first, WIDTH, positions, stride_b, stride_p, total, total_squares,   \
+                               positives, minimum, maximum, k, first_window_id + b, top_scores, top_ids,          \
+                               top_slots, top_rows, bottom_scores, bottom_ids, bottom_slots, bottom_rows,         \
+                               pending[side])
             if (bf16) {
                 if (width == BLOCK) FOLD(1, BLOCK); else FOLD(1, width);
             } else {
                 if (width == BLOCK) FOLD(0, BLOCK); else FOLD(0, width);
             }
 #undef FOLD
+            copy_pending(data, bf16, positions, stride_p, pending[1 - side], waiting);
+            waiting = queued;
+            side = 1 - side;
         }
     }
+    copy_pending(data, bf16, positions, stride_p, pending[1 - side], waiting);
 }
 
 static inline void copy_contiguous(const void *data, int bf16, int64_t offset, int64_t count, float *restrict target) {
@@ -165,18 +207,48 @@ static inline void copy_contiguous(const void *data, int bf16, int64_t offset, i
     }
 }
 
-/* The batch's entries into the shared samples, straight from the activations (no temporaries): whole windows
- * (window_offsets within the batch) into random [slots, positions, neurons], and single positions (token_offsets:
- * window * positions + position) into token_sample [slots, neurons]. */
+/* The batch's entries into the shared samples for `neurons` neurons (a column range, as in fold_batch; `row_width`:
+ * the layer's neurons, the samples' row length), straight from the activations: whole windows (window_offsets
+ * within the batch) into random [slots, positions, row_width], and single positions (token_offsets:
+ * window * positions + position) into token_sample [slots, row_width]. */
 CLONES
-void copy_samples(const void *data, int bf16, int64_t positions, int64_t neurons, int64_t stride_b, int64_t stride_p,
-                  const int64_t *window_offsets, const int64_t *window_slots, int64_t windows, float *random,
-                  const int64_t *token_offsets, const int64_t *token_slots, int64_t tokens, float *token_sample) {
+void copy_samples(const void *data, int bf16, int64_t positions, int64_t neurons, int64_t row_width,
+                  int64_t stride_b, int64_t stride_p, const int64_t *window_offsets, const int64_t *window_slots,
+                  int64_t windows, float *random, const int64_t *token_offsets, const int64_t *token_slots,
+                  int64_t tokens, float *token_sample) {
     for (int64_t i = 0; i < windows; i++)
         for (int64_t p = 0; p < positions; p++)
             copy_contiguous(data, bf16, window_offsets[i] * stride_b + p * stride_p, neurons,
-                            random + (window_slots[i] * positions + p) * neurons);
+                            random + (window_slots[i] * positions + p) * row_width);
     for (int64_t i = 0; i < tokens; i++)
         copy_contiguous(data, bf16, token_offsets[i] / positions * stride_b + token_offsets[i] % positions * stride_p,
-                        neurons, token_sample + token_slots[i] * neurons);
+                        neurons, token_sample + token_slots[i] * row_width);
+}
+
+/* One layer's whole batch: fold_batch and copy_samples over `parts` column ranges of whole 64-byte vectors, run at
+ * once on the OpenMP threads of the process (built with -fopenmp, they are torch's own, already awake after the
+ * forward pass: a separate thread pool would wait for them to stop spinning). Arguments as in those two. */
+void record_layer(const void *data, int bf16, int64_t batch, int64_t positions, int64_t neurons, int64_t stride_b,
+                  int64_t stride_p, double *total, double *total_squares, double *positives, float *minimum,
+                  float *maximum, int64_t k, int64_t first_window_id, float *top_scores, int64_t *top_ids,
+                  int64_t *top_slots, float *top_rows, float *bottom_scores, int64_t *bottom_ids,
+                  int64_t *bottom_slots, float *bottom_rows, const int64_t *window_offsets,
+                  const int64_t *window_slots, int64_t windows, float *random, const int64_t *token_offsets,
+                  const int64_t *token_slots, int64_t tokens, float *token_sample, int64_t parts) {
+    int64_t step = ((neurons + (parts > 1 ? parts : 1) - 1) / (parts > 1 ? parts : 1) + 15) / 16 * 16;
+    int64_t ranges = (neurons + step - 1) / step;
+    int64_t element = bf16 ? 2 : 4;
+#pragma omp parallel for num_threads(ranges) schedule(static, 1)
+    for (int64_t range = 0; range < ranges; range++) {
+        int64_t first = range * step, width = neurons - first < step ? neurons - first : step;
+        const void *columns = (const char *)data + first * element;
+        int both = bottom_scores != NULL;
+        fold_batch(columns, bf16, batch, positions, width, stride_b, stride_p, total + first, total_squares + first,
+                   positives + first, minimum + first, maximum + first, k, first_window_id, top_scores + first * k,
+                   top_ids + first * k, top_slots + first * k, top_rows + first * k * positions,
+                   both ? bottom_scores + first * k : NULL, both ? bottom_ids + first * k : NULL,
+                   both ? bottom_slots + first * k : NULL, both ? bottom_rows + first * k * positions : NULL);
+        copy_samples(columns, bf16, positions, width, neurons, stride_b, stride_p, window_offsets, window_slots,
+                     windows, random + first, token_offsets, token_slots, tokens, token_sample + first);
+    }
 }

@@ -3,8 +3,10 @@
 The torch operations of the bookkeeping read a layer's activations about nine times per batch (max, min, sum, square,
 sum, compare, sum, and strided gathers for the top-k rows); fold.c reads them once for the statistics and copies
 only the rows that enter a top-k list. The shared library is cached under the user's cache directory by a hash of
-the source, compiler and flags, so it is built once per machine (well under a second). Set
-NEURON_EXPLAINER_NATIVE=0 to use the torch operations instead (they give the same top-k lists and activations).
+the source, compiler and flags, so it is built once per machine (well under a second). It is built with OpenMP
+where the compiler has it, so its threads are torch's own (see record_layer in fold.c); otherwise it runs on one
+thread. Set NEURON_EXPLAINER_NATIVE=0 to use the torch operations instead (they give the same top-k lists and
+activations).
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ import shutil
 import subprocess
 import sysconfig
 import tempfile
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("fold.c")
 FLAGS = ("-O3", "-shared", "-fPIC", "-std=gnu11")
+OPENMP = "-fopenmp"
 DISABLE_VARIABLE = "NEURON_EXPLAINER_NATIVE"
 
 _INT = ctypes.c_int
@@ -52,6 +54,9 @@ def fold_library() -> Any | None:
     """The loaded kernel library, or None (disabled, no compiler, or the build failed; the reason is logged)."""
     if os.environ.get(DISABLE_VARIABLE, "1") == "0":
         return None
+    # torch loads its OpenMP runtime first, so the kernel's OpenMP symbols bind to it (one thread team, not two).
+    import torch  # noqa: F401
+
     compiler = _compiler()
     if compiler is None:
         logger.info("no C compiler found: the recorder's bookkeeping uses torch operations")
@@ -61,18 +66,15 @@ def fold_library() -> Any | None:
     except (OSError, subprocess.SubprocessError) as error:
         logger.info("could not build the recorder's kernel (%s): using torch operations", error)
         return None
-    library.fold_batch.restype = None
-    library.fold_batch.argtypes = [_PTR, _INT, _I64, _I64, _I64, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _I64,
-                                   _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR, _PTR]
-    library.copy_samples.restype = None
-    library.copy_samples.argtypes = [_PTR, _INT, _I64, _I64, _I64, _I64, _PTR, _PTR, _I64, _PTR, _PTR, _PTR, _I64, _PTR]
+    library.record_layer.restype = None
+    library.record_layer.argtypes = [_PTR, _INT] + [_I64] * 5 + [_PTR] * 5 + [_I64] * 2 + [_PTR] * 8 + [_PTR, _PTR, _I64, _PTR] * 2 + [_I64]
     return library
 
 
 def _built(compiler: str) -> Path:
     source = SOURCE.read_bytes()
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=60).stdout
-    key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join(FLAGS).encode(),
+    key = hashlib.sha256(b"\0".join([source, version.encode(), " ".join((*FLAGS, OPENMP)).encode(),
                                      platform.machine().encode()])).hexdigest()[:16]
     directory = cache_dir()
     try:
@@ -86,8 +88,13 @@ def _built(compiler: str) -> Path:
     handle, partial = tempfile.mkstemp(suffix=".so", dir=directory)
     os.close(handle)
     try:
-        subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE), "-lm"], check=True, capture_output=True,
-                       timeout=300)
+        try:
+            subprocess.run([compiler, *FLAGS, OPENMP, "-o", partial, str(SOURCE), "-lm"], check=True,
+                           capture_output=True, timeout=300)
+        except subprocess.CalledProcessError:
+            logger.info("the C compiler has no OpenMP: the recorder's kernel runs on one thread")
+            subprocess.run([compiler, *FLAGS, "-o", partial, str(SOURCE), "-lm"], check=True, capture_output=True,
+                           timeout=300)
         os.replace(partial, target)
     finally:
         Path(partial).unlink(missing_ok=True)
@@ -132,63 +139,45 @@ class Totals:
     """float32 [neurons]."""
 
 
-def fold_batch(activations: Any, totals: Totals, top: TopLists, bottom: TopLists | None, *, first_window_id: int,
-               parts: int = 1) -> None:
-    """Fold one batch of one layer (activations [batch, positions, neurons]) into its totals and top-k lists.
+@dataclass(frozen=True)
+class Samples:
+    """A batch's picks (see accumulate.BatchPicks) and the shared samples they go into, updated in place."""
 
-    Neurons are independent, so `parts` > 1 splits them into ranges folded on that many threads at once (ctypes
-    releases the GIL). They wait on each other only at the end, never spinning, so a busy machine costs no more
-    CPU than one thread would.
+    window_offsets: np.ndarray
+    """Batch offsets of the windows entering the random sample."""
+    window_slots: np.ndarray
+    """Their slots."""
+    random: Any
+    """float32 [slots, positions, neurons], contiguous."""
+    token_offsets: np.ndarray
+    """Flat offsets (window * positions + position) of the tokens entering the token sample."""
+    token_slots: np.ndarray
+    """Their slots."""
+    token_sample: Any
+    """float32 [slots, neurons], contiguous."""
+
+
+def record_layer(activations: Any, totals: Totals, top: TopLists, bottom: TopLists | None, samples: Samples, *,
+                 first_window_id: int, parts: int = 1) -> None:
+    """Fold one batch of one layer (activations [batch, positions, neurons]) into its totals and top-k lists, and
+    copy its picks into the samples (converting to float32 on the way), in one call.
+
+    Neurons are independent, so `parts` > 1 splits them into that many ranges done at once on torch's OpenMP
+    threads (the GIL is released meanwhile).
     """
+    import torch
+
     batch, positions, neurons = activations.shape
-    step = -(-neurons // max(1, parts) // 16) * 16  # ranges of whole 64-byte vectors
-    ranges = [(start, min(start + step, neurons)) for start in range(0, neurons, step)]
-    calls = [functools.partial(_fold_range, activations, totals, top, bottom, first_window_id, start, stop)
-             for start, stop in ranges]
-    if len(calls) == 1:
-        calls[0]()
-        return
-    futures = [_pool(len(calls) - 1).submit(call) for call in calls[1:]]
-    calls[0]()
-    for future in futures:
-        future.result()
-
-
-@functools.cache
-def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="record-fold")
-
-
-def _fold_range(activations: Any, totals: Totals, top: TopLists, bottom: TopLists | None, first_window_id: int,
-                start: int, stop: int) -> None:
-    import torch
-
-    batch, positions, _ = activations.shape
-    k = top.scores.shape[1]
-
-    def at(tensor: Any, per_neuron: int = 1) -> int:
-        return tensor.data_ptr() + start * per_neuron * tensor.element_size()
-
-    lists = [at(top.scores, k), at(top.window_ids, k), at(top.slots, k), at(top.rows, k * positions)]
-    lists += [None] * 4 if bottom is None else [at(bottom.scores, k), at(bottom.window_ids, k), at(bottom.slots, k),
-                                                 at(bottom.rows, k * positions)]
-    fold_library().fold_batch(
-        at(activations), int(activations.dtype == torch.bfloat16), batch, positions, stop - start,
-        activations.stride(0), activations.stride(1), at(totals.total), at(totals.total_squares),
-        at(totals.positives), at(totals.minimum), at(totals.maximum), k, first_window_id, *lists)
-
-
-def copy_samples(activations: Any, *, window_offsets: np.ndarray, window_slots: np.ndarray, random: Any,
-                 token_offsets: np.ndarray, token_slots: np.ndarray, token_sample: Any) -> None:
-    """Copy a batch's picks into the random-window sample [slots, positions, neurons] and the token sample [slots,
-    neurons] (see accumulate.BatchPicks), converting to float32 on the way."""
-    import torch
-
-    arrays = [np.ascontiguousarray(array, dtype=np.int64)
-              for array in (window_offsets, window_slots, token_offsets, token_slots)]
-    pointers = [array.ctypes.data for array in arrays]
-    _, positions, neurons = activations.shape
-    fold_library().copy_samples(
-        activations.data_ptr(), int(activations.dtype == torch.bfloat16), positions, neurons, activations.stride(0),
-        activations.stride(1), pointers[0], pointers[1], len(arrays[0]), random.data_ptr(), pointers[2], pointers[3],
-        len(arrays[2]), token_sample.data_ptr())
+    indices = [np.ascontiguousarray(array, dtype=np.int64) for array in
+               (samples.window_offsets, samples.window_slots, samples.token_offsets, samples.token_slots)]
+    sides = [top] if bottom is None else [top, bottom]
+    lists = [pointer for side in sides for pointer in (side.scores.data_ptr(), side.window_ids.data_ptr(),
+                                                        side.slots.data_ptr(), side.rows.data_ptr())]
+    lists += [None] * (8 - len(lists))
+    fold_library().record_layer(
+        activations.data_ptr(), int(activations.dtype == torch.bfloat16), batch, positions, neurons,
+        activations.stride(0), activations.stride(1), totals.total.data_ptr(), totals.total_squares.data_ptr(),
+        totals.positives.data_ptr(), totals.minimum.data_ptr(), totals.maximum.data_ptr(), top.scores.shape[1],
+        first_window_id, *lists, indices[0].ctypes.data, indices[1].ctypes.data, len(indices[0]),
+        samples.random.data_ptr(), indices[2].ctypes.data, indices[3].ctypes.data, len(indices[2]),
+        samples.token_sample.data_ptr(), max(1, parts))

@@ -42,9 +42,7 @@ class _ShardLayer(LayerAccumulator):
         self.batch_sums: list[np.ndarray] = []
 
     def update(self, activations: Any, picks: Any, *, parts: int = 1) -> None:
-        from neuron_explainer.activations import native
-
-        if not native.supports(activations):
+        if not self.uses_kernel(activations):
             self._keep_addend(lambda: super(_ShardLayer, self).update(activations, picks, parts=parts))
             return
         # The kernel folds windows in id order, so one window at a time changes nothing but what can be kept.
