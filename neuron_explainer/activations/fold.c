@@ -6,11 +6,15 @@
  *
  * Activations are [batch, positions, neurons] with unit stride along neurons (any batch and position strides),
  * float32 or bfloat16 (flag bf16); bfloat16 widens to float32 exactly. The statistics and the top-k merges of a
- * window run back to back, so the rows that enter a list are copied while the window is still in cache.
+ * block of neurons run back to back, so the rows that enter a list are copied while the block is still in cache;
+ * rows and samples are written with non-temporal stores, as they are read only when the recording ends.
  */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#if defined(__SSE2__)
+#include <immintrin.h>
+#endif
 
 /* One build runs at the widest vectors of whichever x86-64 CPU loads it (the library is cached per machine, but a
  * home directory may be shared by several). */
@@ -25,6 +29,27 @@ static inline float widen_bf16(uint16_t value) {
     float result;
     memcpy(&result, &bits, sizeof result);
     return result;
+}
+
+/* Write `count` floats with non-temporal stores where the target is 16-byte aligned: the top-k rows and the samples
+ * are read only when the recording ends, so their lines are neither read before being written nor kept in cache,
+ * where they would push out the model's weights and activations. */
+static inline void write_through(float *target, const float *source, int64_t count) {
+#if defined(__SSE2__)
+    int64_t n = 0;
+    for (; n < count && ((uintptr_t)(target + n) & 15); n++) target[n] = source[n];
+    for (; n + 4 <= count; n += 4) _mm_stream_ps(target + n, _mm_loadu_ps(source + n));
+    for (; n < count; n++) target[n] = source[n];
+#else
+    memcpy(target, source, sizeof(float) * count);
+#endif
+}
+
+/* Orders the non-temporal stores before whatever follows (they are weakly ordered). */
+static inline void write_fence(void) {
+#if defined(__SSE2__)
+    _mm_sfence();
+#endif
 }
 
 /* Neurons per block: a block's running values stay in registers or L1 across a window's positions, and the block's
@@ -98,41 +123,25 @@ static inline void copy_row(const void *data, int bf16, int64_t offset, int64_t 
     }
 }
 
-/* A row that entered a list, waiting to be copied: its column offset in the activations and its destination. */
-typedef struct {
-    int64_t offset;
-    float *row;
-} Pending;
-
-/* Copy queued rows: gathered from the (cached) activations into an L1 buffer, then written with whole-vector stores,
- * so a row's destination lines are filled by a few stores instead of one store per position. */
-static inline void copy_pending(const void *data, int bf16, int64_t positions, int64_t stride_p,
-                                const Pending *pending, int64_t count) {
+/* Copy a row that entered a list: gathered from the activations (in L1) into a buffer, then written with
+ * non-temporal stores (see write_through). */
+static inline void enter_row(const void *data, int bf16, int64_t offset, int64_t positions, int64_t stride_p,
+                             float *row) {
     float buffer[256] __attribute__((aligned(64)));
-    for (int64_t i = 0; i < count; i++) {
-        if (positions > 256) {
-            copy_row(data, bf16, pending[i].offset, positions, stride_p, pending[i].row);
-            continue;
-        }
-        copy_row(data, bf16, pending[i].offset, positions, stride_p, buffer);
-        memcpy(pending[i].row, buffer, sizeof(float) * positions);
+    if (positions > 256) {
+        copy_row(data, bf16, offset, positions, stride_p, row);
+        return;
     }
+    copy_row(data, bf16, offset, positions, stride_p, buffer);
+    write_through(row, buffer, positions);
 }
 
-/* Queue a row's copy and ask for its destination lines now (rows lie anywhere in the lists and are rarely cached). */
-static inline int64_t queue(Pending *pending, int64_t queued, int64_t offset, float *row, int64_t positions) {
-    pending[queued] = (Pending){offset, row};
-    for (int64_t p = 0; p < positions; p += 16) __builtin_prefetch(row + p, 1, 0);
-    return queued + 1;
-}
-
-/* Statistics and top-k merges of one window for the `width` neurons from `first` on (see fold_batch). Rows that
- * enter a list are queued in `pending`; the count is returned. */
-static inline __attribute__((always_inline)) int64_t fold_window_block(
+/* Statistics and top-k merges of one window for the `width` neurons from `first` on (see fold_batch). */
+static inline __attribute__((always_inline)) void fold_window_block(
         const void *data, int bf16, int64_t b, int64_t first, int64_t width, int64_t positions, int64_t stride_b,
         int64_t stride_p, double *total, double *total_squares, double *positives, float *minimum, float *maximum,
         int64_t k, int64_t window_id, float *top_scores, int64_t *top_ids, int64_t *top_slots, float *top_rows,
-        float *bottom_scores, int64_t *bottom_ids, int64_t *bottom_slots, float *bottom_rows, Pending *pending) {
+        float *bottom_scores, int64_t *bottom_ids, int64_t *bottom_slots, float *bottom_rows) {
     float high[BLOCK], low[BLOCK], sum[BLOCK], squares[BLOCK], count[BLOCK];
     fold_block(data, bf16, b * stride_b + first, positions, stride_p, width, high, low, sum, squares, count);
     for (int64_t j = 0; j < width; j++) {
@@ -143,18 +152,16 @@ static inline __attribute__((always_inline)) int64_t fold_window_block(
         maximum[n] = high[j] > maximum[n] ? high[j] : maximum[n];
         minimum[n] = low[j] < minimum[n] ? low[j] : minimum[n];
     }
-    int64_t queued = 0;
     for (int64_t j = 0; j < width; j++) {
         int64_t n = first + j;
         int64_t slot = insert(high[j], window_id, k, top_scores + n * k, top_ids + n * k, top_slots + n * k);
         if (slot >= 0)
-            queued = queue(pending, queued, b * stride_b + n, top_rows + (n * k + slot) * positions, positions);
+            enter_row(data, bf16, b * stride_b + n, positions, stride_p, top_rows + (n * k + slot) * positions);
         if (bottom_scores == NULL) continue;
         slot = insert(-low[j], window_id, k, bottom_scores + n * k, bottom_ids + n * k, bottom_slots + n * k);
         if (slot >= 0)
-            queued = queue(pending, queued, b * stride_b + n, bottom_rows + (n * k + slot) * positions, positions);
+            enter_row(data, bf16, b * stride_b + n, positions, stride_p, bottom_rows + (n * k + slot) * positions);
     }
-    return queued;
 }
 
 /* Fold one batch of `neurons` neurons (a column range of the layer: every per-neuron pointer starts at its first
@@ -165,45 +172,41 @@ static inline __attribute__((always_inline)) int64_t fold_window_block(
  * - top lists (scores [neurons, k] by window max, ids, slots, rows [neurons, k, positions]) and, when bottom_scores
  *   is not NULL, bottom lists by negated window min.
  * Each neuron sees the windows in id order, so each list ends as the torch path's stable sort leaves it. Taking a
- * block's windows one after another keeps the block's lists in cache for the whole batch; each window's entering
- * rows are copied after the next window's statistics, so their destinations have arrived meanwhile. */
+ * block's windows one after another keeps the block's lists in cache for the whole batch. */
 CLONES
 void fold_batch(const void *data, int bf16, int64_t batch, int64_t positions, int64_t neurons, int64_t stride_b,
                int64_t stride_p, double *total, double *total_squares, double *positives, float *minimum,
                float *maximum, int64_t k, int64_t first_window_id, float *top_scores, int64_t *top_ids,
                int64_t *top_slots, float *top_rows, float *bottom_scores, int64_t *bottom_ids, int64_t *bottom_slots,
                float *bottom_rows) {
-    Pending pending[2][2 * BLOCK];
-    int64_t waiting = 0, side = 0;
     for (int64_t first = 0; first < neurons; first += BLOCK) {
         int64_t width = neurons - first < BLOCK ? neurons - first : BLOCK;
         for (int64_t b = 0; b < batch; b++) {
-            int64_t queued;
 #define FOLD(BF16, WIDTH)                                                                                          \
-    queued = fold_window_block(data, BF16, b, first, WIDTH, positions, stride_b, stride_p, total, total_squares,   \
-                               positives, minimum, maximum, k, first_window_id + b, top_scores, top_ids,          \
-                               top_slots, top_rows, bottom_scores, bottom_ids, bottom_slots, bottom_rows,         \
-                               pending[side])
+    fold_window_block(data, BF16, b, first, WIDTH, positions, stride_b, stride_p, total, total_squares, positives, \
+                      minimum, maximum, k, first_window_id + b, top_scores, top_ids, top_slots, top_rows,          \
+                      bottom_scores, bottom_ids, bottom_slots, bottom_rows)
             if (bf16) {
                 if (width == BLOCK) FOLD(1, BLOCK); else FOLD(1, width);
             } else {
                 if (width == BLOCK) FOLD(0, BLOCK); else FOLD(0, width);
             }
 #undef FOLD
-            copy_pending(data, bf16, positions, stride_p, pending[1 - side], waiting);
-            waiting = queued;
-            side = 1 - side;
         }
     }
-    copy_pending(data, bf16, positions, stride_p, pending[1 - side], waiting);
 }
 
 static inline void copy_contiguous(const void *data, int bf16, int64_t offset, int64_t count, float *restrict target) {
-    if (bf16) {
-        const uint16_t *source = (const uint16_t *)data + offset;
-        for (int64_t n = 0; n < count; n++) target[n] = widen_bf16(source[n]);
-    } else {
-        memcpy(target, (const float *)data + offset, sizeof(float) * count);
+    if (!bf16) {
+        write_through(target, (const float *)data + offset, count);
+        return;
+    }
+    const uint16_t *source = (const uint16_t *)data + offset;
+    float buffer[BLOCK] __attribute__((aligned(64)));
+    for (int64_t first = 0; first < count; first += BLOCK) {
+        int64_t width = count - first < BLOCK ? count - first : BLOCK;
+        for (int64_t n = 0; n < width; n++) buffer[n] = widen_bf16(source[first + n]);
+        write_through(target + first, buffer, width);
     }
 }
 
@@ -250,5 +253,6 @@ void record_layer(const void *data, int bf16, int64_t batch, int64_t positions, 
                    both ? bottom_slots + first * k : NULL, both ? bottom_rows + first * k * positions : NULL);
         copy_samples(columns, bf16, positions, width, neurons, stride_b, stride_p, window_offsets, window_slots,
                      windows, random + first, token_offsets, token_slots, tokens, token_sample + first);
+        write_fence();
     }
 }
