@@ -98,7 +98,7 @@ def test_free_form_text_names_classes() -> None:
 
 
 def test_weighted_list_round_trip_and_scores() -> None:
-    items = (LexicalItem(ItemKind.PHRASE, "def", 1.0), LexicalItem(ItemKind.PHRASE, '"', 0.5),
+    items = (LexicalItem(ItemKind.TOKEN, "def", 1.0), LexicalItem(ItemKind.TOKEN, '"', 0.5),
              LexicalItem(ItemKind.CLASS, "digits", 0.25, class_named("digits")))
     text = format_items(items)
     assert text == 'fires on "def" (1.00), `"` (0.50); also on digits (0.25)'
@@ -110,9 +110,9 @@ def test_weighted_list_round_trip_and_scores() -> None:
 
 
 def test_context_whitespace_and_lowered_items_round_trip_and_score() -> None:
-    items = (LexicalItem(ItemKind.PHRASE, "def", 1.0), LexicalItem(ItemKind.PHRASE, "(", 0.75, after="def"),
+    items = (LexicalItem(ItemKind.TOKEN, "def", 1.0), LexicalItem(ItemKind.TOKEN, "(", 0.75, after="def"),
              LexicalItem(ItemKind.AFTER, "import", 0.5), LexicalItem(ItemKind.WHITESPACE, "\n    ", 0.25),
-             LexicalItem(ItemKind.PHRASE, "the", -0.5), LexicalItem(ItemKind.WHITESPACE, "\n", -0.25))
+             LexicalItem(ItemKind.TOKEN, "the", -0.5), LexicalItem(ItemKind.WHITESPACE, "\n", -0.25))
     text = format_items(items)
     assert text == ('fires on "def" (1.00), "(" after "def" (0.75), tokens after "import" (0.50), a line break and '
                     '4 spaces (0.25); lower on "the" (0.50), a line break (0.25)')
@@ -124,6 +124,67 @@ def test_context_whitespace_and_lowered_items_round_trip_and_score() -> None:
     assert item_scores(parsed, tokens) == (1.0, 0.75, 0.0, 0.25, 0.0, 0.5, -0.5, -0.25, 0.0, 0.0)
     assert item_scores(parse_items('fires on "x" (0.50); lower on "x" (1.00)'), (" x", "y")) == (0.5, 0.0)
     assert parse_items("fires on 2 line breaks and a space (0.50)")[0].text == "\n\n "
+
+
+def test_other_tokens_round_trip_in_groups_of_one_weight() -> None:
+    items = (LexicalItem(ItemKind.TOKEN, "def", 1.0), LexicalItem(ItemKind.TOKEN, "x", -0.5),
+             LexicalItem(ItemKind.TOKEN, "a", 0.2, tail=True), LexicalItem(ItemKind.TOKEN, "B", 0.2, tail=True),
+             LexicalItem(ItemKind.WHITESPACE, "\n", -0.04, tail=True), LexicalItem(ItemKind.TOKEN, "c", -0.04, tail=True))
+    text = format_items(items)
+    assert text == ('fires on "def" (1.00); lower on "x" (0.50); other tokens: "a", "B" (0.20), a line break, "c" '
+                    '(-0.04)')
+    assert parse_items(text) == items
+    assert item_scores(parse_items(text), ("def", " a", " b", "\n", "c", " x", "z")) == pytest.approx(
+        (1.0, 0.2, 0.16, -0.04, -0.04, -0.5, 0.0))
+
+
+def test_a_weighted_list_matches_whole_tokens_and_free_form_text_matches_phrases() -> None:
+    # A quoted item of a weighted list is one token, as the explainer measured it; free-form quotes span tokens and
+    # take the whitespace token before them along, as before.
+    tokens = ("de", "f", "    ", "def", " Def")
+    assert lexical_scores('fires on "def" (1.00)', tokens) == (0.0, 0.0, 0.0, 1.0, 0.8)
+    assert lexical_scores('"def"', tokens) == (1.0, 1.0, 1.0, 1.0, 0.8)
+
+
+def _reference_scores(items: tuple[LexicalItem, ...], tokens: tuple[str, ...]) -> tuple[float, ...]:
+    """Weighted-list semantics written out token by token, item by item (what ItemMatcher must equal)."""
+    scores = []
+    for position, token in enumerate(tokens):
+        raised, lowered = [], [0.0]
+        for item in items:
+            form = token.strip()
+            if item.kind is ItemKind.WHITESPACE:
+                quality = 1.0 if token == item.text else 0.0
+            elif item.kind is ItemKind.AFTER:
+                quality = 1.0 if position > 0 and tokens[position - 1].strip() == item.text else 0.0
+            else:
+                quality = 1.0 if form == item.text else 0.8 if form.casefold() == item.text.casefold() else 0.0
+                if item.after is not None and not (position > 0 and tokens[position - 1].strip() == item.after):
+                    quality = 0.0
+            if quality:
+                (raised if item.weight >= 0 else lowered).append(quality * item.weight)
+        scores.append(max(raised) if raised else min(lowered))
+    return tuple(scores)
+
+
+def test_item_matcher_equals_the_item_by_item_semantics_on_random_lists() -> None:
+    rng = random.Random(3)
+    vocabulary = ("a", "A", "b", "ß", "SS", "ss", "(", "def", "Def", "\n", "  ", "\n  ", " a", "a ", "Ω", "ω", "1")
+    for _ in range(300):
+        items = []
+        for _ in range(rng.randrange(1, 12)):
+            weight = round(rng.uniform(-1, 1), 2) or 0.5
+            token = rng.choice(vocabulary)
+            if not token.strip():
+                items.append(LexicalItem(ItemKind.WHITESPACE, token, weight, tail=rng.random() < 0.5))
+            elif rng.random() < 0.2:
+                items.append(LexicalItem(ItemKind.AFTER, token.strip(), weight))
+            else:
+                after = rng.choice(vocabulary).strip() or None if rng.random() < 0.3 else None
+                items.append(LexicalItem(ItemKind.TOKEN, token.strip(), weight, after=after,
+                                         tail=after is None and rng.random() < 0.5))
+        tokens = tuple(rng.choice(vocabulary) for _ in range(rng.randrange(0, 20)))
+        assert item_scores(items, tokens) == pytest.approx(_reference_scores(tuple(items), tokens)), (items, tokens)
 
 
 def test_explainer_writes_context_and_lowered_items() -> None:
@@ -165,6 +226,13 @@ MALFORMED = [
     'fires on "a" (0.50); lower on "b" (0.20); also on digits (0.10)',  # raised items after the lowered ones
     'fires on "a" (0.50); lower on',          # dangling lowered tail
     'fires on 0 spaces (0.50)',               # whitespace item without whitespace
+    'fires on "a" (0.50); other tokens: "b"',                  # a group without its weight
+    'fires on "a" (0.50); other tokens: "b", "c" (0.10), "d"',  # the last group without its weight
+    'fires on "a" (0.50); other tokens: digits (0.10)',        # a class among the other tokens
+    'fires on "a" (0.50); other tokens: "b" after "a" (0.10)',  # a context item among the other tokens
+    'fires on "a" (0.50); other tokens: "b" (-1.50)',          # weight below -1
+    'fires on "a" (0.50); other tokens: "b" (0.10),',          # trailing separator
+    'fires on "a" (0.50); other tokens: "b" (0.10); lower on "c" (0.10)',  # a section after the other tokens
 ]
 
 
@@ -182,8 +250,9 @@ def test_malformed_list_is_one_clear_failure_with_the_raw_text(text: str) -> Non
 def test_parser_never_crashes_on_garbage() -> None:
     rng = random.Random(0)
     alphabet = 'fires on "`‘’(),;.0123456789 digitsalso\n\u0663\ufffd'
-    for _ in range(2000):
-        text = "fires on " + "".join(rng.choice(alphabet) for _ in range(rng.randrange(30))) + " (0.5)"
+    for attempt in range(2000):
+        prefix = "fires on " if attempt % 2 else 'fires on "a" (0.50); other tokens: '
+        text = prefix + "".join(rng.choice(alphabet + "-") for _ in range(rng.randrange(30))) + " (0.5)"
         try:
             items = parse_items(text)
         except LexicalParseError as exc:

@@ -37,6 +37,7 @@ MAX_PHRASE_TOKENS = 12
 LIST_PREFIX = "fires on "
 ALSO = "; also on "
 LOWER = "; lower on "
+OTHER = "; other tokens: "
 AFTER = " after "
 TOKENS_AFTER = "tokens after "
 
@@ -44,6 +45,7 @@ _QUOTED = re.compile(r"\"([^\"]+)\"|“([^”]+)”|`([^`]+)`|(?<![A-Za-z])'([^'
 _WORD = re.compile(r"[A-Za-z][A-Za-z'-]+|\d+")
 _WEIGHT_MARK = re.compile(r"\(\s*\d+\.\d+\s*\)")
 _WEIGHT = re.compile(r"\s*\(\s*(\d+(?:\.\d+)?)\s*\)")
+_SIGNED_WEIGHT = re.compile(r"\s*\(\s*(-?\d+(?:\.\d+)?)\s*\)")
 _CLASS_NAME = re.compile(r"([^()\"`‘’,;]+?)(?=\s*\()")
 _WHITESPACE_ITEM = re.compile(r"(?:(a|\d+) line breaks?)(?: and (a|\d+) spaces?)?|(a|\d+) spaces?")
 _CLOSING_QUOTE = {'"': '"', "`": "`", "‘": "’"}
@@ -60,6 +62,10 @@ class ItemKind(str, Enum):
     """What an item matches."""
 
     PHRASE = "phrase"
+    """A quoted string of free-form text, matched across tokens (see `item_scores`)."""
+    TOKEN = "token"
+    """One token whose text, surrounding whitespace stripped, is `text` (case-insensitively: 0.8 of the weight):
+    how a weighted list reads a quoted item, exactly as the `lexicon` explainer measured it."""
     CLASS = "class"
     WORD = "word"
     AFTER = "after"
@@ -82,7 +88,9 @@ class LexicalItem:
     token_class: TokenClass | None = None
     """The class, for CLASS items."""
     after: str | None = None
-    """For PHRASE items: the token that must come right before the phrase (a context item), else None."""
+    """For PHRASE and TOKEN items: the token that must come right before (a context item), else None."""
+    tail: bool = False
+    """Listed in the `other tokens` section (a token or whitespace item whose weight is shared by its group)."""
 
 
 class LexicalParseError(ValueError):
@@ -143,8 +151,7 @@ def _parse_weighted_list(raw: str) -> tuple[LexicalItem, ...]:
     items: list[LexicalItem] = []
     sign = 1.0
     while True:
-        while position < len(text) and text[position].isspace():
-            position += 1
+        position = _skip_blanks(text, position)
         if position >= len(text):
             raise LexicalParseError("an item is missing", raw)
         if text[position] in _CLOSING_QUOTE:
@@ -152,7 +159,7 @@ def _parse_weighted_list(raw: str) -> tuple[LexicalItem, ...]:
             after = None
             if text.startswith(AFTER, position) and text[position + len(AFTER):][:1] in _CLOSING_QUOTE:
                 after, position = _quoted_at(text, position + len(AFTER), raw)
-            item = LexicalItem(ItemKind.PHRASE, phrase, after=after)
+            item = LexicalItem(ItemKind.TOKEN, phrase, after=after)
         elif (blank := _WHITESPACE_ITEM.match(text, position)) is not None and _WEIGHT.match(text, blank.end()):
             if not _whitespace_text(blank):
                 raise LexicalParseError(f"no whitespace in {blank.group(0)!r}", raw)
@@ -180,19 +187,64 @@ def _parse_weighted_list(raw: str) -> tuple[LexicalItem, ...]:
             raise LexicalParseError(f"weight {value} of {item.text!r} is above 1", raw)
         items.append(LexicalItem(item.kind, item.text, sign * value, item.token_class, item.after))
         position = weight.end()
-        rest = text[position:]
-        if not rest.strip():
+        following = _skip_blanks(text, position)
+        if following >= len(text):
             return tuple(items)
-        if rest.startswith(ALSO) and sign > 0:
+        if text.startswith(ALSO, position) and sign > 0:
             position += len(ALSO)
-        elif rest.startswith(LOWER) and sign > 0:
+        elif text.startswith(LOWER, position) and sign > 0:
             position += len(LOWER)
             sign = -1.0
-        elif rest.lstrip().startswith(","):
-            position += len(rest) - len(rest.lstrip()) + 1
+        elif text.startswith(OTHER, position):
+            return tuple(items) + _parse_other_tokens(text, position + len(OTHER), raw)
+        elif text.startswith(",", following):
+            position = following + 1
         else:
-            raise LexicalParseError(f"expected ',', '{ALSO.strip()}' or '{LOWER.strip()}' at character {position}",
-                                    raw)
+            raise LexicalParseError(f"expected ',', '{ALSO.strip()}', '{LOWER.strip()}' or '{OTHER.strip()}' at "
+                                    f"character {position}", raw)
+
+
+def _skip_blanks(text: str, position: int) -> int:
+    """The first position from `position` on that is not whitespace (`len(text)` if none)."""
+    while position < len(text) and text[position].isspace():
+        position += 1
+    return position
+
+
+def _parse_other_tokens(text: str, position: int, raw: str) -> tuple[LexicalItem, ...]:
+    """The `other tokens` section from `position` to the end: groups of quoted tokens and whitespace items, each
+    group closed by one signed weight that all its items share."""
+    items: list[LexicalItem] = []
+    group: list[LexicalItem] = []
+    while True:
+        position = _skip_blanks(text, position)
+        if position >= len(text):
+            raise LexicalParseError("an item is missing", raw)
+        if text[position] in _CLOSING_QUOTE:
+            phrase, position = _quoted_at(text, position, raw)
+            group.append(LexicalItem(ItemKind.TOKEN, phrase, tail=True))
+        elif (blank := _WHITESPACE_ITEM.match(text, position)) is not None and _whitespace_text(blank):
+            group.append(LexicalItem(ItemKind.WHITESPACE, _whitespace_text(blank), tail=True))
+            position = blank.end()
+        else:
+            raise LexicalParseError(f"not a quoted token or whitespace in {OTHER.strip(' ;:')!r} at character "
+                                    f"{position}", raw)
+        weight = _SIGNED_WEIGHT.match(text, position)
+        if weight is not None:
+            value = float(weight.group(1))
+            if abs(value) > 1.0:
+                raise LexicalParseError(f"weight {value} of {group[-1].text!r} is outside -1 to 1", raw)
+            items += [LexicalItem(item.kind, item.text, value, tail=True) for item in group]
+            group = []
+            position = weight.end()
+        following = _skip_blanks(text, position)
+        if following >= len(text):
+            if group:
+                raise LexicalParseError(f"no (weight) after {group[-1].text!r}", raw)
+            return tuple(items)
+        if not text.startswith(",", following):
+            raise LexicalParseError(f"expected ',' at character {position}", raw)
+        position = following + 1
 
 
 def _whitespace_text(match: re.Match[str]) -> str:
@@ -235,12 +287,24 @@ def format_items(items: Sequence[LexicalItem]) -> str:
         return ", ".join(f"{describe(item)} ({abs(item.weight):.2f})"
                          for item in sorted(selected, key=lambda item: -abs(item.weight)))
 
-    raised = [item for item in items if item.weight >= 0]
-    lowered = [item for item in items if item.weight < 0]
+    tail = [item for item in items if item.tail]
+    raised = [item for item in items if item.weight >= 0 and not item.tail]
+    lowered = [item for item in items if item.weight < 0 and not item.tail]
     text = LIST_PREFIX + ALSO.join(part for part in (listed([item for item in raised if item.kind is not ItemKind.CLASS]),
                                                      listed([item for item in raised if item.kind is ItemKind.CLASS]))
                                    if part)
-    return text + LOWER + listed(lowered) if lowered else text
+    if lowered:
+        text += LOWER + listed(lowered)
+    return text + OTHER + _grouped(tail) if tail else text
+
+
+def _grouped(items: Sequence[LexicalItem]) -> str:
+    """Items in groups of equal weight, highest first, each group closed by its signed weight."""
+    groups: dict[float, list[LexicalItem]] = {}
+    for item in items:
+        groups.setdefault(round(item.weight, 2), []).append(item)
+    return ", ".join(", ".join(describe(item) for item in group) + f" ({weight:.2f})"
+                     for weight, group in sorted(groups.items(), key=lambda pair: -pair[0]))
 
 
 def describe(item: LexicalItem) -> str:
@@ -249,7 +313,7 @@ def describe(item: LexicalItem) -> str:
         return TOKENS_AFTER + quote(item.text)
     if item.kind is ItemKind.WHITESPACE:
         return whitespace_item_text(item.text) or ""
-    if item.kind is ItemKind.PHRASE:
+    if item.kind in (ItemKind.PHRASE, ItemKind.TOKEN):
         return quote(item.text) + (AFTER + quote(item.after) if item.after is not None else "")
     return item.text
 
@@ -285,18 +349,51 @@ def phrase_match(phrase: str, text: str) -> float:
 def item_scores(items: Sequence[LexicalItem], tokens: Sequence[str]) -> tuple[float, ...]:
     """Prediction per token: the largest weight of the positive items the token matches; where it matches none,
     the most negative of the `lower on` items it matches; 0 when it matches nothing."""
-    raised: list[float | None] = [None] * len(tokens)
-    lowered = [0.0] * len(tokens)
-    view = _view(tuple(tokens))
-    for item in items:
-        for position, quality in _matches(item, view):
-            value = quality * item.weight
-            if item.weight >= 0:
+    return ItemMatcher(items).scores(tokens)
+
+
+class ItemMatcher:
+    """Items ready to score many windows: single-token items (quoted items of a weighted list, whitespace items)
+    are looked up per token, so a list of hundreds of them costs what a short one does."""
+
+    def __init__(self, items: Sequence[LexicalItem]) -> None:
+        self.by_folded: dict[str, list[tuple[str, float]]] = {}
+        """Case-folded text -> (text, weight) of the TOKEN items without context."""
+        self.by_token: dict[str, list[float]] = {}
+        """Whitespace token -> weights of its items."""
+        self.others: list[LexicalItem] = []
+        """Every other item, matched one by one."""
+        for item in items:
+            if item.kind is ItemKind.TOKEN and item.after is None:
+                self.by_folded.setdefault(item.text.casefold(), []).append((item.text, item.weight))
+            elif item.kind is ItemKind.WHITESPACE:
+                self.by_token.setdefault(item.text, []).append(item.weight)
+            else:
+                self.others.append(item)
+
+    def scores(self, tokens: Sequence[str]) -> tuple[float, ...]:
+        """Prediction per token (see `item_scores`)."""
+        raised: list[float | None] = [None] * len(tokens)
+        lowered = [0.0] * len(tokens)
+
+        def add(position: int, value: float, weight: float) -> None:
+            if weight >= 0:
                 current = raised[position]
                 raised[position] = value if current is None else max(current, value)
             else:
                 lowered[position] = min(lowered[position], value)
-    return tuple(lowered[position] if value is None else value for position, value in enumerate(raised))
+
+        view = _view(tuple(tokens))
+        if self.by_folded or self.by_token:
+            for position, (token, form, folded) in enumerate(zip(view.tokens, view.stripped, view.folded)):
+                for text, weight in self.by_folded.get(folded, ()):
+                    add(position, (EXACT_WEIGHT if text == form else CASE_INSENSITIVE_WEIGHT) * weight, weight)
+                for weight in self.by_token.get(token, ()):
+                    add(position, EXACT_WEIGHT * weight, weight)
+        for item in self.others:
+            for position, quality in _matches(item, view):
+                add(position, quality * item.weight, item.weight)
+        return tuple(lowered[position] if value is None else value for position, value in enumerate(raised))
 
 
 class _TokenView:
@@ -306,6 +403,7 @@ class _TokenView:
     def __init__(self, tokens: tuple[str, ...]) -> None:
         self.tokens = tokens
         self.stripped = [token.strip() for token in tokens]
+        self.folded = [form.casefold() for form in self.stripped]
         self.heads = [token.lstrip().casefold() for token in tokens]
         self.by_head: dict[str, list[int]] = {}
         self.by_bare_head: dict[str, list[int]] = {}
@@ -335,6 +433,12 @@ def _matches(item: LexicalItem, view: _TokenView) -> list[tuple[int, float]]:
         return [(position + 1, EXACT_WEIGHT) for position, form in enumerate(view.stripped[:-1]) if form == item.text]
     if item.kind is ItemKind.WHITESPACE:
         return [(position, EXACT_WEIGHT) for position, token in enumerate(tokens) if token == item.text]
+    if item.kind is ItemKind.TOKEN:
+        folded = item.text.casefold()
+        return [(position, EXACT_WEIGHT if form == item.text else CASE_INSENSITIVE_WEIGHT)
+                for position, form in enumerate(view.stripped)
+                if view.folded[position] == folded
+                and (item.after is None or (position > 0 and view.stripped[position - 1] == item.after))]
     if item.kind is ItemKind.CLASS:
         if item.token_class is None:
             return []

@@ -65,6 +65,11 @@ class LexiconConfig:
     """An item is dropped at the end when the correlation without it is at most this much lower."""
     tie_tolerance: float = 0.002
     """Candidates this close to the best count as tied; the earliest (most frequent form) is chosen."""
+    tail: bool = True
+    """After the chosen items, list every other token of the explain windows at its own level (`other tokens`):
+    the rest of the token -> activation table, so the list predicts what the lexical ceiling's lookup does."""
+    tail_step: float = 0.02
+    """The `other tokens` weights are rounded to multiples of this, so tokens share a few weights."""
 
     def as_dict(self) -> dict[str, float | int]:
         """JSON-ready parameters."""
@@ -143,7 +148,7 @@ def fit_items(windows: Sequence[Window], *, config: LexiconConfig = LexiconConfi
     # A context item is shrunk toward what its token alone says (a token after anything: the neuron's mean), with
     # more pseudo-counts: it must earn a level of its own.
     phrase_row = {candidate.item.text: index for index, candidate in enumerate(candidates)
-                  if candidate.item.kind is ItemKind.PHRASE and candidate.item.after is None}
+                  if candidate.item.kind is ItemKind.TOKEN and candidate.item.after is None}
     for index, candidate in enumerate(candidates):
         item = candidate.item
         if item.kind is ItemKind.AFTER or item.after is not None:
@@ -179,18 +184,66 @@ def fit_items(windows: Sequence[Window], *, config: LexiconConfig = LexiconConfi
                            for candidate in candidates])
     chosen = _prune(_greedy(predictions, activations, is_class[useful], is_context[useful], config), predictions,
                     activations, config)
-    largest = max(abs(levels[useful[index]]) for index in chosen)
+    head = [int(useful[index]) for index in chosen]
+    tail: list[int] = []
+    if config.tail:
+        tail = _tail(head, candidates, quality, levels, _compose(predictions[chosen]), activations, config)
+    largest = max(abs(levels[row]) for row in head + tail)
     items = []
-    for index in chosen:
-        candidate = candidates[useful[index]]
-        weight = round(float(levels[useful[index]] / largest), 2)
+    for row in head:
+        weight = round(float(levels[row] / largest), 2)
         if weight == 0:
             continue
-        item = candidate.item
-        if weight > 0 and item.kind is ItemKind.PHRASE and item.after is None:
+        item = candidates[row].item
+        if weight > 0 and item.kind is ItemKind.TOKEN and item.after is None:
             item = named_alike.get(item.text, item)
         items.append(LexicalItem(item.kind, item.text, weight, item.token_class, item.after))
+    for row in tail:
+        weight = round(round(float(levels[row] / largest) / config.tail_step) * config.tail_step, 2)
+        if weight != 0:
+            items.append(LexicalItem(candidates[row].item.kind, candidates[row].item.text, weight, tail=True))
     return items
+
+
+def _tail(head: list[int], candidates: Sequence[_Candidate], quality: np.ndarray, levels: np.ndarray,
+          head_prediction: np.ndarray, activations: np.ndarray, config: LexiconConfig) -> list[int]:
+    """The `other tokens` rows: every quoted token (the most frequent form of each case-folded form) and whitespace
+    token of the explain windows not chosen, at its own level, where the simulator would then predict that level
+    wherever it matches (the chosen items never override it); none when together they raise the explain-window
+    correlation by less than `min_gain` (a neuron the chosen items already explain)."""
+    rows = np.array([row for row, candidate in enumerate(candidates)
+                     if candidate.item.after is None and candidate.item.kind in (ItemKind.TOKEN, ItemKind.WHITESPACE)
+                     and levels[row] != 0], dtype=np.int64)
+    if rows.size == 0:
+        return []
+    matched = quality[rows] > 0
+    # Raised: above every raised chosen item where it matches; lowered: where no chosen item raises the token and
+    # below every lowered one.
+    highest = np.where(matched, head_prediction, -np.inf).max(axis=1)
+    lowest = np.where(matched, head_prediction, np.inf).min(axis=1)
+    own = levels[rows]
+    free = np.where(own > 0, highest <= own, (highest <= 0) & (lowest >= own))
+    free[np.isin(rows, head)] = False
+    seen: set[str] = set()
+    tail = []
+    for row, is_free in zip(rows.tolist(), free.tolist()):
+        item = candidates[row].item
+        # Case variants match each other (0.8): the first, most frequent, form speaks for its case-folded form.
+        if item.kind is ItemKind.TOKEN:
+            folded = item.text.casefold()
+            if folded in seen:
+                continue
+            seen.add(folded)
+        if is_free:
+            tail.append(row)
+    if not tail:
+        return []
+    exact = quality[tail] >= 1.0
+    listed = exact.any(axis=0)
+    with_tail = np.where(listed, levels[tail] @ exact, head_prediction)
+    target = activations - activations.mean()
+    gain = _correlations(with_tail[None, :], target)[0] - _correlations(head_prediction[None, :], target)[0]
+    return tail if gain >= config.min_gain else []
 
 
 def _candidates(distinct: Sequence[str], position_of: np.ndarray, previous: np.ndarray,
@@ -218,7 +271,7 @@ def _candidates(distinct: Sequence[str], position_of: np.ndarray, previous: np.n
         if form in row_of:
             quality[row_of[form], column] = EXACT_WEIGHT
     at_positions = quality[:, position_of]
-    candidates = [_Candidate(LexicalItem(ItemKind.PHRASE, phrase), at_positions[row])
+    candidates = [_Candidate(LexicalItem(ItemKind.TOKEN, phrase), at_positions[row])
                   for row, phrase in enumerate(phrases)]
     candidates += _context_candidates(stripped, position_of, previous, row_of, at_positions, config)
     for index, token in enumerate(distinct):
@@ -256,7 +309,7 @@ def _context_candidates(stripped: Sequence[str], position_of: np.ndarray, previo
         for token in sorted(pair_counts):
             form = stripped[token]
             if pair_counts[token] >= config.context_min_count and form in row_of:
-                candidates.append(_Candidate(LexicalItem(ItemKind.PHRASE, form, after=text),
+                candidates.append(_Candidate(LexicalItem(ItemKind.TOKEN, form, after=text),
                                              at_positions[row_of[form]] * follows))
     return candidates
 

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from neuron_explainer.explain.lexical_grammar import (CASE_INSENSITIVE_WEIGHT, EXACT_WEIGHT, WORD_WEIGHT,
-                                                      LexicalParseError, content_words, item_scores, parse_items,
-                                                      quoted_phrases)
+                                                      ItemMatcher, LexicalParseError, content_words, item_scores,
+                                                      parse_items, quoted_phrases)
 from neuron_explainer.simulate.base import SimulationResult, Simulator, WindowSimulation
 from neuron_explainer.simulate.types import SimulatorKind
 
@@ -40,11 +40,12 @@ class LexicalSimulator(Simulator):
     @property
     def parameters(self) -> dict[str, Any]:
         return {"exact_weight": EXACT_WEIGHT, "case_insensitive_weight": CASE_INSENSITIVE_WEIGHT,
-                "word_weight": WORD_WEIGHT, "grammar": "weighted-items-v1"}
+                "word_weight": WORD_WEIGHT, "grammar": "weighted-items-v2"}
 
     async def simulate(self, explanation: str, windows: Sequence[Sequence[str]]) -> SimulationResult:
         try:
             items = parse_items(explanation)
         except LexicalParseError as exc:
             return SimulationResult(tuple(WindowSimulation(None, str(exc)) for _ in windows))
-        return SimulationResult(tuple(WindowSimulation(item_scores(items, tokens)) for tokens in windows))
+        matcher = ItemMatcher(items)
+        return SimulationResult(tuple(WindowSimulation(matcher.scores(tokens)) for tokens in windows))
