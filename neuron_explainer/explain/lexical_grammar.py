@@ -151,9 +151,7 @@ def _parse_weighted_list(raw: str) -> tuple[LexicalItem, ...]:
     items: list[LexicalItem] = []
     sign = 1.0
     while True:
-        position = _skip_blanks(text, position)
-        if position >= len(text):
-            raise LexicalParseError("an item is missing", raw)
+        position = _item_start(text, position, raw)
         if text[position] in _CLOSING_QUOTE:
             phrase, position = _quoted_at(text, position, raw)
             after = None
@@ -204,6 +202,14 @@ def _parse_weighted_list(raw: str) -> tuple[LexicalItem, ...]:
                                     f"character {position}", raw)
 
 
+def _item_start(text: str, position: int, raw: str) -> int:
+    """Where the next item begins (blanks skipped); LexicalParseError when the text ends first."""
+    position = _skip_blanks(text, position)
+    if position >= len(text):
+        raise LexicalParseError("an item is missing", raw)
+    return position
+
+
 def _skip_blanks(text: str, position: int) -> int:
     """The first position from `position` on that is not whitespace (`len(text)` if none)."""
     while position < len(text) and text[position].isspace():
@@ -217,9 +223,7 @@ def _parse_other_tokens(text: str, position: int, raw: str) -> tuple[LexicalItem
     items: list[LexicalItem] = []
     group: list[LexicalItem] = []
     while True:
-        position = _skip_blanks(text, position)
-        if position >= len(text):
-            raise LexicalParseError("an item is missing", raw)
+        position = _item_start(text, position, raw)
         if text[position] in _CLOSING_QUOTE:
             phrase, position = _quoted_at(text, position, raw)
             group.append(LexicalItem(ItemKind.TOKEN, phrase, tail=True))
