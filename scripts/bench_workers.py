@@ -12,7 +12,9 @@ machine has) instead of forked processes, and the night is first run in one proc
 (its results must be equal). `--store bundled` records the bundled model (layer 0, 64 windows of 32 tokens of the
 bundled corpus) instead of the planted word neurons; `--sqlite` keeps the results in a SQLite file (with Ray: the
 driver is the only writer). Besides wall time (Ray: including the workers' start-up), the Ray rows give the units
-phase: first LLM request sent to last answer, from the stored calls.
+phase: first LLM request sent to last answer, from the stored calls, and the fixed seconds (wall minus units phase:
+start-up of the driver and the worker actors, and the tail after the last answer) that a longer night does not
+multiply. Ray's workers run at this process's niceness (RAY_worker_niceness=0 unless set), like the reference.
 
 Usage: .venv/bin/python scripts/bench_workers.py [--neurons 48] [--latency 0.2] [--concurrency 2] [--workers 1,2,4]
        [--ray] [--store words|bundled] [--sqlite]
@@ -121,6 +123,8 @@ def main() -> None:
     if args.ray:
         import ray
 
+        # Ray starts its workers at niceness 15 by default; the one-process reference runs at this process's.
+        os.environ.setdefault("RAY_worker_niceness", "0")
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
         counts = [0, *counts]  # the one-process night first: the reference every Ray night must equal
     load_before = os.getloadavg()
@@ -155,6 +159,8 @@ def main() -> None:
                     "ledger_calls": int(calls), "units_phase_s": round(units_phase(url), 2)}
                 row = results[workers]
                 row["units_phase_neurons_per_s"] = round(args.neurons / row["units_phase_s"], 3)
+                # What a longer night would not multiply: start-up (driver and workers) and the last units' tail.
+                row["fixed_s"] = round(row["seconds"] - row["units_phase_s"], 2)
                 first = counts[1] if args.ray else counts[0]
                 if workers == 0:
                     print(f"one process, no Ray: {row['seconds']:7.2f} s  {row['neurons_per_s']:6.3f} neurons/s  "
@@ -164,7 +170,8 @@ def main() -> None:
                     row[label] = round(row[key] / (workers * results[first][key] / first), 3)
                 print(f"{workers} worker(s): {row['seconds']:7.2f} s  {row['neurons_per_s']:6.3f} neurons/s  "
                       f"scaling {row['scaling']:.2f} x N  units phase {row['units_phase_s']:.2f} s (scaling "
-                      f"{row['units_phase_scaling']:.2f})  identical {row['identical_to_first']}  "
+                      f"{row['units_phase_scaling']:.2f})  fixed {row['fixed_s']:.1f} s  "
+                      f"identical {row['identical_to_first']}  "
                       f"done per run {row['neurons_done_per_worker']}")
     finally:
         if server is not None:

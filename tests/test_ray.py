@@ -112,5 +112,6 @@ def test_a_local_model_serves_every_worker_from_one_actor(store: Path, tmp_path:
     assert len(results_snapshot(tmp_path / "ray.db")["scores"]) >= 4
     # The model's calls, counted under each worker's units: the same as in one process.
     assert _calls(tmp_path / "ray.db") == _calls(tmp_path / "one.db") and _calls(tmp_path / "one.db")
-    # The model actor is gone with the night.
-    assert not [actor for actor in ray.util.list_named_actors() if actor.startswith("neuron-explainer-model-")]
+    # The model actor is gone with the night, as is every other actor of it.
+    assert not [actor for actor in ray.util.list_named_actors(all_namespaces=True)
+                if actor["namespace"] == "neuron-explainer"]

@@ -276,14 +276,15 @@ def record_sharded(config: RecordConfig, out_dir: Path | str, *, shards: int, ru
                          seconds=time.perf_counter() - started)
 
 
-def ray_shard_runner(config: RecordConfig) -> ShardRunner:
-    """A ShardRunner recording each shard in its own Ray task (one GPU each where the cluster has GPUs)."""
+def ray_shard_runner(config: RecordConfig, *, runtime_env: dict[str, Any] | None = None) -> ShardRunner:
+    """A ShardRunner recording each shard in its own Ray task (one GPU each where the cluster has GPUs), in
+    `runtime_env` (e.g. the one that ships this package to the nodes)."""
 
     def run(plan: list[tuple[Sequence[Batch], int]], layers: Sequence[int]) -> list[ShardResult]:
         import ray
 
         gpus = 1 if config.device != "cpu" and ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        task = ray.remote(record_shard).options(num_cpus=1, num_gpus=gpus)
+        task = ray.remote(record_shard).options(num_cpus=1, num_gpus=gpus, runtime_env=runtime_env)
         return ray.get([task.remote(config, chosen, first_window=start, layers=list(layers))
                         for chosen, start in plan])
 

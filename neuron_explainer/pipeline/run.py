@@ -168,14 +168,15 @@ def check_store_fits(config: RunConfig, store: RecordStore) -> None:
     check_split_groups(config.split_config, has_document_ids=store.has_document_ids, store=store.path)
 
 
-def ensure_records(config: RunConfig, *, progress: bool = True) -> RecordStore:
-    """Open `config.record.records`, or record into the run's recording directory (reused when its manifest matches)."""
+def ensure_records(config: RunConfig, *, progress: bool = True, night: Any = None) -> RecordStore:
+    """Open `config.record.records`, or record into the run's recording directory (reused when its manifest matches;
+    `night`: the Ray night whose cluster records it in shards)."""
     if config.record.records is not None:
         return RecordStore.open(config.record.records)
     if config.run.ray is not None:
         from neuron_explainer.pipeline.ray_night import record_on_ray
 
-        summary = record_on_ray(config, record_config(config), recording_directory(config))
+        summary = record_on_ray(config, record_config(config), recording_directory(config), night)
     else:
         summary = record(record_config(config), recording_directory(config), progress=progress)
     if summary.reused:
@@ -576,20 +577,24 @@ def run_pipeline(config: RunConfig, *, progress: bool = True, on_progress: Progr
     in-process subject); None loads the model the recording names, when a stage first needs it."""
     started = time.monotonic()
     check_inputs(config)
+    night = None
     if config.run.ray is not None:
-        from neuron_explainer.pipeline.ray_night import connect
+        from neuron_explainer.pipeline.ray_night import start_night
 
-        connect(config)
+        night = start_night(config)  # the workers start while this process opens the database and plans
     created = _new_sqlite_file(config.run.db)
     try:
         return _run_on_database(config, created=created, started=started, progress=progress,
-                                on_progress=on_progress, subject=subject)
+                                on_progress=on_progress, subject=subject, night=night)
     except _RefusedBeforeAnyResult as refused:
         # A user error found only once the run had begun (a backend that cannot do what the simulator needs, ...)
         # leaves nothing behind when the database is the run's own new file and holds no result yet.
         for path in _sqlite_files(created):
             path.unlink(missing_ok=True)
         raise refused.error from None
+    finally:
+        if night is not None:
+            night.close()
 
 
 class _RefusedBeforeAnyResult(Exception):
@@ -610,12 +615,12 @@ def _sqlite_files(database: Path | None) -> list[Path]:
 
 
 def _run_on_database(config: RunConfig, *, created: Path | None, started: float, progress: bool,
-                     on_progress: ProgressCallback | None, subject: Any) -> RunSummary:
+                     on_progress: ProgressCallback | None, subject: Any, night: Any = None) -> RunSummary:
     with open_database(config.run.db) as database:
         run_id = database.start_run(config=config.as_dict(), shared=shares_work(database))
         status, error, summary = RunStatus.FAILED, None, None
         try:
-            store = ensure_records(config, progress=progress)
+            store = ensure_records(config, progress=progress, night=night)
             check_store_fits(config, store)
             neurons = select_neurons(store, config)
             if config.score.causal:
@@ -624,10 +629,7 @@ def _run_on_database(config: RunConfig, *, created: Path | None, started: float,
                 check_weight_view_inputs(config.explain.explainers, store, neurons)
             pipeline = Pipeline(config, database, store, on_progress=on_progress, subject=subject)
             pipeline.run_id = run_id
-            if config.run.ray is not None:
-                from neuron_explainer.pipeline.ray_night import RayNight
-
-                pipeline.remote = RayNight(config)
+            pipeline.remote = night
             summary = run_async(_run_then_close(pipeline, neurons)) if neurons else None
             if summary is None:
                 summary = RunSummary(run_id=run_id, status=RunStatus.COMPLETED.value, records=str(store.path),
