@@ -221,14 +221,14 @@ def _parse_other_tokens(text: str, position: int, raw: str) -> tuple[LexicalItem
     """The `other tokens` section from `position` to the end: groups of quoted tokens and whitespace items, each
     group closed by one signed weight that all its items share."""
     items: list[LexicalItem] = []
-    group: list[LexicalItem] = []
+    group: list[tuple[ItemKind, str]] = []
     while True:
         position = _item_start(text, position, raw)
         if text[position] in _CLOSING_QUOTE:
             phrase, position = _quoted_at(text, position, raw)
-            group.append(LexicalItem(ItemKind.TOKEN, phrase, tail=True))
+            group.append((ItemKind.TOKEN, phrase))
         elif (blank := _WHITESPACE_ITEM.match(text, position)) is not None and _whitespace_text(blank):
-            group.append(LexicalItem(ItemKind.WHITESPACE, _whitespace_text(blank), tail=True))
+            group.append((ItemKind.WHITESPACE, _whitespace_text(blank)))
             position = blank.end()
         else:
             raise LexicalParseError(f"not a quoted token or whitespace in {OTHER.strip(' ;:')!r} at character "
@@ -237,14 +237,14 @@ def _parse_other_tokens(text: str, position: int, raw: str) -> tuple[LexicalItem
         if weight is not None:
             value = float(weight.group(1))
             if abs(value) > 1.0:
-                raise LexicalParseError(f"weight {value} of {group[-1].text!r} is outside -1 to 1", raw)
-            items += [LexicalItem(item.kind, item.text, value, tail=True) for item in group]
+                raise LexicalParseError(f"weight {value} of {group[-1][1]!r} is outside -1 to 1", raw)
+            items += [LexicalItem(kind, phrase, value, tail=True) for kind, phrase in group]
             group = []
             position = weight.end()
         following = _skip_blanks(text, position)
         if following >= len(text):
             if group:
-                raise LexicalParseError(f"no (weight) after {group[-1].text!r}", raw)
+                raise LexicalParseError(f"no (weight) after {group[-1][1]!r}", raw)
             return tuple(items)
         if not text.startswith(",", following):
             raise LexicalParseError(f"expected ',' at character {position}", raw)
@@ -375,29 +375,42 @@ class ItemMatcher:
             else:
                 self.others.append(item)
 
+        self._per_token: dict[str, tuple[float | None, float]] = {}
+        """Token -> (largest raised value, most negative lowered value) from the looked-up items, as computed."""
+
+    def _token_values(self, token: str) -> tuple[float | None, float]:
+        form = token.strip()
+        raised: float | None = None
+        lowered = 0.0
+        values = [(EXACT_WEIGHT if text == form else CASE_INSENSITIVE_WEIGHT) * weight
+                  for text, weight in self.by_folded.get(form.casefold(), ())]
+        values += [EXACT_WEIGHT * weight for weight in self.by_token.get(token, ())]
+        for value in values:
+            if value >= 0:
+                raised = value if raised is None else max(raised, value)
+            else:
+                lowered = min(lowered, value)
+        self._per_token[token] = (raised, lowered)
+        return raised, lowered
+
     def scores(self, tokens: Sequence[str]) -> tuple[float, ...]:
         """Prediction per token (see `item_scores`)."""
-        raised: list[float | None] = [None] * len(tokens)
-        lowered = [0.0] * len(tokens)
-
-        def add(position: int, value: float, weight: float) -> None:
-            if weight >= 0:
-                current = raised[position]
-                raised[position] = value if current is None else max(current, value)
-            else:
-                lowered[position] = min(lowered[position], value)
-
+        known = self._per_token
+        pairs = [known.get(token) or self._token_values(token) for token in tokens]
+        if not self.others:
+            return tuple(lowered if raised is None else raised for raised, lowered in pairs)
+        raised_values = [raised for raised, _ in pairs]
+        lowered_values = [lowered for _, lowered in pairs]
         view = _view(tuple(tokens))
-        if self.by_folded or self.by_token:
-            for position, (token, form, folded) in enumerate(zip(view.tokens, view.stripped, view.folded)):
-                for text, weight in self.by_folded.get(folded, ()):
-                    add(position, (EXACT_WEIGHT if text == form else CASE_INSENSITIVE_WEIGHT) * weight, weight)
-                for weight in self.by_token.get(token, ()):
-                    add(position, EXACT_WEIGHT * weight, weight)
         for item in self.others:
             for position, quality in _matches(item, view):
-                add(position, quality * item.weight, item.weight)
-        return tuple(lowered[position] if value is None else value for position, value in enumerate(raised))
+                value = quality * item.weight
+                if item.weight >= 0:
+                    current = raised_values[position]
+                    raised_values[position] = value if current is None else max(current, value)
+                else:
+                    lowered_values[position] = min(lowered_values[position], value)
+        return tuple(lowered if raised is None else raised for raised, lowered in zip(raised_values, lowered_values))
 
 
 class _TokenView:

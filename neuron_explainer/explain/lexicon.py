@@ -80,13 +80,6 @@ _WHITESPACE_CLASSES = frozenset({"line breaks", "spaces"})
 _FIXED_NAMES = frozenset(token_class.name for token_class in FIXED_CLASSES)
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    item: LexicalItem
-    quality: np.ndarray
-    """Match quality (0-1) at every position of the explain windows."""
-
-
 class LexiconExplainer(Explainer):
     """The LLM-free weighted token and class list."""
 
@@ -136,10 +129,10 @@ def fit_items(windows: Sequence[Window], *, config: LexiconConfig = LexiconConfi
     stripped = [str(token).strip() for token in distinct]
     in_window = np.array([position for window in windows for position in range(len(window.tokens))])
     previous = np.where(in_window > 0, np.roll(position_of, 1), -1)
-    candidates = _candidates([str(token) for token in distinct], position_of, previous, config)
+    distinct = [str(token) for token in distinct]
+    candidates, quality = _candidates(distinct, position_of, previous, config)
     if not candidates:
         return "no token of the explain windows can be quoted or classed"
-    quality = np.stack([candidate.quality for candidate in candidates])
     exact = quality >= 1.0
     counts = exact.sum(axis=1)
     neuron_mean = float(activations.mean())
@@ -147,10 +140,9 @@ def fit_items(windows: Sequence[Window], *, config: LexiconConfig = LexiconConfi
     levels = (sums + config.shrinkage * neuron_mean) / (counts + config.shrinkage) - neuron_mean
     # A context item is shrunk toward what its token alone says (a token after anything: the neuron's mean), with
     # more pseudo-counts: it must earn a level of its own.
-    phrase_row = {candidate.item.text: index for index, candidate in enumerate(candidates)
-                  if candidate.item.kind is ItemKind.TOKEN and candidate.item.after is None}
-    for index, candidate in enumerate(candidates):
-        item = candidate.item
+    phrase_row = {item.text: index for index, item in enumerate(candidates)
+                  if item.kind is ItemKind.TOKEN and item.after is None}
+    for index, item in enumerate(candidates):
         if item.kind is ItemKind.AFTER or item.after is not None:
             prior = levels[phrase_row[item.text]] if item.after is not None else 0.0
             levels[index] = ((sums[index] - counts[index] * neuron_mean + config.context_shrinkage * prior)
@@ -159,19 +151,19 @@ def fit_items(windows: Sequence[Window], *, config: LexiconConfig = LexiconConfi
     # The fixed class (commas, underscores, ...) whose only member in the explain windows is a quoted token: named
     # instead of it, it predicts the same there, reads better and covers the members they did not show.
     named_alike: dict[str, LexicalItem] = {}
-    for candidate in candidates:
-        if candidate.item.kind is ItemKind.CLASS and candidate.item.text in _FIXED_NAMES:
-            seen = {stripped[token] for token in position_of[candidate.quality >= 1.0]}
+    for index, item in enumerate(candidates):
+        if item.kind is ItemKind.CLASS and item.text in _FIXED_NAMES:
+            seen = {stripped[token] for token in position_of[exact[index]]}
             if len(seen) == 1:
-                named_alike.setdefault(seen.pop(), candidate.item)
-    is_class = np.array([candidate.item.kind is ItemKind.CLASS for candidate in candidates])
+                named_alike.setdefault(seen.pop(), item)
+    is_class = np.array([item.kind is ItemKind.CLASS for item in candidates])
     eligible = (counts > 0) & (levels != 0)
-    for index, candidate in enumerate(candidates):
+    for index, item in enumerate(candidates):
         if is_class[index]:
             # For a `lower on` class, "firing" means sitting below the mean.
             fired_positions = exact[index] & (firing if levels[index] > 0 else ~firing)
             fired = {stripped[token] for token in position_of[fired_positions]}
-            needed = 1 if candidate.item.text in _WHITESPACE_CLASSES else config.class_min_members
+            needed = 1 if item.text in _WHITESPACE_CLASSES else config.class_min_members
             eligible[index] &= len(fired) >= needed and int(fired_positions.sum()) >= config.class_min_occurrences
     if not (eligible & (levels > 0)).any():
         return "no token or class fires above the neuron's mean"
@@ -180,77 +172,95 @@ def fit_items(windows: Sequence[Window], *, config: LexiconConfig = LexiconConfi
     useful = np.sort(np.array([index for index in np.argsort(-importance, kind="stable") if eligible[index]],
                               dtype=np.int64)[:config.candidate_pool + int(is_class.sum())])
     predictions = quality[useful] * levels[useful, None]
-    is_context = np.array([candidate.item.kind is ItemKind.AFTER or candidate.item.after is not None
-                           for candidate in candidates])
+    is_context = np.array([item.kind is ItemKind.AFTER or item.after is not None for item in candidates])
     chosen = _prune(_greedy(predictions, activations, is_class[useful], is_context[useful], config), predictions,
                     activations, config)
     head = [int(useful[index]) for index in chosen]
     tail: list[int] = []
     if config.tail:
-        tail = _tail(head, candidates, quality, levels, _compose(predictions[chosen]), activations, config)
+        tail = _tail(head, candidates, levels, _compose(predictions[chosen]), activations, distinct, position_of,
+                     config)
     largest = max(abs(levels[row]) for row in head + tail)
     items = []
     for row in head:
         weight = round(float(levels[row] / largest), 2)
         if weight == 0:
             continue
-        item = candidates[row].item
+        item = candidates[row]
         if weight > 0 and item.kind is ItemKind.TOKEN and item.after is None:
             item = named_alike.get(item.text, item)
         items.append(LexicalItem(item.kind, item.text, weight, item.token_class, item.after))
     for row in tail:
         weight = round(round(float(levels[row] / largest) / config.tail_step) * config.tail_step, 2)
         if weight != 0:
-            items.append(LexicalItem(candidates[row].item.kind, candidates[row].item.text, weight, tail=True))
+            items.append(LexicalItem(candidates[row].kind, candidates[row].text, weight, tail=True))
     return items
 
 
-def _tail(head: list[int], candidates: Sequence[_Candidate], quality: np.ndarray, levels: np.ndarray,
-          head_prediction: np.ndarray, activations: np.ndarray, config: LexiconConfig) -> list[int]:
+def _tail(head: list[int], candidates: Sequence[LexicalItem], levels: np.ndarray, head_prediction: np.ndarray,
+          activations: np.ndarray, distinct: Sequence[str], position_of: np.ndarray,
+          config: LexiconConfig) -> list[int]:
     """The `other tokens` rows: every quoted token (the most frequent form of each case-folded form) and whitespace
     token of the explain windows not chosen, at its own level, where the simulator would then predict that level
     wherever it matches (the chosen items never override it); none when together they raise the explain-window
     correlation by less than `min_gain` (a neuron the chosen items already explain)."""
-    rows = np.array([row for row, candidate in enumerate(candidates)
-                     if candidate.item.after is None and candidate.item.kind in (ItemKind.TOKEN, ItemKind.WHITESPACE)
-                     and levels[row] != 0], dtype=np.int64)
-    if rows.size == 0:
-        return []
-    matched = quality[rows] > 0
-    # Raised: above every raised chosen item where it matches; lowered: where no chosen item raises the token and
-    # below every lowered one.
-    highest = np.where(matched, head_prediction, -np.inf).max(axis=1)
-    lowest = np.where(matched, head_prediction, np.inf).min(axis=1)
-    own = levels[rows]
-    free = np.where(own > 0, highest <= own, (highest <= 0) & (lowest >= own))
-    free[np.isin(rows, head)] = False
+    stripped = [token.strip() for token in distinct]
+    folds: dict[str, int] = {}
+    fold_of_token = np.array([folds.setdefault(form.casefold(), len(folds)) for form in stripped], dtype=np.int64)
+    # What the chosen items predict, at its highest and lowest, over every token a tail item would match: a quoted
+    # item matches its case-folded form (case variants at 0.8), a whitespace item its token.
+    spans = {}
+    for name, groups, size in (("fold", fold_of_token[position_of], len(folds)), ("token", position_of, len(distinct))):
+        highest, lowest = np.full(size, -np.inf), np.full(size, np.inf)
+        np.maximum.at(highest, groups, head_prediction)
+        np.minimum.at(lowest, groups, head_prediction)
+        spans[name] = (highest, lowest)
+    token_index = {token: index for index, token in enumerate(distinct)}
+    chosen = set(head)
     seen: set[str] = set()
     tail = []
-    for row, is_free in zip(rows.tolist(), free.tolist()):
-        item = candidates[row].item
-        # Case variants match each other (0.8): the first, most frequent, form speaks for its case-folded form.
+    for row, item in enumerate(candidates):
+        if item.after is not None or levels[row] == 0:
+            continue
         if item.kind is ItemKind.TOKEN:
+            # Case variants match each other (0.8): the first, most frequent, form speaks for its case-folded form.
             folded = item.text.casefold()
             if folded in seen:
                 continue
             seen.add(folded)
-        if is_free:
+            highest, lowest = (span[folds[folded]] for span in spans["fold"])
+        elif item.kind is ItemKind.WHITESPACE:
+            highest, lowest = (span[token_index[item.text]] for span in spans["token"])
+        else:
+            continue
+        own = levels[row]
+        # Raised: above every raised chosen item where it matches; lowered: where no chosen item raises the token and
+        # below every lowered one.
+        if row not in chosen and ((own > 0 and highest <= own) or (own < 0 and highest <= 0 and lowest >= own)):
             tail.append(row)
     if not tail:
         return []
-    exact = quality[tail] >= 1.0
-    listed = exact.any(axis=0)
-    with_tail = np.where(listed, levels[tail] @ exact, head_prediction)
+    tokens_of_form: dict[str, list[int]] = {}
+    for index, form in enumerate(stripped):
+        tokens_of_form.setdefault(form, []).append(index)
+    listed = np.zeros(len(distinct), dtype=bool)
+    value = np.zeros(len(distinct))
+    for row in tail:
+        item = candidates[row]
+        tokens = [token_index[item.text]] if item.kind is ItemKind.WHITESPACE else tokens_of_form[item.text]
+        listed[tokens] = True
+        value[tokens] = levels[row]
+    with_tail = np.where(listed[position_of], value[position_of], head_prediction)
     target = activations - activations.mean()
     gain = _correlations(with_tail[None, :], target)[0] - _correlations(head_prediction[None, :], target)[0]
     return tail if gain >= config.min_gain else []
 
 
 def _candidates(distinct: Sequence[str], position_of: np.ndarray, previous: np.ndarray,
-                config: LexiconConfig) -> list[_Candidate]:
+                config: LexiconConfig) -> tuple[list[LexicalItem], np.ndarray]:
     """Quoted-token candidates (one per stripped form), context candidates and every class with a member among the
-    tokens, each with its match quality at every position (`previous`: the distinct index of the token before,
-    -1 at a window's start)."""
+    tokens, and their match quality at every position, a row each (`previous`: the distinct index of the token
+    before, -1 at a window's start)."""
     stripped = [token.strip() for token in distinct]
     counts = np.bincount(position_of, minlength=len(distinct))
     # Most frequent form first: where forms tie (case variants of a token), the list quotes the common one.
@@ -270,48 +280,55 @@ def _candidates(distinct: Sequence[str], position_of: np.ndarray, previous: np.n
             quality[row, column] = CASE_INSENSITIVE_WEIGHT
         if form in row_of:
             quality[row_of[form], column] = EXACT_WEIGHT
-    at_positions = quality[:, position_of]
-    candidates = [_Candidate(LexicalItem(ItemKind.TOKEN, phrase), at_positions[row])
-                  for row, phrase in enumerate(phrases)]
-    candidates += _context_candidates(stripped, position_of, previous, row_of, at_positions, config)
-    for index, token in enumerate(distinct):
-        if whitespace_item_text(token) is not None:
-            candidates.append(_Candidate(LexicalItem(ItemKind.WHITESPACE, token),
-                                         (position_of == index).astype(np.float64)))
+    candidates = [LexicalItem(ItemKind.TOKEN, phrase) for phrase in phrases]
+    context_items, context_cells = _context_candidates(stripped, position_of, previous, row_of, config)
+    candidates += context_items
+    blank = np.array([index for index, token in enumerate(distinct) if whitespace_item_text(token) is not None],
+                     dtype=np.int64)
+    candidates += [LexicalItem(ItemKind.WHITESPACE, distinct[index]) for index in blank]
     classes = candidate_classes()
     membership = np.array([class_memberships(token) for token in distinct], dtype=np.float64).reshape(
-        len(distinct), len(classes))[position_of]
-    for index, token_class in enumerate(classes):
-        if membership[:, index].any():
-            candidates.append(_Candidate(LexicalItem(ItemKind.CLASS, token_class.name, token_class=token_class),
-                                         membership[:, index]))
-    return candidates
+        len(distinct), len(classes))
+    present = np.flatnonzero(membership.any(axis=0))
+    candidates += [LexicalItem(ItemKind.CLASS, classes[index].name, token_class=classes[index]) for index in present]
+    # One matrix, filled block by block (phrases, contexts, whitespace tokens, classes).
+    rows = np.empty((len(candidates), len(position_of)))
+    first, second, third = len(phrases), len(phrases) + len(context_items), len(phrases) + len(context_items) + len(blank)
+    np.take(quality, position_of, axis=1, out=rows[:first])
+    rows[first:second] = 0.0
+    for row, (positions, phrase_row) in enumerate(context_cells, start=first):
+        rows[row, positions] = 1.0 if phrase_row is None else rows[phrase_row, positions]
+    rows[second:third] = position_of[None, :] == blank[:, None]
+    np.take(np.ascontiguousarray(membership[:, present].T), position_of, axis=1, out=rows[third:])
+    return candidates, rows
 
 
 def _context_candidates(stripped: Sequence[str], position_of: np.ndarray, previous: np.ndarray,
-                        row_of: dict[str, int], at_positions: np.ndarray,
-                        config: LexiconConfig) -> list[_Candidate]:
+                        row_of: dict[str, int],
+                        config: LexiconConfig) -> tuple[list[LexicalItem], list[tuple[np.ndarray, int | None]]]:
     """`"x" after "y"` and `tokens after "y"` seen at least `context_min_count` times (the simulator matches the
-    preceding token exactly, stripped)."""
+    preceding token exactly, stripped), each with the positions right after "y" and the row of "x" (whose match
+    quality it has there; None for `tokens after`)."""
     following: dict[str, list[int]] = {}
     for position, index in enumerate(previous.tolist()):
         if index >= 0 and stripped[index] in row_of:
             following.setdefault(stripped[index], []).append(position)
-    candidates: list[_Candidate] = []
+    candidates: list[LexicalItem] = []
+    cells: list[tuple[np.ndarray, int | None]] = []
     for text in sorted(following):
         positions = following[text]
         if len(positions) < config.context_min_count:
             continue
-        follows = np.zeros(len(previous))
-        follows[positions] = 1.0
-        candidates.append(_Candidate(LexicalItem(ItemKind.AFTER, text), follows))
+        after = np.array(positions, dtype=np.int64)
+        candidates.append(LexicalItem(ItemKind.AFTER, text))
+        cells.append((after, None))
         pair_counts = Counter(position_of[positions].tolist())
         for token in sorted(pair_counts):
             form = stripped[token]
             if pair_counts[token] >= config.context_min_count and form in row_of:
-                candidates.append(_Candidate(LexicalItem(ItemKind.TOKEN, form, after=text),
-                                             at_positions[row_of[form]] * follows))
-    return candidates
+                candidates.append(LexicalItem(ItemKind.TOKEN, form, after=text))
+                cells.append((after, row_of[form]))
+    return candidates, cells
 
 
 def _correlations(predictions: np.ndarray, centred_target: np.ndarray) -> np.ndarray:
