@@ -798,6 +798,13 @@ class RayNight:
         seat.pid = report.pid or seat.pid
         if ref is seat.final_ref:
             seat.state = "done"
+            if not stored:
+                # A worker that stopped early (its backend failing) may have dropped neurons it had taken: waiting
+                # workers take them instead of waiting for them forever.
+                returned = ray.get(self._hub.give_back.remote(seat.index))
+                if returned:
+                    logger.info("Ray worker %d stopped holding %d neuron(s), back in the queue", seat.index,
+                                len(returned))
 
     def _probed(self, seat: _Seat, plan: NightPlan) -> None:
         """A restarting worker answered (back: it runs again), is still restarting (asked again), or is gone."""
