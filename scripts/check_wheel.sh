@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # CI: build the wheel, install it into a fresh virtual environment (torch==2.13.0 first), and run a small LLM-free
-# night from another directory: proves the wheel carries prompts/ and data/ and needs no checkout around it.
+# night from another directory: proves the wheel carries prompts/ and data/ and needs no checkout around it. Then the
+# same night's neurons again with `run --ray` on a local Ray cluster: its worker actor must import neuron_explainer
+# from what Ray's runtime environment shipped (the installed package, resources included), not from site-packages.
 set -euo pipefail
 REPO="$(cd "$(dirname "$0")/.." && pwd)"
 PYTHON="${PYTHON:-python3}"
@@ -10,7 +12,8 @@ trap 'rm -rf "$WORK"' EXIT
 "$PYTHON" -m venv "$WORK/venv"
 "$WORK/venv/bin/python" -m pip install --quiet --upgrade pip
 "$WORK/venv/bin/python" -m pip install --quiet torch==2.13.0
-"$WORK/venv/bin/python" -m pip install --quiet "$WORK"/dist/neuron_explainer-*.whl
+WHEEL="$(ls "$WORK"/dist/neuron_explainer-*.whl)"
+"$WORK/venv/bin/python" -m pip install --quiet "$WHEEL[ray]"
 mkdir "$WORK/elsewhere"
 cd "$WORK/elsewhere"
 # The package data is inside the installed package, not read from the checkout.
@@ -31,4 +34,12 @@ from tiny_models import make_tiny_model; make_tiny_model(Path('tiny'))"
   --windows 64 --ctx 16 --top-k 8 --random 8 --explainer ngram --simulator lexical --explain-windows 4 \
   --score-top-windows 2 --score-random-windows 2 --device cpu --dtype float32 --db sqlite:///night.db
 "$WORK/venv/bin/neuron-explainer" query --db sqlite:///night.db --limit 4
+# A Ray night on other neurons of the same recording; -v logs where the worker imported the package from.
+"$WORK/venv/bin/neuron-explainer" -v run --ray --ray-workers 1 --model tiny --corpus python-docs --layers all \
+  --neurons 0:4-5 --windows 64 --ctx 16 --top-k 8 --random 8 --explainer ngram --simulator lexical \
+  --explain-windows 4 --score-top-windows 2 --score-random-windows 2 --device cpu --dtype float32 \
+  --db sqlite:///night.db 2> ray.log || { tail -20 ray.log; exit 1; }
+grep -o "neuron_explainer imported from [^)]*" ray.log | grep -q "runtime_resources" \
+  || { echo "the Ray worker did not import the shipped package:"; grep "imported from" ray.log; exit 1; }
+grep -o "neuron_explainer imported from [^)]*" ray.log
 echo "wheel check passed: built, installed into a fresh venv, ran a night from $WORK/elsewhere"

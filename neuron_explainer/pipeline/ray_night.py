@@ -75,9 +75,10 @@ def import_ray() -> Any:
     return ray
 
 
-def connect(config: RunConfig) -> None:
+def connect(config: RunConfig, runtime_env: dict[str, Any] | None = None) -> bool:
     """Attach to the night's Ray cluster (`auto`: the local one, started if none runs); UserError when it cannot be
-    reached or the night cannot run on Ray. Checked before the database is opened, so nothing is left behind."""
+    reached or the night cannot run on Ray. Checked before the database is opened, so nothing is left behind.
+    Returns whether this call connected, with `runtime_env` as the job's (False: Ray was connected already)."""
     address = config.run.ray
     assert address is not None
     if config.llm.batch:
@@ -85,9 +86,10 @@ def connect(config: RunConfig) -> None:
         raise UserError("--batch and --ray cannot be combined: run the Batch API night without --ray")
     ray = import_ray()
     if address == "auto":
-        if not ray.is_initialized():
-            ray.init(log_to_driver=False)
-        return
+        if ray.is_initialized():
+            return False
+        ray.init(log_to_driver=False, runtime_env=runtime_env)
+        return True
     parts = urlsplit(address if "://" in address else f"ray://{address}")
     try:
         host, port = parts.hostname, parts.port
@@ -101,11 +103,12 @@ def connect(config: RunConfig) -> None:
     except OSError as exc:
         raise UserError(f"cannot reach the Ray cluster at {address}: {exc.strerror or exc}") from None
     if ray.is_initialized():
-        return
+        return False
     try:
-        ray.init(address=address, log_to_driver=False)
+        ray.init(address=address, log_to_driver=False, runtime_env=runtime_env)
     except (ConnectionError, RuntimeError) as exc:
         raise UserError(f"cannot join the Ray cluster at {address}: {str(exc).splitlines()[0]}") from None
+    return True
 
 
 def worker_count(config: RunConfig) -> int:
@@ -116,9 +119,20 @@ def worker_count(config: RunConfig) -> int:
 
 
 def start_night(config: RunConfig) -> RayNight:
-    """Connect to the night's cluster and start its worker actors (they import while the driver prepares)."""
-    connect(config)
-    night = RayNight(config)
+    """Connect to the night's cluster and start its worker actors (they import while the driver prepares). The
+    package goes in the job's runtime environment when this call connects (Ray uploads it, also through a `ray://`
+    client); a process connected already (a test session, a notebook) gets it uploaded here and named per actor."""
+    staging = Path(tempfile.mkdtemp(prefix="neuron-explainer-ray-"))
+    try:
+        package = package_runtime_env(staging)
+        if connect(config, package):
+            package = {}
+        else:
+            package = _uploaded(package, staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    night = RayNight(config, package=package, staging=staging)
     night.start()
     return night
 
@@ -153,7 +167,7 @@ def package_runtime_env(staging: Path) -> dict[str, Any]:
         for folder in (paths.PROMPTS_DIR, paths.DATA_DIR):
             shutil.copytree(folder, staged / "_resources" / folder.name, ignore=caches)
         package = staged
-    return _uploaded({"py_modules": [str(package)], "excludes": ["__pycache__", "*.pyc"]}, staging)
+    return {"py_modules": [str(package)], "excludes": ["__pycache__", "*.pyc"]}
 
 
 def _uploaded(runtime_env: dict[str, Any], scratch: Path) -> dict[str, Any]:
@@ -634,7 +648,8 @@ class _Seat:
 class RayNight:
     """Runs a Pipeline's planned units on Ray worker actors and gathers their results into the driver's pipeline."""
 
-    def __init__(self, config: RunConfig) -> None:
+    def __init__(self, config: RunConfig, *, package: dict[str, Any] | None = None,
+                 staging: Path | None = None) -> None:
         self.config = config
         self.name = f"{NAMESPACE}-{uuid.uuid4().hex[:12]}"
         """The prefix of this night's named actors."""
@@ -648,7 +663,8 @@ class RayNight:
         """Where the workers imported neuron_explainer from (set once they are ready)."""
         self.runtime_env: dict[str, Any] | None = None
         """The runtime environment of every actor and task of the night."""
-        self._staging: Path | None = None
+        self._package = package or {}
+        self._staging = staging
         self._hub: Any = None
         self._seats: list[_Seat] = []
         self._ready: list[Any] = []
@@ -659,12 +675,12 @@ class RayNight:
         """Start the hub and the worker actors; they import the package while the driver prepares the night."""
         ray = import_ray()
         if self.runtime_env is None:
-            self._staging = Path(tempfile.mkdtemp(prefix="neuron-explainer-ray-"))
             env = {name: os.environ[name] for name in _PASSED_ENV if name in os.environ}
             # One thread per actor: they share the host's cores, as separate `run` workers would.
             env.setdefault("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
             # Workers keep the driver's cache and hub settings (a test's fresh cache, offline mode); never keys.
-            self.runtime_env = {**package_runtime_env(self._staging), "env_vars": env}
+            # The package: named here (uploaded URIs), or inherited from the job's runtime environment.
+            self.runtime_env = {**self._package, "env_vars": env}
         if self._hub is None:
             self._hub = ray.remote(NightHub).options(name=f"{self.name}-hub", namespace=NAMESPACE, num_cpus=0,
                                                      runtime_env=self.runtime_env).remote()
