@@ -419,11 +419,32 @@ def test_lock_of_a_killed_process_is_taken_over_at_once(db_path: Path) -> None:
         database.finish_run(run_id, RunStatus.COMPLETED)
 
 
+def _stop_outside_a_write(process: subprocess.Popen, db_path: Path) -> None:
+    """SIGSTOP the process at a moment it holds no SQLite write transaction.
+
+    A process stopped inside its heartbeat's write keeps the file locked until it resumes, which no run can (or
+    should) break; the test is about a hung process between writes, so it stops the holder again until that is so.
+    """
+    for _ in range(50):
+        os.kill(process.pid, signal.SIGSTOP)
+        probe = sqlite3.connect(db_path, timeout=0)
+        try:
+            probe.execute("BEGIN IMMEDIATE")
+            probe.rollback()
+            return
+        except sqlite3.OperationalError:
+            os.kill(process.pid, signal.SIGCONT)
+            time.sleep(0.05)
+        finally:
+            probe.close()
+    raise AssertionError("the lock holder was inside a write every time it was stopped")
+
+
 def test_lock_of_a_hung_process_expires(db_path: Path) -> None:
     open_database(str(db_path)).close()
     process, hung_run = _start_holder(db_path, ttl_s=1.5)
     try:
-        os.kill(process.pid, signal.SIGSTOP)  # alive, but its heartbeat stops
+        _stop_outside_a_write(process, db_path)  # alive, but its heartbeat stops
         with open_database(str(db_path)) as database:
             with pytest.raises(UserError, match="expire in"):
                 database.start_run(config={})
