@@ -9,6 +9,7 @@ import math
 import random
 import sqlite3
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +22,7 @@ from neuron_explainer.activations.records import Window
 from neuron_explainer.eval.real import ScoredExplanation, versus_ceiling
 from neuron_explainer.explain.lexical_grammar import (ItemKind, LexicalItem, LexicalParseError, format_items,
                                                       is_weighted_list, item_scores, parse_items, quotable, quote)
-from neuron_explainer.explain.lexicon import explain_lexicon, fit_items
+from neuron_explainer.explain.lexicon import LexiconConfig, explain_lexicon, fit_items
 from neuron_explainer.explain.token_classes import (FIXED_CLASSES, candidate_classes, class_named,
                                                     mentioned_classes, prefix_class, suffix_class)
 from neuron_explainer.explain.types import ExplainerKind, Explanation
@@ -185,6 +186,36 @@ def test_item_matcher_equals_the_item_by_item_semantics_on_random_lists() -> Non
                                          tail=after is None and rng.random() < 0.5))
         tokens = tuple(rng.choice(vocabulary) for _ in range(rng.randrange(0, 20)))
         assert item_scores(items, tokens) == pytest.approx(_reference_scores(tuple(items), tokens)), (items, tokens)
+
+
+def test_explainer_lists_the_rest_of_a_graded_neuron_as_other_tokens() -> None:
+    windows = [tuple(window) for window in corpus_windows(count=200, length=32)]
+    # Every token has a level of its own (a graded neuron, as on real layers): a head of 5 items cannot say it all.
+    def level(token: str) -> float:
+        return (sum(map(ord, token.strip().casefold())) % 17) / 17.0
+
+    explain = [Window(window_id=index, tokens=tokens, activations=tuple(level(token) for token in tokens))
+               for index, tokens in enumerate(windows[:10])]
+    short = LexiconConfig(max_items=5)
+    items = fit_items(explain, config=short)
+    head_only = fit_items(explain, config=replace(short, tail=False))
+    assert isinstance(items, list) and isinstance(head_only, list)
+    tail = [item for item in items if item.tail]
+    assert len(tail) > 20 and not any(item.tail for item in head_only)
+    assert all(item.kind in (ItemKind.TOKEN, ItemKind.WHITESPACE) and item.after is None for item in tail)
+    assert all(round(item.weight / 0.02) * 0.02 == pytest.approx(item.weight) for item in tail)
+    text = format_items(items)
+    assert "; other tokens: " in text
+    assert sorted(map(repr, parse_items(text))) == sorted(map(repr, items))
+
+    def fit(listed: list[LexicalItem], scored: list[Window]) -> float:
+        return float(np.corrcoef([value for window in scored for value in window.activations],
+                                 [value for window in scored for value in item_scores(listed, window.tokens)])[0, 1])
+
+    held_out = [Window(window_id=100 + index, tokens=tokens, activations=tuple(level(token) for token in tokens))
+                for index, tokens in enumerate(windows[100:140])]
+    assert fit(items, explain) > fit(head_only, explain) + 0.05
+    assert fit(items, held_out) > fit(head_only, held_out)
 
 
 def test_explainer_writes_context_and_lowered_items() -> None:
