@@ -19,8 +19,11 @@ from neuron_explainer.core.errors import UserError
 from neuron_explainer.db import Database, ExplanationQuery, open_database
 from neuron_explainer.export import FORMATS, export
 from neuron_explainer.export.escaping import csv_cell, latex_escape, markdown_escape
+from neuron_explainer.export.html import SiteOptions, build_site
 from neuron_explainer.export.paper import latex_text
+from neuron_explainer.export.readable import readable_text
 from neuron_explainer.export.summary import layer_summaries
+from neuron_explainer.export.terminal import format_rows_table
 
 NASTY = "tokens like & % $ # _ { } ~ ^ \\ and | pipes <b>"
 FORMULAS = ["=HYPERLINK(\"http://x\")", "+1 tokens", "-minus sign", "@SUM(A1)", "\tTAB start", "\rCR start"]
@@ -192,3 +195,32 @@ def test_export_cli_and_dispatch(database: Database, tmp_path: Path, capsys: pyt
         export(database, "csv", tmp_path / "missing-dir" / "x.csv")
     assert main(["export", "--db", database.where, "--format", "latex", "--out", str(tmp_path)]) == 2
     assert "is a directory" in capsys.readouterr().err
+
+
+LEXICON_WITH_TAIL = ('fires on "def" (1.00), "class" (0.50); lower on "." (0.20); other tokens: "x", "y" (0.06), '
+                     '"z" (-0.04)')
+
+
+def test_tables_and_the_viewer_show_a_lexicon_list_head_and_keep_the_whole_text(tmp_path: Path) -> None:
+    head = 'fires on "def" (1.00), "class" (0.50); lower on "." (0.20)'
+    assert readable_text(LEXICON_WITH_TAIL) == head + "; and 3 other tokens at their own levels"
+    malformed = 'fires on "def" (1.00); other tokens: "x" (0.0'
+    for unchanged in ("closing parentheses", malformed, 'fires on "def" (1.00)', "other tokens: a (0.5)"):
+        assert readable_text(unchanged) == unchanged
+    with open_database(str(tmp_path / "lexicon.db")) as database:
+        populate(database, [(0, 0, "lexicon", LEXICON_WITH_TAIL, 0.6)])
+        rows = database.query(ExplanationQuery())
+        assert "3 other tokens" in format_rows_table(rows, width=400) and '"y"' not in format_rows_table(rows, width=400)
+        export(database, "latex", tmp_path / "t.tex")
+        latex = (tmp_path / "t.tex").read_text(encoding="utf-8")
+        assert "3 other tokens at their own levels" in latex and "other tokens:" not in latex
+        export(database, "csv", tmp_path / "t.csv")
+        assert [row["text"] for row in csv.DictReader((tmp_path / "t.csv").open(encoding="utf-8"))] == [
+            LEXICON_WITH_TAIL]
+        build_site(database, tmp_path / "site", options=SiteOptions(progress=False))
+    index = (tmp_path / "site" / "data" / "index.js").read_text(encoding="utf-8")
+    assert "3 other tokens at their own levels" in index and "other tokens:" not in index
+    (page_path,) = (tmp_path / "site" / "m").glob("*/0/0.html")
+    page = page_path.read_text(encoding="utf-8")
+    assert "3 other tokens at their own levels" in page
+    assert "<details class=full-text>" in page and "other tokens: &#34;x&#34;" in page

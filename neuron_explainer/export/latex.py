@@ -9,6 +9,7 @@ from pathlib import Path
 from neuron_explainer.db import Database, ExplanationQuery, SortOrder
 from neuron_explainer.export.base import ExportResult, atomic_text_file
 from neuron_explainer.export.paper import METRIC, interval, latex_text, number, provenance
+from neuron_explainer.export.readable import readable_text
 from neuron_explainer.export.summary import GOOD_SCORE, layer_summaries
 
 DEFAULT_TABLE_ROWS = 30
@@ -54,7 +55,7 @@ def render_latex(database: Database, query: ExplanationQuery) -> tuple[str, int]
         sign = _SIGN.get(row.polarity, row.polarity)
         ceiling = number(row.lexical_ceiling, undefined="--")
         lines.append(f"{row.neuron.layer} & {row.neuron.neuron} & {sign} & {score} & {ceiling} & "
-                     f"{latex_text(row.method)} & {latex_text(row.text)} \\\\")
+                     f"{latex_text(row.method)} & {latex_text(readable_text(row.text))} \\\\")
     lines += [
         "\\end{longtable}",
         "}",

@@ -9,6 +9,7 @@ from typing import Any
 
 from neuron_explainer.db import NeuronDetail, ResultRow, StoredExplanation, StoredScore
 from neuron_explainer.export.escaping import visible_token
+from neuron_explainer.export.readable import readable_text
 from neuron_explainer.simulate.types import ScoredWindow, WindowSplit
 
 
@@ -39,7 +40,7 @@ def format_rows_table(rows: Sequence[ResultRow], *, width: int = 120) -> str:
         return (_number(float("nan") if value is None else value),) if causal else ()
 
     cells = [(str(row.neuron), row.polarity, _number(row.score), *(balanced(row, scorer) for scorer in scorers),
-              *causal_value(row), row.method, _clip(row.explainer_model, 24), _number(row.lexical_ceiling), row.text)
+              *causal_value(row), row.method, _clip(row.explainer_model, 24), _number(row.lexical_ceiling), readable_text(row.text))
              for row in rows]
     columns = len(header) - 1
     extra = len(scorers) + len(causal)

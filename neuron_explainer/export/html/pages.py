@@ -18,6 +18,7 @@ from markupsafe import Markup
 from neuron_explainer.db import ResultRow
 from neuron_explainer.db.reads import StatsEntry
 from neuron_explainer.export.html.encoding import number
+from neuron_explainer.export.readable import readable_text
 from neuron_explainer.export.summary import LayerSummary
 
 ASSET_FILES = ("style.css", "index.js", "neuron.js")
@@ -62,6 +63,7 @@ def _templates() -> jinja2.Environment:
     environment.filters["number"] = number
     environment.filters["json_text"] = _json_text
     environment.filters["quantiles"] = _quantiles
+    environment.filters["readable"] = readable_text
     return environment
 
 

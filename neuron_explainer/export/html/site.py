@@ -46,6 +46,7 @@ from neuron_explainer.export.html import pages
 from neuron_explainer.export.html.encoding import decimals_for, finite_or_none, rounded, script_json, script_safe
 from neuron_explainer.export.html.svg import layer_bars, score_histogram
 from neuron_explainer.export.html.weights import weight_view_section
+from neuron_explainer.export.readable import readable_text
 from neuron_explainer.export.summary import GOOD_SCORE, LayerSummary, layer_summaries
 
 logger = logging.getLogger(__name__)
@@ -221,7 +222,8 @@ def index_script(rows: Sequence[ResultRow], threshold: float) -> str:
     compact = [[model_index[(row.model_id, row.model_fingerprint)], row.neuron.layer, row.neuron.neuron,
                 _round_score(row.score), _round_score(row.ci_low), _round_score(row.ci_high),
                 code("methods", row.method), code("explainers", row.explainer_model),
-                code("simulators", row.simulator), row.text, code("polarities", row.polarity)] for row in rows]
+                code("simulators", row.simulator), readable_text(row.text), code("polarities", row.polarity)]
+               for row in rows]
     value = {"columns": ["model", "layer", "neuron", "score", "ci_low", "ci_high", "method", "explainer",
                          "simulator", "text", "polarity"],
              "models": [{"id": model.model_id, "fingerprint": model.fingerprint, "slug": model.slug}
