@@ -318,6 +318,7 @@ def test_explainer_names_classes_and_tokens() -> None:
     the = explain_lexicon(planted_record(word_activation("the")))
     assert isinstance(the, Explanation) and '"the"' in the.text.lower()
     assert the.source_window_ids and the.extra["items"][0]["weight"] == 1.0
+    assert len(parse_items(the.text)) == len(the.extra["items"]) + the.extra["other_tokens"]
     dead = explain_lexicon(planted_record(lambda token: 0.0))
     assert isinstance(dead, Failure) and "no positive activation" in dead.reason
     assert fit_items([]) == "no explain windows"

@@ -111,7 +111,10 @@ def explain_lexicon(record: NeuronRecord, *, split: SplitConfig = SplitConfig(),
         parameters={**split.as_dict(), **config.as_dict()},
         source_window_ids=tuple(window.window_id for window in windows), split_seed=split.seed,
         created_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        extra={"items": [{"kind": item.kind.value, "text": item.text, "weight": item.weight} for item in items]})
+        # The head only: the `other tokens` (a few hundred) are in the text, and parse_items reads them back.
+        extra={"items": [{"kind": item.kind.value, "text": item.text, "weight": item.weight}
+                         for item in items if not item.tail],
+               "other_tokens": sum(item.tail for item in items)})
 
 
 def fit_items(windows: Sequence[Window], *, config: LexiconConfig = LexiconConfig()) -> list[LexicalItem] | str:
