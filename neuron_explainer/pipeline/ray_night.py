@@ -129,10 +129,10 @@ def start_night(config: RunConfig) -> RayNight:
             package = {}
         else:
             package = _uploaded(package, staging)
-    except BaseException:
+    finally:
+        # Uploaded (both ways upload before returning): a driver killed later leaves no staged copy behind.
         shutil.rmtree(staging, ignore_errors=True)
-        raise
-    night = RayNight(config, package=package, staging=staging)
+    night = RayNight(config, package=package)
     night.start()
     return night
 
@@ -648,8 +648,7 @@ class _Seat:
 class RayNight:
     """Runs a Pipeline's planned units on Ray worker actors and gathers their results into the driver's pipeline."""
 
-    def __init__(self, config: RunConfig, *, package: dict[str, Any] | None = None,
-                 staging: Path | None = None) -> None:
+    def __init__(self, config: RunConfig, *, package: dict[str, Any] | None = None) -> None:
         self.config = config
         self.name = f"{NAMESPACE}-{uuid.uuid4().hex[:12]}"
         """The prefix of this night's named actors."""
@@ -664,7 +663,6 @@ class RayNight:
         self.runtime_env: dict[str, Any] | None = None
         """The runtime environment of every actor and task of the night."""
         self._package = package or {}
-        self._staging = staging
         self._hub: Any = None
         self._seats: list[_Seat] = []
         self._ready: list[Any] = []
@@ -702,7 +700,7 @@ class RayNight:
         self._seats, self._ready = [], []
 
     def close(self) -> None:
-        """Kill every actor of the night and remove the staged package."""
+        """Kill every actor of the night."""
         if self._seats or self._hub is not None:
             ray = import_ray()
             self.stop_workers()
@@ -715,9 +713,6 @@ class RayNight:
                         ray.kill(ray.get_actor(actor["name"], namespace=NAMESPACE))
                     except ValueError:
                         pass  # gone meanwhile
-        if self._staging is not None:
-            shutil.rmtree(self._staging, ignore_errors=True)
-            self._staging = None
 
     async def schedule(self, pipeline: Any, todo: list[NeuronId], neurons: list[NeuronId]) -> str | None:
         """Run `todo` on the workers; fold their counts into `pipeline.tally` and their calls into its ledger;
