@@ -27,7 +27,18 @@ from db_targets import DbTarget  # noqa: E402
 from fake_openai_server import Fault, RecordedRequest  # noqa: E402
 from neuron_records import corpus_windows  # noqa: E402
 
+from neuron_explainer.pipeline import RunConfig  # noqa: E402
+
 FAST_OPTIONS = "timeout=2&attempts=6&backoff=0.01"
+
+
+def word_night_config(store: Path, db: object, spec: str, **overrides: object) -> RunConfig:
+    """A small token-pairs night over a word store with the generated simulator: what the worker tests share."""
+    values: dict[str, object] = dict(db=db_targets.db_url(db), records=str(store), explainers=("token-pairs",),
+                                     simulator="generated", llm=spec, concurrency=2, score_top_windows=2,
+                                     score_random_windows=2, explain_windows=6)
+    values.update(overrides)
+    return RunConfig(**values)
 """Backend spec options for fault tests: a hang costs two seconds, retries wait about 10-40 ms."""
 
 

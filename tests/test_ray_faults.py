@@ -21,13 +21,13 @@ from pathlib import Path
 
 import pytest
 
-from neuron_explainer.pipeline import RunConfig, run_pipeline
+from neuron_explainer.pipeline import run_pipeline
 from neuron_explainer.pipeline.ray_night import NAMESPACE
 
 sys.path.insert(0, str(Path(__file__).parent))
 from db_targets import db_url, integrity, is_postgres, rows  # noqa: E402
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
-from fault_harness import results_snapshot, word_store  # noqa: E402
+from fault_harness import results_snapshot, word_night_config, word_store  # noqa: E402
 from scripted_llm import competent_model  # noqa: E402
 
 NEURONS = 12
@@ -45,13 +45,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server():
     with FakeOpenAIServer(responder=competent_model, latency=0.02) as running:
         yield running
-
-
-def _config(store: Path, db, spec: str, **overrides) -> RunConfig:
-    values = dict(db=db_url(db), records=str(store), explainers=("token-pairs",), simulator="generated", llm=spec,
-                  concurrency=2, score_top_windows=2, score_random_windows=2, explain_windows=6)
-    values.update(overrides)
-    return RunConfig(**values)
 
 
 def _wait_for(condition, what: str, limit_s: float = 120.0):
@@ -97,7 +90,7 @@ def _a_worker_holding_neurons() -> tuple[str, int, list] | None:
 
 def _reference(store: Path, new_db, spec: str) -> dict:
     reference = new_db()
-    assert run_pipeline(_config(store, reference, spec), progress=False).status == "completed"
+    assert run_pipeline(word_night_config(store, reference, spec), progress=False).status == "completed"
     expected = results_snapshot(reference)
     assert len(expected["scores"]) == NEURONS
     return expected
@@ -137,7 +130,7 @@ def test_a_worker_actor_killed_mid_unit_does_not_fail_the_night(store: Path, ser
 
     def night() -> None:
         try:
-            outcome["summary"] = run_pipeline(_config(store, db, spec, ray="auto", ray_workers=2), progress=False)
+            outcome["summary"] = run_pipeline(word_night_config(store, db, spec, ray="auto", ray_workers=2), progress=False)
         except BaseException as exc:  # noqa: BLE001 - re-raised by the test below
             outcome["error"] = exc
 
@@ -236,7 +229,7 @@ def test_two_ray_runs_on_a_finished_night_do_nothing_and_exit_0(store: Path, ser
 
     db = _database_factory("postgresql", request, tmp_path)()
     spec = server.backend_spec("competent", LLM_OPTIONS)
-    assert run_pipeline(_config(store, db, spec), progress=False).status == "completed"
+    assert run_pipeline(word_night_config(store, db, spec), progress=False).status == "completed"
     finished = results_snapshot(db)
     server.reset()
     command = _cli(store, db, spec, ray.get_runtime_context().gcs_address)

@@ -24,7 +24,7 @@ from neuron_explainer.pipeline import RunConfig, run_pipeline
 sys.path.insert(0, str(Path(__file__).parent))
 from db_targets import db_url, integrity, rows  # noqa: E402
 from fake_openai_server import FakeOpenAIServer  # noqa: E402
-from fault_harness import results_snapshot, run_cli, word_store  # noqa: E402
+from fault_harness import results_snapshot, run_cli, word_night_config, word_store  # noqa: E402
 from scripted_llm import competent_model  # noqa: E402
 
 NEURONS = 16
@@ -40,13 +40,6 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server():
     with FakeOpenAIServer(responder=competent_model, latency=0.02) as running:
         yield running
-
-
-def _config(store: Path, db: str, spec: str, **overrides) -> RunConfig:
-    values = dict(db=db_url(db), records=str(store), explainers=("token-pairs",), simulator="generated", llm=spec,
-                  concurrency=2, score_top_windows=2, score_random_windows=2, explain_windows=6)
-    values.update(overrides)
-    return RunConfig(**values)
 
 
 def _work(config: RunConfig) -> None:
@@ -89,7 +82,7 @@ def _count(db: str, table: str) -> int:
 
 def _reference(store: Path, new_db, spec: str) -> dict:
     reference = new_db()
-    assert run_pipeline(_config(store, reference, spec), progress=False).status == "completed"
+    assert run_pipeline(word_night_config(store, reference, spec), progress=False).status == "completed"
     expected = results_snapshot(reference)
     assert len(expected["scores"]) == NEURONS
     return expected
@@ -128,7 +121,7 @@ def test_workers_split_the_night_without_duplicates(store: Path, postgres_server
     single_worker_requests = server.count()
     db = new_db()
     server.reset()
-    processes = [_start(_config(store, db, spec)) for _ in range(workers)]
+    processes = [_start(word_night_config(store, db, spec)) for _ in range(workers)]
     for process in processes:
         process.join()
     assert [process.exitcode for process in processes] == [0] * workers
@@ -144,10 +137,10 @@ def test_workers_split_the_night_without_duplicates(store: Path, postgres_server
 def test_a_worker_killed_mid_unit_is_taken_over_by_the_other(store: Path, postgres_server, server,
                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     spec, expected, db = _night(store, postgres_server, server, monkeypatch)
-    victim = _start(_config(store, db, spec))
+    victim = _start(word_night_config(store, db, spec))
     # Mid-unit: it holds claims and has committed part of the night.
     _wait_for(lambda: _count(db, "explanations") >= 2)
-    survivor = _start(_config(store, db, spec))
+    survivor = _start(word_night_config(store, db, spec))
     os.kill(victim.pid, signal.SIGKILL)
     victim.join()
     survivor.join()
@@ -160,12 +153,12 @@ def test_a_worker_killed_mid_unit_is_taken_over_by_the_other(store: Path, postgr
 def test_a_slow_worker_past_its_lease_writes_nothing_late(store: Path, postgres_server, server,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     spec, expected, db = _night(store, postgres_server, server, monkeypatch)
-    slow = _start(_config(store, db, spec, lease_seconds=1.0))
+    slow = _start(word_night_config(store, db, spec, lease_seconds=1.0))
     try:
         _wait_for(lambda: _count(db, "unit_claims where owner is not null") >= 2)
         os.kill(slow.pid, signal.SIGSTOP)  # alive but silent: no results, no lease renewals
         stopped_at = _count(db, "explanations")
-        taker = _start(_config(store, db, spec, lease_seconds=1.0))
+        taker = _start(word_night_config(store, db, spec, lease_seconds=1.0))
         taker.join()
         assert taker.exitcode == 0
         assert _count(db, "explanations") >= stopped_at
@@ -190,7 +183,7 @@ def _rows_of_run(db: str, run_id: int) -> list[int]:
 def test_dropped_database_connections_lose_nothing(store: Path, postgres_server, server,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     spec, expected, db = _night(store, postgres_server, server, monkeypatch)
-    worker = _start(_config(store, db, spec))
+    worker = _start(word_night_config(store, db, spec))
     _wait_for(lambda: _count(db, "scores") >= 2)
     name = db.rsplit("/", 1)[1]
     dropped = rows(postgres_server.url(), "select pg_terminate_backend(pid) from pg_stat_activity "
@@ -198,7 +191,7 @@ def test_dropped_database_connections_lose_nothing(store: Path, postgres_server,
     assert dropped and all(ok for (ok,) in dropped)
     worker.join()
     if worker.exitcode != 0:  # a dropped connection may fail the worker; the same command resumes
-        second = _start(_config(store, db, spec))
+        second = _start(word_night_config(store, db, spec))
         second.join()
         assert second.exitcode == 0
     _assert_one_night(db, expected)
@@ -209,10 +202,10 @@ def test_workers_on_a_finished_night_do_nothing_and_exit_0(store: Path, postgres
     new_db = _postgres_factory(postgres_server, monkeypatch, store)
     spec = server.backend_spec("competent", LLM_OPTIONS)
     db = new_db()
-    assert run_pipeline(_config(store, db, spec), progress=False).status == "completed"
+    assert run_pipeline(word_night_config(store, db, spec), progress=False).status == "completed"
     before = results_snapshot(db)
     server.reset()
-    processes = [_start(_config(store, db, spec)) for _ in range(2)]
+    processes = [_start(word_night_config(store, db, spec)) for _ in range(2)]
     for process in processes:
         process.join()
     assert [process.exitcode for process in processes] == [0, 0]
